@@ -1,0 +1,1 @@
+"""Shared plumbing for the pipeline: typed params, Parquet schemas, atomic IO, image decoding, faces."""

@@ -1,0 +1,202 @@
+"""Typed stage configuration loaded from params.yaml (the only place defaults live).
+
+Each stage has a frozen dataclass; `load_section(cls, name, params_path)` reads its section,
+rejects unknown keys and checks types, so a typo in params.yaml fails loudly before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """params.yaml has an unknown key, a missing key, or a value of the wrong type."""
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(name, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{name}: {value!r} matches none of {tp}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{name}: {value!r} is not one of {typing.get_args(tp)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_check_type(f"{name}[{i}]", v, item_tp) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], section: str = "") -> T:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{section or cls.__name__}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _check_type(f"{section}.{name}", data[name], hints[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{section or cls.__name__}: missing key {name!r}")
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def load_section(cls: type[T], name: str, params_path: str | Path = "params.yaml") -> T:
+    params = load_params(params_path)
+    if name not in params:
+        raise ConfigError(f"{params_path}: no section {name!r}")
+    return from_dict(cls, params[name], name)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """ingest: enumerate a source into manifest.parquet."""
+
+    source: typing.Literal["demo", "folder"] = "demo"
+    root: str = "data/raw"  # folder source root; for `demo` the generated corpus is written here
+    layout: typing.Literal["auto", "identity_folders", "flat"] = "auto"
+    extensions: list[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"])
+    demo_identities: int = 24
+    demo_images_per_identity: int = 10
+    demo_size: int = 512
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.demo_identities < 1 or self.demo_images_per_identity < 1:
+            raise ConfigError("ingest: demo_identities and demo_images_per_identity must be >= 1")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """detect: the face detector shared by filter (face rules) and align (landmarks)."""
+
+    backend: typing.Literal["dlib", "retinaface"] = "dlib"
+    retinaface_weights: str | None = None  # local .pth/.safetensors of a RetinaFace-R50
+    retinaface_threshold: float = 0.8
+    max_side: int = 640  # images are downscaled to this for detection
+    upsample: int = 0  # dlib HOG pyramid upsampling (finds smaller faces, slower)
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """filter: reason-coded quality rejects."""
+
+    max_pixels: int = 40_000_000  # larger images are refused before decoding (decompression bombs)
+    min_side: int = 64
+    blur_min: float = 30.0  # variance of Laplacian on the grey face crop resized to 128px
+    min_score: float = -0.5  # detector confidence floor
+    dominance_ratio: float = 2.0  # largest face area / next largest area needed to keep a multi-face image
+    min_face_px: int = 48  # face box side in source pixels
+    max_yaw: float = 45.0  # degrees, estimated from the 5 landmarks
+    phash_max_distance: int = 3  # Hamming distance at or below which images are near-duplicates
+    workers: int = 2
+
+    def validate(self) -> None:
+        if not 0 <= self.phash_max_distance <= 16:
+            raise ConfigError("filter.phash_max_distance must be in [0, 16]")
+        if self.workers < 1:
+            raise ConfigError("filter.workers must be >= 1")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """align: similarity transform to the ArcFace 5-point template, crops + landmarks."""
+
+    size: int = 256
+    template_scale: float = 1.0  # >1 zooms out around the template centre (more context)
+    image_format: typing.Literal["png", "jpg"] = "png"
+    jpeg_quality: int = 95
+    workers: int = 2
+
+    def validate(self) -> None:
+        if self.size < 32:
+            raise ConfigError("align.size must be >= 32")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """segment: face parsing maps."""
+
+    backend: typing.Literal["landmarks", "bisenet"] = "landmarks"
+    bisenet_weights: str | None = None
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class ThreeDMMConfig:
+    """threedmm: 3DMM coefficients per aligned face."""
+
+    backend: typing.Literal["learned", "file"] = "learned"
+    model_file: str | None = None  # user-supplied linear 3DMM (.npz: mean, id_basis, exp_basis)
+    n_shape: int = 20
+    n_exp: int = 10
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """split: identity-disjoint train/val/test."""
+
+    val_frac: float = 0.15
+    test_frac: float = 0.15
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not (0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1):
+            raise ConfigError("split: fractions must be in [0,1) and sum below 1")

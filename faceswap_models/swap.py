@@ -1,0 +1,72 @@
+"""Face swapping network Fswa (paper III-A, Figure 2): frozen MAE encoder -> CAFM -> ConvDecoder."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from faceswap_models.config import SwapConfig
+from faceswap_models.decoder import ConvDecoder
+from faceswap_models.fusion import CrossAttentionFusion
+from faceswap_models.mae import MAEEncoder
+
+
+class SwapGenerator(nn.Module):
+    """Fswa(I_s, I_t) -> I_o.
+
+    The shared encoder Ef is pretrained (`FaceMAE`) and, with cfg.freeze_encoder (paper), kept
+    frozen: requires_grad False, always in eval mode, run under no_grad (no activations stored).
+
+    Example:
+        >>> g = SwapGenerator(SwapConfig.tiny())
+        >>> g.load_encoder_state(mae.state_dict())  # FaceMAE or MAEEncoder state dict
+        >>> out = g(source, target)  # (B, 3, 32, 32) in [-1, 1]
+    """
+
+    def __init__(self, cfg: SwapConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = MAEEncoder(cfg.mae)
+        self.fusion = CrossAttentionFusion(cfg.fusion)
+        self.decoder = ConvDecoder(cfg.decoder)
+        if cfg.freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True) -> SwapGenerator:
+        super().train(mode)
+        if self.cfg.freeze_encoder:
+            self.encoder.eval()
+        return self
+
+    def load_encoder_state(self, state: Mapping[str, Tensor]) -> None:
+        """Load Ef from a `FaceMAE` state dict (keys 'encoder.*', decoder keys ignored) or an `MAEEncoder` one."""
+        if any(k.startswith("encoder.") for k in state):
+            state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        self.encoder.load_state_dict(state, strict=True)
+
+    def encode(self, imgs: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, N, L) patch embeddings, without graph when the encoder is frozen."""
+        if self.cfg.freeze_encoder:
+            with torch.no_grad():
+                return self.encoder(imgs)
+        return self.encoder(imgs)
+
+    def forward(self, source: Tensor, target: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """Swap the identity of `source` onto `target`.
+
+        Args:
+            source, target: (B, 3, H, W) aligned faces in [-1, 1], H = W = cfg.mae.img_size.
+            return_attn: also return CAFM cross-attention maps (B, heads, N, N).
+        Returns:
+            I_o (B, 3, H, W) in [-1, 1] (and attn if asked).
+        """
+        assert source.shape == target.shape, f"source {tuple(source.shape)} vs target {tuple(target.shape)}"
+        B = source.shape[0]
+        e = self.encode(torch.cat([source, target]))  # (2B, N, L), one encoder pass
+        e_s, e_t = e[:B], e[B:]  # (B, N, L) each
+        if return_attn:
+            e_o, attn = self.fusion(e_s, e_t, return_attn=True)
+            return self.decoder(e_o), attn
+        return self.decoder(self.fusion(e_s, e_t))  # (B, 3, H, W)
