@@ -268,7 +268,7 @@ class LinearFaceModel:
             pts = pts[self.landmark_idx]
         if pts.shape[0] != self.n_vertices:
             raise ValueError(f"fit: {pts.shape[0]} points for a {self.n_vertices}-vertex model")
-        a = np.concatenate([self.id_basis, self.exp_basis], 0).reshape(self.n_shape + self.n_exp, -1).T  # (3V, n)
+        a = np.concatenate([self.id_basis, self.exp_basis], 0).reshape(self.n_shape + self.n_exp, 3 * self.n_vertices).T  # (3V, n)
         lhs = a.T @ a + reg * np.eye(a.shape[1])
         coef = np.zeros(a.shape[1])
         x = self.mean
@@ -401,14 +401,32 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.sqrt((x**2).sum(1).mean())
 
 
+def _batch_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised `similarity_fit` of every src (N, V, 3) onto one dst (V, 3): s (N,), R (N,3,3), t (N,3)."""
+    mu_s, mu_d = src.mean(1), dst.mean(0)  # (N, 3), (3,)
+    xs, xd = src - mu_s[:, None], dst - mu_d
+    cov = np.einsum("vi,nvj->nij", xd, xs) / src.shape[1]  # (N, 3, 3)
+    u, sig, vt = np.linalg.svd(cov)
+    d = np.ones((len(src), 3))
+    d[:, 2] = np.sign(np.linalg.det(u) * np.linalg.det(vt))
+    d[d[:, 2] == 0, 2] = 1.0
+    r = u @ (d[:, :, None] * vt)
+    var_s = (xs**2).sum((1, 2)) / src.shape[1]
+    s = np.where(var_s > 0, (sig * d).sum(1) / np.where(var_s > 0, var_s, 1.0), 1.0)
+    t = mu_d - s[:, None] * np.einsum("nij,nj->ni", r, mu_s)
+    return s, r, t
+
+
+def _apply(s: np.ndarray, r: np.ndarray, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """s R x + t for batches: x (N, V, 3) -> (N, V, 3)."""
+    return s[:, None, None] * np.einsum("nvj,nij->nvi", x, r) + t[:, None]
+
+
 def _generalised_procrustes(meshes: np.ndarray, iters: int) -> tuple[np.ndarray, np.ndarray]:
     """Align every mesh to the evolving mean by a similarity. -> aligned (N, V, 3), mean (V, 3)."""
     ref = _normalise(meshes[0])
-    aligned = meshes.copy()
     for _ in range(max(1, iters)):
-        for i, m in enumerate(meshes):
-            s, r, t = similarity_fit(m, ref)
-            aligned[i] = s * m @ r.T + t
+        aligned = _apply(*_batch_similarity(meshes, ref), meshes)
         new = _normalise(aligned.mean(0))
         s, r, t = similarity_fit(new, ref)  # keep the reference frame from drifting
         new = s * new @ r.T + t
@@ -416,10 +434,7 @@ def _generalised_procrustes(meshes: np.ndarray, iters: int) -> tuple[np.ndarray,
         ref = new
         if done:
             break
-    for i, m in enumerate(meshes):
-        s, r, t = similarity_fit(m, ref)
-        aligned[i] = s * m @ r.T + t
-    return aligned, ref
+    return _apply(*_batch_similarity(meshes, ref), meshes), ref
 
 
 def canonical_rotation(mean: np.ndarray, meshes: np.ndarray | None = None) -> np.ndarray:
@@ -438,7 +453,8 @@ def canonical_rotation(mean: np.ndarray, meshes: np.ndarray | None = None) -> np
     q = np.stack([ex, ey, np.cross(ex, ey)])  # rows: canonical axes
     if meshes is not None and len(meshes):
         canon = (mean - mean.mean(0)) @ q.T
-        pitches = [pose_from_rotation(similarity_fit(canon, m)[1])[1] for m in meshes]
+        r = _batch_similarity(meshes, canon)[1].transpose(0, 2, 1)  # canon -> each mesh
+        pitches = -np.degrees(np.arctan2(r[:, 2, 1], r[:, 2, 2]))  # as in pose_from_rotation
         q = _rx(-math.radians(float(np.median(pitches)))) @ q
     return q
 
@@ -464,7 +480,12 @@ def _pca(d: np.ndarray, dof: int, n: int, what: str) -> np.ndarray:
         if n > 0:
             log.warning("learn_model: %s basis: no data supports it; %d -> 0 components", what, n)
         return np.zeros((0, d.shape[1]))
-    _, sv, vt = np.linalg.svd(d, full_matrices=False)
+    if d.shape[0] > d.shape[1]:  # many meshes: eigen-decompose the (3V, 3V) scatter instead
+        w, vec = np.linalg.eigh(d.T @ d)
+        order = np.argsort(w)[::-1]
+        sv, vt = np.sqrt(np.clip(w[order], 0, None)), vec[:, order].T
+    else:
+        _, sv, vt = np.linalg.svd(d, full_matrices=False)
     rank = int((sv > sv[0] * 1e-6).sum()) if sv.size and sv[0] > 0 else 0
     k = min(n, dof, rank)
     if k < n:

@@ -120,6 +120,7 @@ def save_safetensors_atomic(state: Mapping[str, torch.Tensor], path: str | os.Pa
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp,
                   metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

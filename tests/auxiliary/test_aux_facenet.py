@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from faceswap_models.auxiliary import FaceNetEncoder, InceptionResnetV1, ensure_facenet_weights, load_state_dict_file
