@@ -144,12 +144,12 @@ class FilterConfig:
     dominance_ratio: float = 2.0  # largest face area / next largest area needed to keep a multi-face image
     min_face_px: int = 48  # face box side in source pixels
     max_yaw: float = 45.0  # degrees, estimated from the 5 landmarks
-    phash_max_distance: int = 3  # Hamming distance at or below which images are near-duplicates
+    phash_max_distance: int = 3  # Hamming distance at or below which faces are near-duplicates; -1 = off
     workers: int = 2
 
     def validate(self) -> None:
-        if not 0 <= self.phash_max_distance <= 16:
-            raise ConfigError("filter.phash_max_distance must be in [0, 16]")
+        if not -1 <= self.phash_max_distance <= 16:
+            raise ConfigError("filter.phash_max_distance must be in [-1, 16] (-1 turns it off)")
         if self.workers < 1:
             raise ConfigError("filter.workers must be >= 1")
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import scipy.linalg
 
 from faceswap_common.io import atomic_path
 
@@ -480,16 +481,20 @@ def _pca(d: np.ndarray, dof: int, n: int, what: str) -> np.ndarray:
         if n > 0:
             log.warning("learn_model: %s basis: no data supports it; %d -> 0 components", what, n)
         return np.zeros((0, d.shape[1]))
-    if d.shape[0] > d.shape[1]:  # many meshes: eigen-decompose the (3V, 3V) scatter instead
-        w, vec = np.linalg.eigh(d.T @ d)
-        order = np.argsort(w)[::-1]
-        sv, vt = np.sqrt(np.clip(w[order], 0, None)), vec[:, order].T
-    else:
-        _, sv, vt = np.linalg.svd(d, full_matrices=False)
-    rank = int((sv > sv[0] * 1e-6).sum()) if sv.size and sv[0] > 0 else 0
-    k = min(n, dof, rank)
+    m = min(n, dof, *d.shape)
+    if m < 1:
+        return np.zeros((0, d.shape[1]))
+    # top-m eigenpairs of the smaller Gram matrix (fast for many meshes: 3V x 3V at most)
+    wide = d.shape[0] <= d.shape[1]
+    g = d @ d.T if wide else d.T @ d
+    w, vec = scipy.linalg.eigh(g, subset_by_index=[len(g) - m, len(g) - 1])
+    w, vec = w[::-1], vec[:, ::-1]
+    sv = np.sqrt(np.clip(w, 0, None))  # singular values of d, descending
+    rank = int((sv > sv[0] * 1e-5).sum()) if sv[0] > 0 else 0
+    k = min(m, rank)
+    vt = (vec[:, :k].T @ d) / sv[:k, None] if wide else vec[:, :k].T  # (k, 3V) unit rows
     if k < n:
-        log.warning("learn_model: %s basis clamped %d -> %d components (data supports %d)", what, n, k, min(dof, rank))
+        log.warning("learn_model: %s basis clamped %d -> %d components (data supports %d)", what, n, k, k)
     std = sv[:k] / math.sqrt(dof)
     return vt[:k] * std[:, None]
 

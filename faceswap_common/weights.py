@@ -17,7 +17,7 @@ from torch import nn
 __all__ = ["WeightsError", "read_state_dict", "load_into"]
 
 # Containers that training scripts commonly wrap the real state dict in.
-_NESTED_KEYS = ("state_dict", "model")
+_NESTED_KEYS = ("state_dict", "model", "backbone")
 # Key prefix left by nn.DataParallel / DistributedDataParallel.
 _DP_PREFIX = "module."
 # How many offending keys an error message lists.
@@ -82,23 +82,28 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     state: dict[str, torch.Tensor] = {}
     for k, v in obj.items():
-        state[k[len(_DP_PREFIX):] if k.startswith(_DP_PREFIX) else k] = v
+        for prefix in (_DP_PREFIX, "_orig_mod."):  # DataParallel / torch.compile wrappers
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        state[k] = v
     return state
 
 
-def load_into(module: nn.Module, path: str | os.PathLike, strict: bool = True) -> nn.Module:
+def load_into(module: nn.Module, path: str | os.PathLike, strict: bool = True,
+              ignore_prefixes: tuple[str, ...] = ()) -> nn.Module:
     """Load the weights in ``path`` into ``module`` (in place) and return ``module``.
 
     Shape mismatches are always an error. With ``strict`` (the default), keys the module has
     but the file lacks, and keys the file has but the module lacks, are errors too. A missing
     BatchNorm ``num_batches_tracked`` counter (absent from checkpoints of old PyTorch versions)
-    is never an error; it is left as is.
+    is never an error; it is left as is. File keys starting with one of ``ignore_prefixes``
+    are dropped first (e.g. ``("classifier.",)`` to load only VGG's conv trunk).
 
     Raises:
         WeightsError: naming the file and listing a few of the offending keys and shapes.
     """
     path = Path(path)
-    state = read_state_dict(path)
+    state = {k: v for k, v in read_state_dict(path).items() if not (ignore_prefixes and k.startswith(ignore_prefixes))}
     expected = module.state_dict()
 
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]

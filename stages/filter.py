@@ -132,7 +132,7 @@ def run(cfg: FilterConfig, detect: DetectConfig, manifest: str | Path, out_filte
     for i in todo:
         results[i] = cache.get(rows[i]["sha256"])
     accepted = [i for i, res in enumerate(results) if res["reason"] is None]
-    dups = near_duplicates([rows[i]["path"] for i in accepted], [results[i]["phash"] for i in accepted],
+    dups = {} if cfg.phash_max_distance < 0 else near_duplicates([rows[i]["path"] for i in accepted], [results[i]["phash"] for i in accepted],
                            cfg.phash_max_distance)
     for k, (j, d) in dups.items():
         i = accepted[k]

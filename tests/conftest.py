@@ -1,0 +1,58 @@
+"""Shared fixtures for the data-stage tests: a tiny demo corpus, real face images, bad inputs."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from faceswap_common.config import (  # noqa: E402
+    AlignConfig, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
+)
+
+
+@pytest.fixture(scope="session")
+def face_rgb() -> np.ndarray:
+    """A real photographic face (scikit-image's astronaut, public domain), (512, 512, 3) uint8."""
+    from faceswap_common.demo_corpus import _base_astronaut
+
+    return _base_astronaut(512)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """A 4-identity x 4-image demo corpus (plus the bad extras), built once per session."""
+    from faceswap_common.demo_corpus import build_demo_corpus
+
+    return build_demo_corpus(tmp_path_factory.mktemp("corpus") / "raw", identities=5, per_identity=4)
+
+
+@pytest.fixture()
+def cfgs():
+    """Default stage configs with one worker (tests stay in-process and fast)."""
+    return {
+        "ingest": IngestConfig(source="folder"),
+        "detect": DetectConfig(),
+        "filter": FilterConfig(workers=1),
+        "align": AlignConfig(workers=1),
+        "segment": SegmentConfig(workers=1),
+        "threedmm": ThreeDMMConfig(workers=1, n_shape=3, n_exp=3),
+        "split": SplitConfig(),
+    }
+
+
+def write_rgb(path: Path, img: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return path
