@@ -1,0 +1,184 @@
+"""The data-preparation stages end to end on a tiny demo corpus, plus each stage's contract."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from faceswap_common.config import ConfigError, FilterConfig, IngestConfig, from_dict
+from faceswap_common.faces import arcface_template, transform_points, yaw_from_landmarks
+from faceswap_common.images import read_rgb
+from faceswap_common.schemas import (
+    ALIGNED, FILTERED, MANIFEST, REJECTS, SEGMENTS, SPLITS, THREEDMM, SchemaError, read_table,
+)
+from stages import align, ingest, segment, split, threedmm
+from stages import filter as filter_stage
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_corpus, tmp_path_factory):
+    """Run ingest -> filter -> align -> segment -> threedmm -> split once; return the work dir."""
+    from faceswap_common.config import (
+        AlignConfig, DetectConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
+    )
+    work = tmp_path_factory.mktemp("work")
+    src = work / "raw"
+    shutil.copytree(tiny_corpus, src)
+    c = work / "cache"
+    m = {"ingest": ingest.run(IngestConfig(source="folder", root=str(src)), work / "manifest.parquet", c)}
+    m["filter"] = filter_stage.run(FilterConfig(workers=1), DetectConfig(), work / "manifest.parquet",
+                                   work / "filtered.parquet", work / "rejects.parquet", c)
+    m["align"] = align.run(AlignConfig(workers=1), DetectConfig(), 10**8, work / "filtered.parquet",
+                           work / "aligned", work / "aligned.parquet", work / "align_rejects.parquet", c)
+    m["segment"] = segment.run(SegmentConfig(workers=1), work / "aligned.parquet", work / "aligned",
+                               work / "parsing", work / "segments.parquet")
+    m["threedmm"] = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), work / "aligned.parquet",
+                                 work / "aligned", work / "meshes", work / "threedmm.parquet",
+                                 work / "threedmm_model.npz", work / "threedmm_rejects.parquet")
+    m["split"] = split.run(SplitConfig(), work / "threedmm.parquet", work / "splits.parquet")
+    return work, m
+
+
+def test_filter_invariant_and_demo_reasons(prepared):
+    work, m = prepared
+    manifest = read_table(work / "manifest.parquet", MANIFEST)
+    kept = read_table(work / "filtered.parquet", FILTERED).column("path").to_pylist()
+    rej = read_table(work / "rejects.parquet", REJECTS).to_pylist()
+    assert sorted(kept + [r["path"] for r in rej]) == sorted(manifest.column("path").to_pylist())
+    reasons = {Path(r["path"]).name: r["reason"] for r in rej}
+    assert reasons["x_no_face.jpg"] == "no_face"
+    assert reasons["x_tiny.png"] == "too_small"
+    assert reasons["x_duplicate_of_id000.jpg"] == "near_duplicate"
+    assert m["filter"]["accepted"] >= 15
+
+
+def test_alignment_maps_landmarks_onto_the_template(prepared):
+    work, _ = prepared
+    rows = read_table(work / "aligned.parquet", ALIGNED).to_pylist()
+    template = arcface_template(256)
+    for r in rows:
+        lm5 = np.asarray(r["landmarks5"]).reshape(5, 2)
+        err = np.linalg.norm(lm5 - template, axis=1)  # similarity-fit residual per point, crop pixels
+        assert err[:2].max() < 10.0 and err.mean() < 12.0  # eyes land on the template; smiles may stretch
+        lm68 = np.asarray(r["landmarks68"]).reshape(68, 2)
+        assert (lm68 > 0).all() and (lm68 < 256).all()
+        img = read_rgb(work / "aligned" / r["crop"])
+        assert img.shape == (256, 256, 3)
+    # The matrix is the one that was applied: source landmarks map to the stored crop landmarks.
+    src = {r["sha256"]: r for r in read_table(work / "filtered.parquet", FILTERED).to_pylist()}
+    r = rows[0]
+    mat = np.asarray(r["matrix"]).reshape(2, 3)
+    mapped = transform_points(np.asarray(src[r["sha256"]]["landmarks5"]).reshape(5, 2), mat)
+    np.testing.assert_allclose(mapped, np.asarray(r["landmarks5"]).reshape(5, 2), atol=1e-3)
+
+
+def test_parsing_maps_have_face_parts_in_the_right_places(prepared):
+    work, _ = prepared
+    import cv2
+    rows = read_table(work / "segments.parquet", SEGMENTS).to_pylist()
+    assert len(rows) == len(read_table(work / "aligned.parquet", ALIGNED))
+    lab = cv2.imread(str(work / "parsing" / rows[0]["parsing"]), cv2.IMREAD_UNCHANGED)
+    assert lab.shape == (256, 256) and set(np.unique(lab)) >= {0, 1, 2, 3, 4, 5}
+    ys = {k: np.nonzero(lab == k)[0].mean() for k in (2, 3, 4, 5)}
+    assert ys[2] < ys[3] < ys[4] < ys[5]  # brows above eyes above nose above mouth
+    assert abs(sum(rows[0]["class_fractions"]) - 1) < 1e-5
+
+
+def test_threedmm_table_and_split_are_identity_disjoint(prepared):
+    work, m = prepared
+    t = read_table(work / "threedmm.parquet", THREEDMM).to_pylist()
+    assert t and all(len(r["pose"]) == 3 and len(r["camera"]) == 3 for r in t)
+    assert all(len(r["shape"]) == m["threedmm"]["n_shape"] for r in t)
+    assert all(np.isfinite(r["fit_rmse"]) and r["fit_rmse"] < 3.0 for r in t)
+    s = read_table(work / "splits.parquet", SPLITS).to_pylist()
+    by_split: dict[str, set] = {}
+    for r in s:
+        by_split.setdefault(r["split"], set()).add(r["identity"])
+    assert set(by_split) == {"train", "val", "test"}
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+    assert not (by_split["val"] & by_split["test"])
+
+
+def test_split_is_seeded():
+    from faceswap_common.config import SplitConfig
+    ids = [f"id{i}" for i in range(20)]
+    a = split.assign_identities(ids, SplitConfig(seed=1))
+    assert a == split.assign_identities(list(reversed(ids)), SplitConfig(seed=1))
+    assert a != split.assign_identities(ids, SplitConfig(seed=2))
+    assert sum(v == "test" for v in a.values()) == 3
+
+
+def test_rerun_after_adding_images_reads_only_new_ones(prepared, face_rgb, tmp_path):
+    from faceswap_common.config import AlignConfig, DetectConfig
+    from conftest import write_rgb
+    work, m = prepared
+    src = work / "raw"
+    c = work / "cache"
+    again = ingest.run(IngestConfig(source="folder", root=str(src)), tmp_path / "manifest.parquet", c)
+    assert again["read"] == 0 and again["files"] == m["ingest"]["files"]
+    write_rgb(src / "id_new" / "new.jpg", np.ascontiguousarray(np.roll(face_rgb, 25, axis=1)))
+    grown = ingest.run(IngestConfig(source="folder", root=str(src)), tmp_path / "manifest.parquet", c)
+    assert grown["read"] == 1 and grown["files"] == m["ingest"]["files"] + 1
+    f = filter_stage.run(FilterConfig(workers=1, phash_max_distance=-1), DetectConfig(),
+                         tmp_path / "manifest.parquet", tmp_path / "filtered.parquet", tmp_path / "rejects.parquet", c)
+    assert f["inspected"] == 1
+    a = align.run(AlignConfig(workers=1), DetectConfig(), 10**8, tmp_path / "filtered.parquet", work / "aligned",
+                  tmp_path / "aligned.parquet", tmp_path / "align_rejects.parquet", c)
+    assert a["warped"] == 1
+
+
+def test_config_rejects_unknown_keys_and_wrong_types():
+    with pytest.raises(ConfigError, match="unknown key"):
+        from_dict(FilterConfig, {"blur_minimum": 3}, "filter")
+    with pytest.raises(ConfigError, match="expected a number"):
+        from_dict(FilterConfig, {"blur_min": "sharp"}, "filter")
+    with pytest.raises(ConfigError, match="not one of"):
+        from_dict(IngestConfig, {"source": "internet"}, "ingest")
+    assert from_dict(FilterConfig, {"blur_min": 10}, "filter").blur_min == 10.0
+
+
+def test_params_yaml_loads_every_section():
+    from faceswap_common import config as C
+    p = Path(__file__).parents[1] / "params.yaml"
+    for cls, name in [(C.IngestConfig, "ingest"), (C.DetectConfig, "detect"), (C.FilterConfig, "filter"),
+                      (C.AlignConfig, "align"), (C.SegmentConfig, "segment"), (C.ThreeDMMConfig, "threedmm"),
+                      (C.SplitConfig, "split")]:
+        assert isinstance(C.load_section(cls, name, p), cls)
+
+
+def test_schema_check_on_read(tmp_path):
+    import pyarrow as pa
+    pq.write_table(pa.table({"path": ["a"]}), tmp_path / "bad.parquet")
+    with pytest.raises(SchemaError, match="missing column"):
+        read_table(tmp_path / "bad.parquet", MANIFEST)
+
+
+def test_yaw_sign_flips_for_mirrored_landmarks():
+    lm = np.array([[100, 100], [160, 100], [140, 130], [110, 160], [150, 160]], float)
+    mirrored = lm.copy()
+    mirrored[:, 0] = 256 - mirrored[:, 0]
+    mirrored = mirrored[[1, 0, 2, 4, 3]]
+    assert yaw_from_landmarks(lm) > 5 and yaw_from_landmarks(mirrored) == pytest.approx(-yaw_from_landmarks(lm))
+
+
+def test_retinaface_loads_local_weights_and_errors_name_the_file(tmp_path, face_rgb):
+    import torch
+    from faceswap_common.config import DetectConfig
+    from faceswap_common.faces import RetinaFaceDetector, build_retinaface
+    from faceswap_common.weights import WeightsError
+    torch.manual_seed(0)
+    torch.save(build_retinaface().state_dict(), tmp_path / "r50.pth")
+    det = RetinaFaceDetector(DetectConfig(backend="retinaface", retinaface_weights=str(tmp_path / "r50.pth"),
+                                          max_side=160, retinaface_threshold=0.0))
+    faces = det.detect(face_rgb)
+    assert all(f.landmarks5.shape == (5, 2) and np.isfinite(f.box).all() for f in faces)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="bad.pth"):
+        RetinaFaceDetector(DetectConfig(backend="retinaface", retinaface_weights=str(tmp_path / "bad.pth")))
+    torch.save({"body.conv1.weight": torch.zeros(3, 3)}, tmp_path / "shape.pth")
+    with pytest.raises(WeightsError, match="shape.pth"):
+        RetinaFaceDetector(DetectConfig(backend="retinaface", retinaface_weights=str(tmp_path / "shape.pth")))
