@@ -59,7 +59,8 @@ def test_filter_invariant_and_demo_reasons(prepared):
 def test_alignment_maps_landmarks_onto_the_template(prepared):
     work, _ = prepared
     rows = read_table(work / "aligned.parquet", ALIGNED).to_pylist()
-    template = arcface_template(256)
+    from faceswap_common.config import AlignConfig
+    template = arcface_template(256, AlignConfig().template_scale)
     for r in rows:
         lm5 = np.asarray(r["landmarks5"]).reshape(5, 2)
         # Least-squares similarity: centroids coincide exactly, eyes land near the template
