@@ -159,7 +159,7 @@ class AlignConfig:
     """align: similarity transform to the ArcFace 5-point template, crops + landmarks."""
 
     size: int = 256
-    template_scale: float = 1.25  # >1 zooms out around the template centre (keeps chin + jaw contour)
+    template_scale: float = 1.4  # >1 zooms out around the template centre (keeps chin + jaw contour)
     image_format: typing.Literal["png", "jpg"] = "png"
     jpeg_quality: int = 95
     workers: int = 2

@@ -70,7 +70,7 @@ def test_alignment_maps_landmarks_onto_the_template(prepared):
         iod = np.linalg.norm(lm5[1] - lm5[0]) / np.linalg.norm(template[1] - template[0])
         assert 0.85 < iod < 1.15
         lm68 = np.asarray(r["landmarks68"]).reshape(68, 2)
-        assert (lm68 > 0).all() and (lm68 < 256).all()
+        assert (lm68 > 0).all() and (lm68 < 256).all(), lm68.max(0)
         img = read_rgb(work / "aligned" / r["crop"])
         assert img.shape == (256, 256, 3)
     # The matrix is the one that was applied: source landmarks map to the stored crop landmarks.
