@@ -32,7 +32,8 @@ test: venv
 	$(PY) -m pytest -q
 
 bench: venv
-	$(PY) -m bench.data_prep
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m bench.data_prep
+	$(PY) -m faceswap_models.bench
 
 flow: venv
 	$(PY) -m flows.prepare

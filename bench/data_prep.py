@@ -1,0 +1,181 @@
+"""Data-preparation benchmark: throughput, worker scaling, incremental cost, peak memory,
+RetinaFace CPU speed and the no-op `dvc repro` time — all measured in this one run.
+
+Usage: python -m bench.data_prep [--identities 24 --per-identity 10]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from faceswap_common import config as C  # noqa: E402
+from faceswap_common.demo_corpus import build_demo_corpus  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_stages(src: Path, work: Path, workers: int) -> tuple[float, dict]:
+    """All data stages in-process (worker pools inside); returns (seconds, metrics)."""
+    from stages import align, filter as filter_stage, ingest, segment, split, threedmm
+
+    c = work / "cache"
+    t = time.perf_counter()
+    m = {"ingest": ingest.run(C.IngestConfig(source="folder", root=str(src)), work / "manifest.parquet", c)}
+    m["filter"] = filter_stage.run(C.FilterConfig(workers=workers), C.DetectConfig(), work / "manifest.parquet",
+                                   work / "filtered.parquet", work / "rejects.parquet", c)
+    m["align"] = align.run(C.AlignConfig(workers=workers), C.DetectConfig(), 10**8, work / "filtered.parquet",
+                           work / "aligned", work / "aligned.parquet", work / "align_rejects.parquet", c)
+    m["segment"] = segment.run(C.SegmentConfig(workers=workers), work / "aligned.parquet", work / "aligned",
+                               work / "parsing", work / "segments.parquet")
+    m["threedmm"] = threedmm.run(C.ThreeDMMConfig(workers=workers), work / "aligned.parquet", work / "aligned",
+                                 work / "meshes", work / "threedmm.parquet", work / "threedmm_model.npz",
+                                 work / "threedmm_rejects.parquet")
+    m["split"] = split.run(C.SplitConfig(), work / "threedmm.parquet", work / "splits.parquet")
+    return time.perf_counter() - t, m
+
+
+def peak_rss_per_stage(src: Path, work: Path) -> dict[str, float]:
+    """Run each stage CLI as a child process; its peak RSS (MiB, incl. its worker processes)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["ingest"].update(source="folder", root=str(src))
+    pfile = work / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    d = work / "data"
+    cmds = {
+        "ingest": ["stages.ingest", "--out", f"{d}/manifest.parquet"],
+        "filter": ["stages.filter", "--manifest", f"{d}/manifest.parquet", "--out", f"{d}/filtered.parquet",
+                   "--rejects", f"{d}/rejects.parquet"],
+        "align": ["stages.align", "--filtered", f"{d}/filtered.parquet", "--out-dir", f"{d}/aligned",
+                  "--out", f"{d}/aligned.parquet", "--rejects", f"{d}/align_rejects.parquet"],
+        "segment": ["stages.segment", "--aligned", f"{d}/aligned.parquet", "--aligned-dir", f"{d}/aligned",
+                    "--out-dir", f"{d}/parsing", "--out", f"{d}/segments.parquet"],
+        "threedmm": ["stages.threedmm", "--aligned", f"{d}/aligned.parquet", "--aligned-dir", f"{d}/aligned",
+                     "--mesh-dir", f"{d}/meshes", "--out", f"{d}/threedmm.parquet",
+                     "--model-out", f"{d}/threedmm_model.npz", "--rejects", f"{d}/threedmm_rejects.parquet"],
+        "split": ["stages.split", "--table", f"{d}/threedmm.parquet", "--out", f"{d}/splits.parquet"],
+    }
+    out = {}
+    for name, args in cmds.items():
+        proc = subprocess.Popen([sys.executable, "-m", *args, "--params", str(pfile), "--cache-dir", f"{d}/cache"],
+                                cwd=REPO, stdout=subprocess.DEVNULL)
+        _, status, ru = os.wait4(proc.pid, 0)
+        if status != 0:
+            raise RuntimeError(f"stage {name} failed in the memory benchmark")
+        out[name] = ru.ru_maxrss / 1024.0  # KiB -> MiB
+    return out
+
+
+def retinaface_cpu(n: int = 6) -> float:
+    """RetinaFace-R50 images/s at 640 px on CPU (random weights: speed only)."""
+    import torch
+
+    from faceswap_common.demo_corpus import _base_astronaut
+    from faceswap_common.faces import RetinaFaceDetector, build_retinaface
+
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(build_retinaface().state_dict(), f"{tmp}/r50.pth")
+        det = RetinaFaceDetector(C.DetectConfig(backend="retinaface", retinaface_weights=f"{tmp}/r50.pth", max_side=640))
+        img = np.asarray(np.tile(_base_astronaut(320), (2, 2, 1)))  # 640 x 640
+        det.detect(img)
+        t = time.perf_counter()
+        for _ in range(n):
+            det.detect(img)
+        return n / (time.perf_counter() - t)
+
+
+def dvc_noop_seconds(src: Path, tmp: Path) -> tuple[float, float]:
+    """Clone the repo, `dvc repro` once (full), then time a second `dvc repro` with nothing changed."""
+    clone = tmp / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["ingest"].update(source="folder", root=str(src))
+    (clone / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    t = time.perf_counter()
+    subprocess.run(["dvc", "repro", "-q"], cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
+    full = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run(["dvc", "repro", "-q"], cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
+    return full, time.perf_counter() - t
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--identities", type=int, default=24)
+    p.add_argument("--per-identity", type=int, default=10)
+    p.add_argument("--json", default="bench-results/data_prep.json")
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))
+    try:
+        corpus = build_demo_corpus(tmp / "corpus", a.identities, a.per_identity)
+        files = sorted(f for f in corpus.rglob("*") if f.is_file() and not f.name.startswith("."))
+        n = len(files)
+        r: dict = {"images": n, "input_px": 512}
+        t1, _ = run_stages(corpus, tmp / "w1", workers=1)
+        t2, m2 = run_stages(corpus, tmp / "w2", workers=2)
+        r.update(seconds_1_worker=t1, seconds_2_workers=t2, images_per_s_1_worker=n / t1,
+                 images_per_s_2_workers=n / t2, speedup_2_vs_1=t1 / t2)
+        # Incremental: full run on ~90% of the files, then add the other ~10% and re-run.
+        part = tmp / "partial"
+        rng = np.random.default_rng(0)
+        held = set(rng.choice(n, size=max(1, n // 10), replace=False).tolist())
+        for i, f in enumerate(files):
+            if i not in held:
+                dst = part / f.relative_to(corpus)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dst)
+        run_stages(part, tmp / "inc", workers=2)
+        for i in held:
+            dst = part / files[i].relative_to(corpus)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(files[i], dst)
+        t_inc, _ = run_stages(part, tmp / "inc", workers=2)
+        r.update(seconds_rerun_after_10pct_new=t_inc, rerun_fraction_of_full=t_inc / t2)
+        r["peak_rss_mib"] = peak_rss_per_stage(corpus, tmp / "mem")
+        r["retinaface_r50_cpu_images_per_s"] = retinaface_cpu()
+        full, noop = dvc_noop_seconds(corpus, tmp)
+        r.update(dvc_repro_full_seconds=full, dvc_repro_noop_seconds=noop)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print_report(r)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
+def print_report(r: dict) -> None:
+    ok = lambda cond: "PASS" if cond else "FAIL"  # noqa: E731
+    peak = max(r["peak_rss_mib"].values())
+    rows = [
+        ("images (demo corpus, 512 px)", f"{r['images']}", ""),
+        ("end to end, 1 worker", f"{r['images_per_s_1_worker']:.1f} img/s", ""),
+        ("end to end, 2 workers", f"{r['images_per_s_2_workers']:.1f} img/s", f"goal >= 10: {ok(r['images_per_s_2_workers'] >= 10)}"),
+        ("2 workers / 1 worker", f"{r['speedup_2_vs_1']:.2f}x", f"goal >= 1.7: {ok(r['speedup_2_vs_1'] >= 1.7)}"),
+        ("re-run after +10% images / full run", f"{r['rerun_fraction_of_full']:.2f}", f"goal <= 0.20: {ok(r['rerun_fraction_of_full'] <= 0.2)}"),
+        ("peak RSS of any stage", f"{peak:.0f} MiB", f"goal <= 2048: {ok(peak <= 2048)}"),
+        *[(f"  peak RSS {k}", f"{v:.0f} MiB", "") for k, v in r["peak_rss_mib"].items()],
+        ("RetinaFace R50, CPU, 640 px", f"{r['retinaface_r50_cpu_images_per_s']:.2f} img/s", ""),
+        ("dvc repro, full (clone)", f"{r['dvc_repro_full_seconds']:.1f} s", ""),
+        ("dvc repro, nothing changed", f"{r['dvc_repro_noop_seconds']:.1f} s", f"goal <= 5: {ok(r['dvc_repro_noop_seconds'] <= 5)}"),
+    ]
+    w = max(len(a) for a, _, _ in rows)
+    print("\nData preparation benchmark (offline default backends, this machine, one run)")
+    for a, b, c in rows:
+        print(f"  {a:<{w}}  {b:>14}  {c}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
