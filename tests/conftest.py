@@ -13,7 +13,6 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from pathlib import Path  # noqa: E402
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -51,8 +50,3 @@ def cfgs():
         "split": SplitConfig(),
     }
 
-
-def write_rgb(path: Path, img: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-    return path

@@ -16,7 +16,7 @@ from faceswap_common.schemas import FILTERED, MANIFEST, REJECTS, read_table
 from stages import filter as filter_stage
 from stages import ingest
 
-from conftest import write_rgb
+from imageutil import write_rgb
 
 
 def _png_header_only(path: Path, w: int, h: int) -> None:

@@ -119,7 +119,7 @@ def test_split_is_seeded():
 
 def test_rerun_after_adding_images_reads_only_new_ones(prepared, face_rgb, tmp_path):
     from faceswap_common.config import AlignConfig, DetectConfig
-    from conftest import write_rgb
+    from imageutil import write_rgb
     work, m = prepared
     src = work / "raw"
     c = work / "cache"
