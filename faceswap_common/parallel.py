@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
@@ -16,12 +17,8 @@ _STATE: object = None
 def _init(factory: Callable[[], object]) -> None:
     global _STATE
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:  # pragma: no cover
-        pass
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
     _STATE = factory()
 
 
@@ -35,6 +32,8 @@ def pmap(fn: Callable[[object, T], R], items: Iterable[T], factory: Callable[[],
     """Yield fn(state, item) in order; `state = factory()` is built once per worker process.
 
     `fn` and `factory` must be module-level functions (picklable). workers=1 runs in-process.
+    Workers are spawned, not forked: a parent that already runs torch/mediapipe threads can
+    deadlock a forked child.
     """
     bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5,
                disable=os.environ.get("FACESWAP_NO_PROGRESS") == "1")
@@ -45,7 +44,7 @@ def pmap(fn: Callable[[object, T], R], items: Iterable[T], factory: Callable[[],
                 yield fn(state, item)
                 bar.update(1)
             return
-        ctx = mp.get_context("fork")
+        ctx = mp.get_context("spawn")
         with ctx.Pool(workers, initializer=_init, initargs=(factory,)) as pool:
             for r in pool.imap(_call, ((fn, it) for it in items), chunksize=chunksize):
                 yield r
