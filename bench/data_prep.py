@@ -51,6 +51,7 @@ def peak_rss_per_stage(src: Path, work: Path) -> dict[str, float]:
     """Run each stage CLI as a child process; its peak RSS (MiB, incl. its worker processes)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"].update(source="folder", root=str(src))
+    work.mkdir(parents=True, exist_ok=True)
     pfile = work / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     d = work / "data"
