@@ -51,3 +51,18 @@ def fingerprint(*parts: object) -> str:
         h.update(repr(p).encode("utf-8"))
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def remove_stale(directory: str | os.PathLike, pattern: str, keep: set[str]) -> int:
+    """Delete files under `directory` matching `pattern` whose relative posix path is not in `keep`.
+
+    Content-addressed stage outputs (crops, parsing maps, meshes) use this after a run so that
+    images gone from the input do not linger. Returns how many files were removed.
+    """
+    directory = Path(directory)
+    removed = 0
+    for f in directory.rglob(pattern):
+        if f.relative_to(directory).as_posix() not in keep:
+            f.unlink()
+            removed += 1
+    return removed

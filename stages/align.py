@@ -20,7 +20,7 @@ from faceswap_common.cli import parser, write_metrics
 from faceswap_common.config import AlignConfig, DetectConfig, FilterConfig, load_section
 from faceswap_common.faces import Landmarker68, align_face, transform_points
 from faceswap_common.images import BadImage, decode_rgb, encode_image
-from faceswap_common.io import atomic_write_bytes, fingerprint
+from faceswap_common.io import atomic_write_bytes, fingerprint, remove_stale
 from faceswap_common.parallel import pmap
 from faceswap_common.schemas import ALIGNED, FILTERED, REJECTS, read_table, write_table
 
@@ -74,12 +74,7 @@ def run(cfg: AlignConfig, detect: DetectConfig, max_pixels: int, filtered: str |
         else:
             aligned.append({"sha256": r["sha256"], "identity": r["identity"], "path": r["path"],
                             "size": cfg.size, **{k: res[k] for k in ("crop", "matrix", "landmarks5", "landmarks68")}})
-    keep = {a["crop"] for a in aligned}
-    removed = 0
-    for f in out_dir.rglob(f"*.{cfg.image_format}"):
-        if f.relative_to(out_dir).as_posix() not in keep:
-            f.unlink()
-            removed += 1
+    removed = remove_stale(out_dir, f"*.{cfg.image_format}", {a["crop"] for a in aligned})
     write_table(aligned, out_table, ALIGNED)
     write_table(rejected, out_rejects, REJECTS)
     cache.save(keep={r["sha256"] for r in rows})

@@ -17,7 +17,7 @@ from faceswap_common.bisenet import LABELS
 from faceswap_common.cli import parser, write_metrics
 from faceswap_common.config import SegmentConfig, load_section
 from faceswap_common.images import encode_image, read_rgb
-from faceswap_common.io import atomic_write_bytes
+from faceswap_common.io import atomic_write_bytes, remove_stale
 from faceswap_common.parallel import pmap
 from faceswap_common.schemas import ALIGNED, SEGMENTS, read_table, write_table
 
@@ -89,9 +89,7 @@ def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_di
         frac = np.bincount(lab.reshape(-1), minlength=N_LABELS)[:N_LABELS] / lab.size
         out_rows.append({"sha256": r["sha256"], "identity": r["identity"], "parsing": name,
                          "class_fractions": frac.astype(np.float32).tolist()})
-    for f in out_dir.rglob("*.png"):
-        if f.relative_to(out_dir).as_posix() not in keep:
-            f.unlink()
+    remove_stale(out_dir, "*.png", keep)
     write_table(out_rows, out_table, SEGMENTS)
     mean = np.mean([r["class_fractions"] for r in out_rows], axis=0) if out_rows else np.zeros(N_LABELS)
     return {"faces": len(out_rows), "parsed_this_run": len(todo),

@@ -16,7 +16,7 @@ import numpy as np
 from faceswap_common.cli import parser, write_metrics
 from faceswap_common.config import ThreeDMMConfig, load_section
 from faceswap_common.images import read_rgb
-from faceswap_common.io import atomic_path
+from faceswap_common.io import atomic_path, remove_stale
 from faceswap_common.parallel import pmap
 from faceswap_common.schemas import ALIGNED, REJECTS, THREEDMM, read_table, write_table
 from faceswap_common.threedmm import LinearFaceModel, MeshLandmarker, learn_model
@@ -76,10 +76,7 @@ def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_
                          "contour2d": model.contour2d(c).astype(np.float32).reshape(-1).tolist()})
     write_table(out_rows, out_table, THREEDMM)
     write_table(rejects, out_rejects, REJECTS)
-    keep = {mesh_name(r["sha256"]) for r in rows}
-    for f in mesh_dir.rglob("*.npy"):
-        if f.relative_to(mesh_dir).as_posix() not in keep:
-            f.unlink()
+    remove_stale(mesh_dir, "*.npy", {mesh_name(r["sha256"]) for r in rows})
     rmse = [r["fit_rmse"] for r in out_rows]
     yaw = [abs(r["pose"][0]) for r in out_rows]
     return {"faces": len(out_rows), "no_mesh": len(rejects), "meshed_this_run": len(todo),
