@@ -1,7 +1,7 @@
 """Data-preparation benchmark: throughput, worker scaling, incremental cost, peak memory,
 RetinaFace CPU speed and the no-op `dvc repro` time — all measured in this one run.
 
-Usage: python -m bench.data_prep [--identities 24 --per-identity 10]
+Usage: python -m bench.data_prep [--identities 40 --per-identity 25]   (~1,000 images)
 """
 from __future__ import annotations
 
@@ -27,28 +27,61 @@ from faceswap_common.demo_corpus import build_demo_corpus  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_stages(src: Path, work: Path, workers: int) -> tuple[float, dict]:
-    """All data stages in-process (worker pools inside); returns (seconds, metrics)."""
+def run_stages(src: Path, work: Path, workers: int) -> tuple[float, dict, dict]:
+    """All data stages in-process (one shared worker pool); returns (seconds, metrics, seconds per stage)."""
     from stages import align, filter as filter_stage, ingest, segment, split, threedmm
 
     c = work / "cache"
-    t = time.perf_counter()
-    m = {"ingest": ingest.run(C.IngestConfig(source="folder", root=str(src)), work / "manifest.parquet", c)}
-    m["filter"] = filter_stage.run(C.FilterConfig(workers=workers), C.DetectConfig(), work / "manifest.parquet",
-                                   work / "filtered.parquet", work / "rejects.parquet", c)
-    m["align"] = align.run(C.AlignConfig(workers=workers), C.DetectConfig(), 10**8, work / "filtered.parquet",
-                           work / "aligned", work / "aligned.parquet", work / "align_rejects.parquet", c)
-    m["segment"] = segment.run(C.SegmentConfig(workers=workers), work / "aligned.parquet", work / "aligned",
-                               work / "parsing", work / "segments.parquet")
-    m["threedmm"] = threedmm.run(C.ThreeDMMConfig(workers=workers), work / "aligned.parquet", work / "aligned",
-                                 work / "meshes", work / "threedmm.parquet", work / "threedmm_model.npz",
-                                 work / "threedmm_rejects.parquet")
-    m["split"] = split.run(C.SplitConfig(), work / "threedmm.parquet", work / "splits.parquet")
-    return time.perf_counter() - t, m
+    calls = {
+        "ingest": lambda: ingest.run(C.IngestConfig(source="folder", root=str(src)), work / "manifest.parquet", c),
+        "filter": lambda: filter_stage.run(C.FilterConfig(workers=workers), C.DetectConfig(), work / "manifest.parquet",
+                                           work / "filtered.parquet", work / "rejects.parquet", c),
+        "align": lambda: align.run(C.AlignConfig(workers=workers), C.DetectConfig(), 10**8, work / "filtered.parquet",
+                                   work / "aligned", work / "aligned.parquet", work / "align_rejects.parquet", c),
+        "segment": lambda: segment.run(C.SegmentConfig(workers=workers), work / "aligned.parquet", work / "aligned",
+                                       work / "parsing", work / "segments.parquet"),
+        "threedmm": lambda: threedmm.run(C.ThreeDMMConfig(workers=workers), work / "aligned.parquet", work / "aligned",
+                                         work / "meshes", work / "threedmm.parquet", work / "threedmm_model.npz",
+                                         work / "threedmm_rejects.parquet", c),
+        "split": lambda: split.run(C.SplitConfig(), work / "threedmm.parquet", work / "splits.parquet"),
+    }
+    m, per_stage = {}, {}
+    t0 = time.perf_counter()
+    for name, call in calls.items():
+        t = time.perf_counter()
+        m[name] = call()
+        per_stage[name] = round(time.perf_counter() - t, 2)
+    return time.perf_counter() - t0, m, per_stage
+
+
+def _tree_rss_peak(proc: subprocess.Popen, interval: float = 0.05) -> float:
+    """Poll until `proc` exits; the peak of the summed RSS of it and all its descendants (MiB).
+
+    Sampling /proc (psutil) rather than rusage: ru_maxrss of a child forked from this (large)
+    process carries the parent's high-water mark across exec, and it never sums the workers.
+    """
+    import psutil
+
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(interval)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage failed in the memory benchmark (exit {proc.returncode})")
+    return peak / 2**20
 
 
 def peak_rss_per_stage(src: Path, work: Path) -> dict[str, float]:
-    """Run each stage CLI as a child process; its peak RSS (MiB, incl. its worker processes)."""
+    """Run each stage CLI as a child process (as dvc repro does); peak RSS of it + its workers (MiB)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"].update(source="folder", root=str(src))
     work.mkdir(parents=True, exist_ok=True)
@@ -72,10 +105,7 @@ def peak_rss_per_stage(src: Path, work: Path) -> dict[str, float]:
     for name, args in cmds.items():
         proc = subprocess.Popen([sys.executable, "-m", *args, "--params", str(pfile), "--cache-dir", f"{d}/cache"],
                                 cwd=REPO, stdout=subprocess.DEVNULL)
-        _, status, ru = os.wait4(proc.pid, 0)
-        if status != 0:
-            raise RuntimeError(f"stage {name} failed in the memory benchmark")
-        out[name] = ru.ru_maxrss / 1024.0  # KiB -> MiB
+        out[name] = _tree_rss_peak(proc)
     return out
 
 
@@ -98,7 +128,7 @@ def retinaface_cpu(n: int = 6) -> float:
 
 
 def dvc_noop_seconds(src: Path, tmp: Path) -> tuple[float, float]:
-    """Clone the repo, `dvc repro` once (full), then time a second `dvc repro` with nothing changed."""
+    """Clone the repo, `dvc repro split` (all data stages) once, then again with nothing changed: seconds."""
     clone = tmp / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     params = yaml.safe_load((clone / "params.yaml").read_text())
@@ -106,17 +136,17 @@ def dvc_noop_seconds(src: Path, tmp: Path) -> tuple[float, float]:
     (clone / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     t = time.perf_counter()
-    subprocess.run(["dvc", "repro", "-q"], cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["dvc", "repro", "-q", "split"], cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
     full = time.perf_counter() - t
     t = time.perf_counter()
-    subprocess.run(["dvc", "repro", "-q"], cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["dvc", "repro", "-q", "split"], cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
     return full, time.perf_counter() - t
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--identities", type=int, default=24)
-    p.add_argument("--per-identity", type=int, default=10)
+    p.add_argument("--identities", type=int, default=40)
+    p.add_argument("--per-identity", type=int, default=25)
     p.add_argument("--json", default="bench-results/data_prep.json")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-data-"))
@@ -125,10 +155,11 @@ def main() -> int:
         files = sorted(f for f in corpus.rglob("*") if f.is_file() and not f.name.startswith("."))
         n = len(files)
         r: dict = {"images": n, "input_px": 512}
-        t1, _ = run_stages(corpus, tmp / "w1", workers=1)
-        t2, m2 = run_stages(corpus, tmp / "w2", workers=2)
+        t1, _, s1 = run_stages(corpus, tmp / "w1", workers=1)
+        t2, m2, s2 = run_stages(corpus, tmp / "w2", workers=2)
         r.update(seconds_1_worker=t1, seconds_2_workers=t2, images_per_s_1_worker=n / t1,
-                 images_per_s_2_workers=n / t2, speedup_2_vs_1=t1 / t2)
+                 images_per_s_2_workers=n / t2, speedup_2_vs_1=t1 / t2,
+                 stage_seconds_1_worker=s1, stage_seconds_2_workers=s2, accepted=m2["filter"]["accepted"])
         # Incremental: full run on ~90% of the files, then add the other ~10% and re-run.
         part = tmp / "partial"
         rng = np.random.default_rng(0)
@@ -143,8 +174,8 @@ def main() -> int:
             dst = part / files[i].relative_to(corpus)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(files[i], dst)
-        t_inc, _ = run_stages(part, tmp / "inc", workers=2)
-        r.update(seconds_rerun_after_10pct_new=t_inc, rerun_fraction_of_full=t_inc / t2)
+        t_inc, _, s_inc = run_stages(part, tmp / "inc", workers=2)
+        r.update(seconds_rerun_after_10pct_new=t_inc, rerun_fraction_of_full=t_inc / t2, stage_seconds_rerun=s_inc)
         r["peak_rss_mib"] = peak_rss_per_stage(corpus, tmp / "mem")
         r["retinaface_r50_cpu_images_per_s"] = retinaface_cpu()
         full, noop = dvc_noop_seconds(corpus, tmp)
@@ -168,6 +199,8 @@ def print_report(r: dict) -> None:
         ("re-run after +10% images / full run", f"{r['rerun_fraction_of_full']:.2f}", f"goal <= 0.20: {ok(r['rerun_fraction_of_full'] <= 0.2)}"),
         ("peak RSS of any stage", f"{peak:.0f} MiB", f"goal <= 2048: {ok(peak <= 2048)}"),
         *[(f"  peak RSS {k}", f"{v:.0f} MiB", "") for k, v in r["peak_rss_mib"].items()],
+        *[(f"  seconds {k} (1w / 2w / re-run)", f"{r['stage_seconds_1_worker'][k]:.1f} / {v:.1f} / "
+           f"{r['stage_seconds_rerun'][k]:.1f}", "") for k, v in r["stage_seconds_2_workers"].items()],
         ("RetinaFace R50, CPU, 640 px", f"{r['retinaface_r50_cpu_images_per_s']:.2f} img/s", ""),
         ("dvc repro, full (clone)", f"{r['dvc_repro_full_seconds']:.1f} s", ""),
         ("dvc repro, nothing changed", f"{r['dvc_repro_noop_seconds']:.1f} s", f"goal <= 5: {ok(r['dvc_repro_noop_seconds'] <= 5)}"),

@@ -186,6 +186,7 @@ class ThreeDMMConfig:
     model_file: str | None = None  # user-supplied linear 3DMM (.npz: mean, id_basis, exp_basis)
     n_shape: int = 20
     n_exp: int = 10
+    learn_max_faces: int = 20000  # learned backend: a deterministic sample this size bounds time and memory
     workers: int = 2
 
 

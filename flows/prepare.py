@@ -60,11 +60,11 @@ def segment_task(params: str, data: Path) -> dict:
 
 
 @io_task
-def threedmm_task(params: str, data: Path) -> dict:
+def threedmm_task(params: str, data: Path, cache: Path) -> dict:
     from stages import threedmm
     return threedmm.run(C.load_section(C.ThreeDMMConfig, "threedmm", params), data / "aligned.parquet",
                         data / "aligned", data / "meshes", data / "threedmm.parquet",
-                        data / "threedmm_model.npz", data / "threedmm_rejects.parquet")
+                        data / "threedmm_model.npz", data / "threedmm_rejects.parquet", cache)
 
 
 @io_task
@@ -101,7 +101,7 @@ def prepare(params: str = "params.yaml", data_dir: str = "data", metrics_dir: st
     m["filter"] = filter_task(params, data, cache)
     m["align"] = align_task(params, data, cache)
     m["segment"] = segment_task(params, data)
-    m["threedmm"] = threedmm_task(params, data)
+    m["threedmm"] = threedmm_task(params, data, cache)
     m["split"] = split_task(params, data)
     for name, values in m.items():
         write_metrics(str(Path(metrics_dir) / f"{name}.json"), values)

@@ -13,36 +13,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceswap_common.bisenet import LABELS
+from faceswap_common.labels import LABELS
 from faceswap_common.cli import parser, write_metrics
 from faceswap_common.config import SegmentConfig, load_section
 from faceswap_common.images import encode_image, read_rgb
 from faceswap_common.io import atomic_write_bytes, remove_stale
 from faceswap_common.parallel import pmap
+from faceswap_common.parsing import parse_from_landmarks
 from faceswap_common.schemas import ALIGNED, SEGMENTS, read_table, write_table
 
 CODE_VERSION = 1
 N_LABELS = len(LABELS)
-
-
-def parse_from_landmarks(pts68: np.ndarray, size: int) -> np.ndarray:
-    """(68, 2) landmarks -> (size, size) uint8 labels: skin hull with forehead, brows, eyes, nose, mouth."""
-    p = pts68.astype(np.float64)
-    lab = np.zeros((size, size), np.uint8)
-    nose_len = np.linalg.norm(p[33] - p[27])
-    up = (p[27] - p[33]) / (nose_len + 1e-9)
-    forehead = p[17:27] + up * nose_len * 0.8
-    hull = cv2.convexHull(np.round(np.vstack([p[0:17], forehead])).astype(np.int32))
-    cv2.fillConvexPoly(lab, hull, 1)
-    thick = max(2, int(round(nose_len * 0.12)))
-    for brow in (p[17:22], p[22:27]):
-        cv2.polylines(lab, [np.round(brow).astype(np.int32)], False, 2, thickness=thick)
-    for eye in (p[36:42], p[42:48]):
-        cv2.fillPoly(lab, [np.round(eye).astype(np.int32)], 3)
-    nose = np.vstack([p[27] + (p[39] - p[27]) * 0.25, p[31:36], p[27] + (p[42] - p[27]) * 0.25])
-    cv2.fillPoly(lab, [np.round(cv2.convexHull(nose.astype(np.float32))).astype(np.int32)], 4)
-    cv2.fillPoly(lab, [np.round(p[48:60]).astype(np.int32)], 5)
-    return lab
 
 
 def _landmark_state(out_dir: str):

@@ -16,10 +16,13 @@ import numpy as np
 from faceswap_common.cli import parser, write_metrics
 from faceswap_common.config import ThreeDMMConfig, load_section
 from faceswap_common.images import read_rgb
-from faceswap_common.io import atomic_path, remove_stale
+from faceswap_common.io import atomic_path, fingerprint, remove_stale
 from faceswap_common.parallel import pmap
 from faceswap_common.schemas import ALIGNED, REJECTS, THREEDMM, read_table, write_table
 from faceswap_common.threedmm import LinearFaceModel, MeshLandmarker, learn_model
+
+
+LEARN_VERSION = 1  # bump when learn_model changes: invalidates cached learned models
 
 
 def mesh_name(sha256: str) -> str:
@@ -44,8 +47,42 @@ def _landmarker_state():
     return (MeshLandmarker(),)
 
 
+def learning_sample(rows: list[dict], max_faces: int) -> list[dict]:
+    """A deterministic sample of at most `max_faces` rows, evenly spaced in content-hash order."""
+    if len(rows) <= max_faces:
+        return rows
+    ranked = sorted(rows, key=lambda r: r["sha256"])
+    step = len(ranked) / max_faces
+    return [ranked[int(i * step)] for i in range(max_faces)]
+
+
+def _face_model(cfg: ThreeDMMConfig, ok_rows: list[dict], mesh_dir: Path,
+                cache_dir: str | Path | None) -> tuple[LinearFaceModel, bool]:
+    """(model, learned this run): the user's file, or one learned from the meshes and reused from
+    the cache while the learning sample (mesh hashes + labels) and sizes are unchanged."""
+    if cfg.backend == "file":
+        if not cfg.model_file:
+            raise ValueError("threedmm.backend=file needs threedmm.model_file (a local .npz)")
+        return LinearFaceModel.load(cfg.model_file), False
+    sample = learning_sample(ok_rows, cfg.learn_max_faces)
+    if len({r["identity"] for r in sample}) < 2:
+        raise ValueError("threedmm: the learned model needs meshes from at least 2 identities")
+    key = fingerprint(LEARN_VERSION, cfg.n_shape, cfg.n_exp, sorted((r["sha256"], r["identity"]) for r in sample))
+    cached = Path(cache_dir) / f"threedmm_learned-{key}.npz" if cache_dir else None
+    if cached is not None and cached.exists():
+        return LinearFaceModel.load(cached), False
+    meshes = np.stack([np.load(mesh_dir / mesh_name(r["sha256"])) for r in sample])  # (n, 468, 3)
+    model = learn_model(meshes, [r["identity"] for r in sample], cfg.n_shape, cfg.n_exp)
+    if cached is not None:
+        for old in cached.parent.glob("threedmm_learned-*.npz"):
+            old.unlink(missing_ok=True)
+        model.save(cached)
+    return model, True
+
+
 def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_dir: str | Path,
-        out_table: str | Path, out_model: str | Path, out_rejects: str | Path) -> dict:
+        out_table: str | Path, out_model: str | Path, out_rejects: str | Path,
+        cache_dir: str | Path | None = None) -> dict:
     mesh_dir = Path(mesh_dir)
     rows = read_table(aligned, ALIGNED).to_pylist()
     todo = [r for r in rows if not (mesh_dir / mesh_name(r["sha256"])).exists()]
@@ -59,19 +96,12 @@ def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_
         else:
             rejects.append({"path": r["path"], "identity": r["identity"], "sha256": r["sha256"],
                             "reason": "no_mesh", "detail": "mediapipe face mesh found no face in the aligned crop"})
-    meshes = np.stack([np.load(mesh_dir / mesh_name(r["sha256"])) for r in ok_rows]) if ok_rows else None
-    if cfg.backend == "file":
-        if not cfg.model_file:
-            raise ValueError("threedmm.backend=file needs threedmm.model_file (a local .npz)")
-        model = LinearFaceModel.load(cfg.model_file)
-    else:
-        if meshes is None or len({r["identity"] for r in ok_rows}) < 2:
-            raise ValueError("threedmm: the learned model needs meshes from at least 2 identities")
-        model = learn_model(meshes, [r["identity"] for r in ok_rows], cfg.n_shape, cfg.n_exp)
+    model, learned = _face_model(cfg, ok_rows, mesh_dir, cache_dir)
     model.save(out_model)
+    model = LinearFaceModel.load(out_model)  # fit with exactly what downstream stages will load
     out_rows = []
-    for r, mesh in zip(ok_rows, meshes if meshes is not None else []):
-        c = model.fit(mesh)
+    for r in ok_rows:  # streaming: one mesh in memory at a time
+        c = model.fit(np.load(mesh_dir / mesh_name(r["sha256"])))
         out_rows.append({"sha256": r["sha256"], "identity": r["identity"], **c.as_row(),
                          "contour2d": model.contour2d(c).astype(np.float32).reshape(-1).tolist()})
     write_table(out_rows, out_table, THREEDMM)
@@ -80,6 +110,7 @@ def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_
     rmse = [r["fit_rmse"] for r in out_rows]
     yaw = [abs(r["pose"][0]) for r in out_rows]
     return {"faces": len(out_rows), "no_mesh": len(rejects), "meshed_this_run": len(todo),
+            "model_learned_this_run": learned,
             "n_shape": model.n_shape, "n_exp": model.n_exp,
             "fit_rmse_median_px": float(np.median(rmse)) if rmse else None,
             "abs_yaw_median_deg": float(np.median(yaw)) if yaw else None}
@@ -95,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rejects", default="data/threedmm_rejects.parquet")
     a = p.parse_args(argv)
     m = run(load_section(ThreeDMMConfig, "threedmm", a.params), a.aligned, a.aligned_dir, a.mesh_dir,
-            a.out, a.model_out, a.rejects)
+            a.out, a.model_out, a.rejects, a.cache_dir)
     write_metrics(a.metrics, m)
     print(f"threedmm: {m['faces']} fitted ({m['meshed_this_run']} meshed this run), {m['no_mesh']} without mesh, "
           f"median rmse {m['fit_rmse_median_px']} px")

@@ -38,7 +38,7 @@ def prepared(tiny_corpus, tmp_path_factory):
                                work / "parsing", work / "segments.parquet")
     m["threedmm"] = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), work / "aligned.parquet",
                                  work / "aligned", work / "meshes", work / "threedmm.parquet",
-                                 work / "threedmm_model.npz", work / "threedmm_rejects.parquet")
+                                 work / "threedmm_model.npz", work / "threedmm_rejects.parquet", c)
     m["split"] = split.run(SplitConfig(), work / "threedmm.parquet", work / "splits.parquet")
     return work, m
 
@@ -106,6 +106,26 @@ def test_threedmm_table_and_split_are_identity_disjoint(prepared):
     assert set(by_split) == {"train", "val", "test"}
     assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
     assert not (by_split["val"] & by_split["test"])
+
+
+def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
+    from faceswap_common.config import ThreeDMMConfig
+    work, m = prepared
+    assert m["threedmm"]["model_learned_this_run"] is True
+    again = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), work / "aligned.parquet", work / "aligned",
+                         work / "meshes", tmp_path / "t.parquet", tmp_path / "m.npz", tmp_path / "r.parquet",
+                         work / "cache")
+    assert again["model_learned_this_run"] is False and again["meshed_this_run"] == 0
+    a = read_table(work / "threedmm.parquet", THREEDMM).column("shape").to_pylist()
+    assert read_table(tmp_path / "t.parquet", THREEDMM).column("shape").to_pylist() == a
+
+
+def test_threedmm_learning_sample_is_bounded_and_deterministic():
+    rows = [{"sha256": f"{i:064x}", "identity": f"id{i % 7}"} for i in range(1000)]
+    s = threedmm.learning_sample(rows, 100)
+    assert len(s) == 100 and len({r["sha256"] for r in s}) == 100
+    assert s == threedmm.learning_sample(list(reversed(rows)), 100)
+    assert threedmm.learning_sample(rows[:50], 100) == rows[:50]
 
 
 def test_split_is_seeded():
