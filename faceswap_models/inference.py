@@ -1,0 +1,236 @@
+"""Swap inference: photo in, photo out (detect -> align -> Fswa -> warp back -> blend).
+
+Steps for `SwapPipeline.swap_image(source, target)`:
+1. Detect faces with the data-preparation detector (faceswap_common.faces, params `detect`); the
+   largest face of each photo is used (a photo with several faces swaps only its largest one).
+2. Align both faces with the bundle's `align_size` / `template_scale`, exactly as stages/align.py
+   made the training crops, then resize to the generator's `img_size` when the two differ.
+3. Run the generator: source identity onto target attributes, (1, 3, n, n) in [-1, 1].
+4. Warp the output back into the target with the inverse similarity, restricted to the crop's
+   footprint, and blend it in with a feathered face mask from the target's face parsing
+   (faceswap_common.parsing: the segment stage's offline landmark-polygon parser, on the target's
+   68 landmarks): skin, brows, eyes, nose and mouth come from the swap; background, hair, ears
+   and neck stay the target's.
+Every pixel outside the crop's footprint is returned unchanged.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from faceswap_common.config import DetectConfig
+from faceswap_common.faces import Face, FaceDetector, align_face, build_detector, transform_points
+from faceswap_common.parsing import parse_from_landmarks
+from faceswap_models.bundle import SwapBundle, load_bundle
+
+BLENDS = ("parsing", "crop")  # parsing: feathered face-parsing mask; crop: the whole aligned square, feathered
+
+
+class NoFaceError(ValueError):
+    """No usable face in one input; `which` is "source" or "target" (or "frame N")."""
+
+    def __init__(self, which: str, reason: str) -> None:
+        super().__init__(f"no face in {which} image: {reason}")
+        self.which = which
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AlignedFace:
+    """One detected face prepared for the generator."""
+
+    crop: np.ndarray  # (S, S, 3) uint8, S = bundle align_size
+    matrix: np.ndarray  # (2, 3) image -> crop
+    face: Face  # detection in image pixels
+    landmarks68: np.ndarray | None  # (68, 2) in crop pixels (targets only)
+
+
+def _check_rgb(img: np.ndarray, which: str) -> np.ndarray:
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        got = f"{img.shape} {img.dtype}" if isinstance(img, np.ndarray) else type(img).__name__
+        raise ValueError(f"{which} image must be an (H, W, 3) uint8 RGB array, got {got}")
+    return np.ascontiguousarray(img)
+
+
+def face_mask(landmarks68: np.ndarray | None, size: int, blend: str) -> np.ndarray:
+    """Feathered blend weight in crop pixels, (size, size) float32 in [0, 1].
+
+    `parsing`: every parsed face class (labels 1-5) eroded by ~1.5 % of the crop and blurred, so
+    the seam lies just inside the face outline. `crop`: the whole square with a soft border.
+    """
+    if blend == "parsing":
+        if landmarks68 is None:
+            raise ValueError("blend='parsing' needs the target's 68 landmarks")
+        m = (parse_from_landmarks(landmarks68, size) > 0).astype(np.float32)
+        r = max(1, round(size * 0.015))
+        m = cv2.erode(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    elif blend == "crop":
+        m = np.zeros((size, size), np.float32)
+        b = max(1, round(size * 0.06))
+        m[b:-b, b:-b] = 1.0
+    else:
+        raise ValueError(f"unknown blend {blend!r}; expected one of {BLENDS}")
+    return cv2.GaussianBlur(m, (0, 0), max(0.5, size / 64.0))
+
+
+def paste_back(target_rgb: np.ndarray, swapped_crop: np.ndarray, matrix: np.ndarray,
+               mask: np.ndarray) -> np.ndarray:
+    """Warp `swapped_crop` (S, S, 3) into the target with the inverse of `matrix` and blend by
+    `mask` (S, S); only the crop's footprint (bounding box) is touched. Returns a new uint8 image."""
+    h, w = target_rgb.shape[:2]
+    s = swapped_crop.shape[0]
+    inv = cv2.invertAffineTransform(matrix)  # crop -> image
+    corners = transform_points(np.array([[0, 0], [s, 0], [s, s], [0, s]], np.float64), inv)
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 1
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    out = target_rgb.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    inv_roi = inv.copy()
+    inv_roi[:, 2] -= (x0, y0)  # crop -> ROI pixels
+    size = (x1 - x0, y1 - y0)
+    face = cv2.warpAffine(swapped_crop, inv_roi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask, inv_roi, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                           borderValue=0.0)[..., None]  # (h', w', 1)
+    roi = out[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.clip(np.rint(roi + alpha * (face.astype(np.float32) - roi)), 0, 255).astype(np.uint8)
+    return out
+
+
+class SwapPipeline:
+    """Face swap with a swap-model bundle. Build with `SwapPipeline.from_bundle(dir)`.
+
+    Example:
+        >>> pipe = SwapPipeline.from_bundle("models/swap")
+        >>> out = pipe.swap_image(source_rgb, target_rgb)  # (H_t, W_t, 3) uint8
+        >>> frames_out = pipe.swap_frames(source_rgb, video_frames)  # lazy iterator
+    """
+
+    def __init__(self, bundle: SwapBundle, detector: FaceDetector, *, device: str | torch.device = "cpu",
+                 blend: str = "parsing") -> None:
+        if blend not in BLENDS:
+            raise ValueError(f"unknown blend {blend!r}; expected one of {BLENDS}")
+        self.bundle = bundle
+        self.generator = bundle.generator.to(device).eval()
+        self.detector = detector
+        self.device = torch.device(device)
+        self.blend = blend
+        self.align_size = bundle.align_size
+        self.template_scale = bundle.template_scale
+        self.img_size = bundle.swap.mae.img_size
+        self._mask_cache: np.ndarray | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | os.PathLike, *, detect: DetectConfig | None = None,
+                    device: str | torch.device = "cpu", blend: str = "parsing",
+                    min_score: float = 0.0) -> SwapPipeline:
+        """Load a bundle directory and the face detector (`detect` defaults to DetectConfig())."""
+        bundle = load_bundle(bundle_dir, device)
+        return cls(bundle, build_detector(detect or DetectConfig(), min_score=min_score), device=device, blend=blend)
+
+    # ------------------------------------------------------------------ faces
+    def align(self, rgb: np.ndarray, which: str, landmarks68: bool = False) -> AlignedFace:
+        """Detect the largest face of `rgb` and align it; raises NoFaceError naming `which`."""
+        rgb = _check_rgb(rgb, which)
+        faces = self.detector.detect(rgb)
+        if not faces:
+            raise NoFaceError(which, f"the {type(self.detector).__name__} found no face in the "
+                                     f"{rgb.shape[1]}x{rgb.shape[0]} image")
+        face = max(faces, key=lambda f: f.area)
+        crop, m = align_face(rgb, face.landmarks5, self.align_size, self.template_scale)
+        pts = None
+        if landmarks68:
+            pts = transform_points(self.detector.landmarker(rgb, face.box), m)  # type: ignore[attr-defined]
+        return AlignedFace(crop=crop, matrix=m, face=face, landmarks68=pts)
+
+    # ------------------------------------------------------------------ tensors
+    def to_tensor(self, crops: np.ndarray) -> Tensor:
+        """(B, S, S, 3) or (S, S, 3) uint8 crops -> (B, 3, n, n) float in [-1, 1] on the device."""
+        crops = crops[None] if crops.ndim == 3 else crops
+        if crops.shape[1] != self.img_size:
+            crops = np.stack([cv2.resize(c, (self.img_size,) * 2, interpolation=cv2.INTER_AREA) for c in crops])
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device)
+        return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # (B, 3, n, n)
+
+    def to_crops(self, x: Tensor) -> np.ndarray:
+        """(B, 3, n, n) in [-1, 1] -> (B, S, S, 3) uint8 at the bundle's align_size."""
+        a = x.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # (B, n, n, 3)
+        if a.shape[1] != self.align_size:
+            a = np.stack([cv2.resize(c, (self.align_size,) * 2, interpolation=cv2.INTER_CUBIC) for c in a])
+        return a
+
+    @torch.inference_mode()
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, 3, n, n) -> (B, N, L) encoder tokens (the part `swap_frames` computes once per source)."""
+        return self.generator.encode(x)
+
+    @torch.inference_mode()
+    def generate(self, e_s: Tensor, target: Tensor) -> Tensor:
+        """Source tokens (1 or B, N, L) + target (B, 3, n, n) -> swap (B, 3, n, n) in [-1, 1].
+
+        Same computation as SwapGenerator.forward, with the source encoding supplied."""
+        e_t = self.generator.encode(target)  # (B, N, L)
+        if e_s.shape[0] != e_t.shape[0]:
+            e_s = e_s.expand(e_t.shape[0], -1, -1)
+        return self.generator.decoder(self.generator.fusion(e_s, e_t))  # (B, 3, n, n)
+
+    def swap_aligned(self, source_crops: np.ndarray | Tensor, target_crops: np.ndarray | Tensor) -> np.ndarray | Tensor:
+        """Batch swap of already aligned faces.
+
+        Tensors: (B, 3, n, n) in [-1, 1] at the generator's img_size -> same (source batch 1 is
+        broadcast). Arrays: (B, S, S, 3) uint8 at align_size -> (B, S, S, 3) uint8.
+        """
+        if isinstance(source_crops, Tensor):
+            assert isinstance(target_crops, Tensor), "mix of tensor and array inputs"
+            return self.generate(self.encode(source_crops.to(self.device)), target_crops.to(self.device))
+        out = self.generate(self.encode(self.to_tensor(source_crops)), self.to_tensor(target_crops))
+        return self.to_crops(out)
+
+    # ------------------------------------------------------------------ photos
+    def _mask(self, target: AlignedFace) -> np.ndarray:
+        if self.blend == "crop":  # independent of the face: compute once
+            if self._mask_cache is None:
+                self._mask_cache = face_mask(None, self.align_size, "crop")
+            return self._mask_cache
+        return face_mask(target.landmarks68, self.align_size, self.blend)
+
+    def _swap_onto(self, e_s: Tensor, target_rgb: np.ndarray, which: str) -> np.ndarray:
+        t = self.align(target_rgb, which, landmarks68=self.blend == "parsing")
+        out = self.to_crops(self.generate(e_s, self.to_tensor(t.crop)))[0]  # (S, S, 3)
+        return paste_back(target_rgb, out, t.matrix, self._mask(t))
+
+    def source_tokens(self, source_rgb: np.ndarray) -> Tensor:
+        """Detect, align and encode the source once: (1, N, L)."""
+        return self.encode(self.to_tensor(self.align(source_rgb, "source").crop))
+
+    def swap_image(self, source_rgb: np.ndarray, target_rgb: np.ndarray) -> np.ndarray:
+        """Source identity onto the target photo: (H_t, W_t, 3) uint8, same size as the target.
+
+        Raises NoFaceError ("source" / "target") when a photo has no detectable face."""
+        e_s = self.source_tokens(source_rgb)
+        return self._swap_onto(e_s, _check_rgb(target_rgb, "target"), "target")
+
+    def swap_frames(self, source_rgb: np.ndarray, frames: Iterable[np.ndarray], *,
+                    on_no_face: str = "keep") -> Iterator[np.ndarray]:
+        """Swap every frame (RGB uint8), encoding the source once. A frame without a face is
+        yielded unchanged (`on_no_face="keep"`, counted in `self.frames_without_face`) or raises
+        NoFaceError("frame N") with `on_no_face="raise"`."""
+        if on_no_face not in ("keep", "raise"):
+            raise ValueError(f"on_no_face must be 'keep' or 'raise', got {on_no_face!r}")
+        e_s = self.source_tokens(source_rgb)
+        self.frames_without_face = 0
+        for i, frame in enumerate(frames):
+            try:
+                yield self._swap_onto(e_s, _check_rgb(frame, f"frame {i}"), f"frame {i}")
+            except NoFaceError:
+                if on_no_face == "raise":
+                    raise
+                self.frames_without_face += 1
+                yield frame
