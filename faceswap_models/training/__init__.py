@@ -1,0 +1,1 @@
+"""Training support: data loading (`data`), checkpoints/EMA/RNG (`checkpoint`), training loops."""
