@@ -1,4 +1,4 @@
-"""Shared CLI helpers and the `faceswap` console script (dispatches to the stage CLIs)."""
+"""Shared CLI helpers and the `faceswap` console script (dispatches to the stage CLIs and COMMANDS)."""
 from __future__ import annotations
 
 import argparse
@@ -26,10 +26,18 @@ def write_metrics(path: str | None, metrics: dict) -> None:
         atomic_write_text(path, json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
+# User commands beside the stages: name -> (module, function taking argv and returning an exit code).
+COMMANDS = {
+    "swap": ("faceswap_models.swap_cli", "swap_main"),
+    "verify": ("faceswap_models.swap_cli", "verify_main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in STAGES:
-        print("usage: faceswap {" + ",".join(STAGES) + "} [stage options]  (see: faceswap STAGE --help)")
+    table = {**{s: (f"stages.{s}", "main") for s in STAGES}, **COMMANDS}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in table:
+        print("usage: faceswap {" + ",".join(table) + "} [options]  (see: faceswap COMMAND --help)")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(f"stages.{argv[0]}")
-    return module.main(argv[1:])
+    module_name, func = table[argv[0]]
+    return getattr(importlib.import_module(module_name), func)(argv[1:])
