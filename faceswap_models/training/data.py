@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
 
 from faceswap_common import schemas
 from faceswap_common.bisenet import LABELS
@@ -321,6 +322,10 @@ def _mirror_xy(xy: np.ndarray, size: int) -> np.ndarray:
 class FaceDataset(Dataset):
     """One face per item, resized to S and optionally colour-jittered.
 
+    preload=True decodes and resizes every crop and parsing map once, in the constructing
+    process, into two uint8 arrays (N*S*S*4 bytes; forked loader workers share them
+    copy-on-write), so items no longer decode PNGs - for sets that fit in memory (the demo).
+
     ``ds[i]`` -> dict:
         image (3, S, S) float32 in [-1, 1]; parsing (S, S) int64 in 0..6 (bisenet.LABELS);
         landmarks68 (68, 2) and contour (K, 2) float32 px at size S; shape (n_shape,),
@@ -328,7 +333,8 @@ class FaceDataset(Dataset):
         identity int64 (into records.identities); index int64 (records row).
     """
 
-    def __init__(self, records: FaceRecords, size: int, augment: AugmentConfig | None = None, seed: int = 0):
+    def __init__(self, records: FaceRecords, size: int, augment: AugmentConfig | None = None, seed: int = 0,
+                 preload: bool = False):
         if size < 8:
             raise ValueError(f"FaceDataset: size must be >= 8, got {size}")
         if augment is not None:
@@ -338,6 +344,17 @@ class FaceDataset(Dataset):
         self.augment = None if augment is None or augment.is_identity else augment
         self.seed = int(seed)
         self.epoch = 0
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        if preload:
+            self._cache = self._preload()
+
+    def _preload(self) -> tuple[np.ndarray, np.ndarray]:
+        n, s = self.records.n, self.size
+        images, labels = np.empty((n, s, s, 3), np.uint8), np.empty((n, s, s), np.uint8)
+        for i in tqdm(range(n), desc=f"preload {s}px faces", leave=False,
+                      disable=os.environ.get("FACESWAP_NO_PROGRESS") == "1"):
+            images[i], labels[i] = self._decode(i)
+        return images, labels
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -351,6 +368,11 @@ class FaceDataset(Dataset):
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Row i's crop (S, S, 3) uint8 RGB and parsing (S, S) uint8, resized to S."""
+        if self._cache is not None:
+            return self._cache[0][i], self._cache[1][i]
+        return self._decode(i)
+
+    def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         r = self.records
         bgr = cv2.imread(r.crop_paths[i], cv2.IMREAD_COLOR)
         labels = cv2.imread(r.parsing_paths[i], cv2.IMREAD_UNCHANGED)
@@ -418,7 +440,7 @@ class PairDataset(Dataset):
     uniformly from the other identities. ``pairs[i]`` -> {"source": FaceDataset item,
     "target": FaceDataset item, "same_identity": bool tensor, "p12": (K, 2) float32 px at S}
     where p12 (only with `threedmm_model`) is FlowFace++ Eq. 16: the contour of the source's
-    identity (shape) with the target's expression, pose and camera.
+    identity (shape) with the target's expression, pose and camera. preload: see FaceDataset.
     """
 
     def __init__(
@@ -430,10 +452,11 @@ class PairDataset(Dataset):
         augment: AugmentConfig | None = None,
         threedmm_model: str | os.PathLike | None = None,
         length: int | None = None,
+        preload: bool = False,
     ):
         if not 0.0 <= same_identity_ratio <= 1.0:
             raise ValueError(f"PairDataset: same_identity_ratio must be in [0, 1], got {same_identity_ratio}")
-        self.faces = FaceDataset(records, size, augment=augment, seed=seed)
+        self.faces = FaceDataset(records, size, augment=augment, seed=seed, preload=preload)
         self.records = records
         self.size = int(size)
         self.same_identity_ratio = float(same_identity_ratio)

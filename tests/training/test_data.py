@@ -234,6 +234,20 @@ def test_workers_deliver_the_same_stream(train_records):
     assert all(torch.equal(x["image"], y["image"]) and torch.equal(x["index"], y["index"]) for x, y in zip(a, b))
 
 
+def test_preload_gives_the_same_items(train_tables, train_records):
+    kw = dict(same_identity_ratio=0.5, seed=6, augment=AugmentConfig(hflip=True), threedmm_model=train_tables["threedmm_model"])
+    disk, mem = PairDataset(train_records, 32, **kw), PairDataset(train_records, 32, preload=True, **kw)
+    assert mem.faces._cache[0].shape == (16, 32, 32, 3) and mem.faces._cache[1].shape == (16, 32, 32)
+    for i in (0, 5, 11):
+        a, b = disk[(1, i)], mem[(1, i)]
+        for role in ("source", "target"):
+            assert all(torch.equal(a[role][k], b[role][k]) for k in a[role]), (i, role)
+        assert torch.equal(a["p12"], b["p12"])
+    before = mem.faces._cache[0].copy()
+    next(iter(make_loader(mem, 4)))
+    assert np.array_equal(mem.faces._cache[0], before)  # items never write into the shared arrays
+
+
 def test_rates_are_positive(train_records):
     assert 0 < decode_only_rate(train_records, 8) < math.inf
     assert 0 < loader_rate(FaceDataset(train_records, 16), 4, 0, 2) < math.inf
