@@ -15,6 +15,7 @@ Every pixel outside the crop's footprint is returned unchanged.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -104,6 +105,12 @@ def paste_back(target_rgb: np.ndarray, swapped_crop: np.ndarray, matrix: np.ndar
     return out
 
 
+@functools.lru_cache(maxsize=2)
+def _shared_detector(cfg: DetectConfig, min_score: float) -> FaceDetector:
+    """One detector per config and process: loading dlib's 68-point model takes most of a second."""
+    return build_detector(cfg, min_score=min_score)
+
+
 class SwapPipeline:
     """Face swap with a swap-model bundle. Build with `SwapPipeline.from_bundle(dir)`.
 
@@ -133,7 +140,7 @@ class SwapPipeline:
                     min_score: float = 0.0) -> SwapPipeline:
         """Load a bundle directory and the face detector (`detect` defaults to DetectConfig())."""
         bundle = load_bundle(bundle_dir, device)
-        return cls(bundle, build_detector(detect or DetectConfig(), min_score=min_score), device=device, blend=blend)
+        return cls(bundle, _shared_detector(detect or DetectConfig(), min_score), device=device, blend=blend)
 
     # ------------------------------------------------------------------ faces
     def align(self, rgb: np.ndarray, which: str, landmarks68: bool = False) -> AlignedFace:
