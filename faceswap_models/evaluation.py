@@ -1,0 +1,166 @@
+"""Evaluation metrics for face swapping: pure numpy functions (docs/evaluation.md).
+
+Every function takes plain arrays, so each metric is tested on constructed cases where the answer
+is known (tests/test_evaluate_metrics.py). Feature extractors (recognisers, Inception, 3DMM fits)
+live in `faceswap_models.eval_features`; the stage that wires them is `stages/evaluate.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+def make_pairs(identities: Sequence[str], n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed seeded (source, target) index pairs with source identity != target identity.
+
+    Sources cycle through a seeded permutation of all images (every image is a source about
+    equally often); each target is drawn uniformly among images of other identities.
+    Returns src (P,), tgt (P,) int arrays; raises ValueError with fewer than 2 identities.
+    """
+    ids = np.asarray([str(i) for i in identities])
+    if len(np.unique(ids)) < 2:
+        raise ValueError(f"make_pairs: need images of at least 2 identities, got {len(np.unique(ids))}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    src = np.resize(order, n_pairs)  # cycles when n_pairs > len(ids)
+    tgt = np.empty(n_pairs, np.int64)
+    for p, s in enumerate(src):
+        others = np.flatnonzero(ids != ids[s])
+        tgt[p] = others[rng.integers(len(others))]
+    return src.astype(np.int64), tgt
+
+
+def _ranks(dist: np.ndarray, true_col: np.ndarray) -> np.ndarray:
+    """Rank (0 = nearest) of column true_col[q] in each row of dist (Q, C); inf distances rank last."""
+    d_true = dist[np.arange(len(dist)), true_col]
+    return (dist < d_true[:, None]).sum(1)
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """Per-query nearest-identity results of one gallery mode."""
+
+    rank: np.ndarray  # (Q,) rank of the true identity (0 = top-1); -1 where it cannot be scored
+    predicted: np.ndarray  # (Q,) identity label of the nearest gallery entry
+
+    def top_k(self, k: int) -> float:
+        """Fraction of scorable queries whose true identity is among the k nearest."""
+        ok = self.rank >= 0
+        return float((self.rank[ok] < k).mean()) if ok.any() else float("nan")
+
+
+def retrieve_all_images(query: np.ndarray, true_label: Sequence[str], gallery: np.ndarray,
+                        gallery_labels: Sequence[str], exclude: np.ndarray | None = None) -> Retrieval:
+    """Identity retrieval against every gallery image: an identity's distance to a query is the
+    distance to its nearest image (so ranks are over identities, not images).
+
+    Args:
+        query: (Q, D) embeddings; true_label: (Q,) identity each query should retrieve.
+        gallery: (G, D) embeddings; gallery_labels: (G,).
+        exclude: (Q,) gallery index left out for each query (its source image), or -1 for none.
+    """
+    labels = np.asarray([str(x) for x in gallery_labels])
+    names, inv = np.unique(labels, return_inverse=True)
+    d = _pairwise(query, gallery)  # (Q, G)
+    if exclude is not None:
+        rows = np.flatnonzero(exclude >= 0)
+        d[rows, exclude[rows]] = np.inf
+    per_id = np.full((len(query), len(names)), np.inf)
+    for k in range(len(names)):
+        per_id[:, k] = d[:, inv == k].min(1)
+    return _finish(per_id, names, true_label)
+
+
+def retrieve_centres(query: np.ndarray, true_label: Sequence[str], gallery: np.ndarray,
+                     gallery_labels: Sequence[str], exclude: np.ndarray | None = None) -> Retrieval:
+    """Identity retrieval against per-identity centres (mean gallery embedding of an identity).
+
+    With `exclude`, each query's centre of the excluded image's identity is recomputed without
+    that image (leave-one-out); an identity left with no image has no centre for that query.
+    """
+    labels = np.asarray([str(x) for x in gallery_labels])
+    names, inv = np.unique(labels, return_inverse=True)
+    g = np.asarray(gallery, np.float64)
+    sums = np.stack([g[inv == k].sum(0) for k in range(len(names))])  # (I, D)
+    counts = np.bincount(inv, minlength=len(names)).astype(np.float64)  # (I,)
+    q = np.asarray(query, np.float64)
+    per_id = _pairwise(q, sums / counts[:, None])  # (Q, I)
+    if exclude is not None:
+        for i in np.flatnonzero(exclude >= 0):
+            k = inv[exclude[i]]
+            n = counts[k] - 1
+            per_id[i, k] = np.linalg.norm(q[i] - (sums[k] - g[exclude[i]]) / n) if n > 0 else np.inf
+    return _finish(per_id, names, true_label)
+
+
+def _pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances (A, D) x (B, D) -> (A, B)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    d2 = (a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T
+    return np.sqrt(np.clip(d2, 0, None))
+
+
+def _finish(per_id: np.ndarray, names: np.ndarray, true_label: Sequence[str]) -> Retrieval:
+    col = {n: i for i, n in enumerate(names)}
+    true_col = np.array([col.get(str(t), -1) for t in true_label])
+    rank = np.full(len(per_id), -1)
+    ok = (true_col >= 0) & np.isfinite(per_id[np.arange(len(per_id)), np.maximum(true_col, 0)])
+    rank[ok] = _ranks(per_id[ok], true_col[ok])
+    return Retrieval(rank=rank, predicted=names[per_id.argmin(1)] if len(names) else np.array([]))
+
+
+def coeff_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise L2 distance of coefficient vectors (N, K) x (N, K) -> (N,); NaN rows stay NaN."""
+    return np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)
+
+
+def pose_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """L2 of the (yaw, pitch, roll) difference in degrees, angles wrapped to [-180, 180); (N, 3) -> (N,)."""
+    diff = (np.asarray(a, np.float64) - np.asarray(b, np.float64) + 180.0) % 360.0 - 180.0
+    return np.linalg.norm(diff, axis=-1)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) (Heusel et al. 2017).
+
+    Tr((S1 S2)^1/2) is computed as the sum of square roots of the eigenvalues of the symmetric
+    PSD matrix S1^1/2 S2 S1^1/2 (same spectrum), which stays real and stable when the
+    covariances are singular (fewer samples than feature dimensions).
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S1^1/2
+    m = r1 @ s2 @ r1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(0.0, diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean))
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets (N, D), (M, D); needs N, M >= 2.
+
+    With fewer samples than dimensions (e.g. 100 faces, 2048-d Inception features) it works in
+    sample space: with centred A (N, D), B (M, D), Tr((S1 S2)^1/2) is the nuclear norm of
+    B A^T / sqrt((N-1)(M-1)), exactly, at O(N M min(N, M)) instead of O(D^3).
+    """
+    a, b = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    n, m, d = len(a), len(b), a.shape[1]
+    if n < 2 or m < 2:
+        return float("nan")
+    if min(n, m) >= d:
+        return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    ac, bc = a - a.mean(0), b - b.mean(0)
+    tr_covmean = np.linalg.svd(bc @ ac.T, compute_uv=False).sum() / np.sqrt((n - 1) * (m - 1))
+    diff = a.mean(0) - b.mean(0)
+    tr1, tr2 = (ac**2).sum() / (n - 1), (bc**2).sum() / (m - 1)
+    return float(max(0.0, diff @ diff + tr1 + tr2 - 2.0 * tr_covmean))
+
+
+def nan_mean(x: np.ndarray) -> float | None:
+    """Mean over finite values; None (JSON null) when there are none."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if len(x) else None

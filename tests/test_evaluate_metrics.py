@@ -1,0 +1,296 @@
+"""Metric sanity: each evaluation metric on constructed cases where the answer is known, and the
+evaluate stage end to end on a tiny synthetic test split with tiny random swap generators."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mediapipe")
+
+from faceswap_common.faces import DlibDetector, align_face  # noqa: E402
+from faceswap_common.config import DetectConfig  # noqa: E402
+from faceswap_common.images import encode_image  # noqa: E402
+from faceswap_common.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
+from faceswap_common import threedmm as T  # noqa: E402
+from faceswap_models import evaluation as E  # noqa: E402
+from faceswap_models.eval_features import FaceAttributes, InceptionFeatures  # noqa: E402
+
+CROP = 128
+SCALE = 1.4
+IDENTITIES = {"a": (1.0, 1.0, (0, 0, 0)), "b": (1.12, 0.92, (12, -4, -10)), "c": (0.9, 1.1, (-10, 6, 12))}
+PER_ID = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _variant(base: np.ndarray, ident: tuple, rng: np.random.Generator, angle: float | None = None) -> np.ndarray:
+    """Identity = anisotropic stretch + tint about the crop centre; per image: small rotation + shift."""
+    sx, sy, tint = ident
+    c = base.shape[0] / 2
+    a = rng.uniform(-4, 4) if angle is None else angle
+    m = cv2.getRotationMatrix2D((c, c), a, 1.0) @ np.array([[sx, 0, c * (1 - sx)], [0, sy, c * (1 - sy)], [0, 0, 1]])
+    m[:, 2] += rng.uniform(-2, 2, 2) if angle is None else 0
+    out = cv2.warpAffine(base, m, base.shape[1::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    return np.clip(out.astype(np.int16) + np.array(tint, np.int16), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def base_crop(face_rgb) -> np.ndarray:
+    """The astronaut aligned exactly as stages/align.py does, (CROP, CROP, 3) uint8."""
+    face = DlibDetector(DetectConfig()).detect(face_rgb)[0]
+    return align_face(face_rgb, face.landmarks5, CROP, SCALE)[0]
+
+
+@pytest.fixture(scope="module")
+def synthetic(base_crop):
+    """3 identities x 4 crops, their meshes and a 3DMM learned from them."""
+    rng = np.random.default_rng(0)
+    crops, ids = [], []
+    for name, ident in IDENTITIES.items():
+        for _ in range(PER_ID):
+            crops.append(_variant(base_crop, ident, rng))
+            ids.append(name)
+    with T.MeshLandmarker() as landmarker:
+        meshes = [landmarker(c) for c in crops]
+    assert all(m is not None for m in meshes)
+    model = T.learn_model(np.stack(meshes), ids, n_shape=2, n_exp=4)
+    return crops, ids, meshes, model
+
+
+# ----------------------------------------------------------------------------- pure metrics
+
+
+def test_pairs_are_seeded_and_cross_identity():
+    ids = ["a"] * 5 + ["b"] * 3 + ["c"] * 2
+    src, tgt = E.make_pairs(ids, 50, seed=3)
+    assert len(src) == len(tgt) == 50
+    assert all(ids[s] != ids[t] for s, t in zip(src, tgt))
+    again = E.make_pairs(ids, 50, seed=3)
+    assert (again[0] == src).all() and (again[1] == tgt).all()
+    assert not (E.make_pairs(ids, 50, seed=4)[1] == tgt).all()
+    counts = np.bincount(src, minlength=len(ids))
+    assert counts.max() - counts.min() <= 1  # sources cycle through every image
+    with pytest.raises(ValueError, match="2 identities"):
+        E.make_pairs(["a", "a"], 3, 0)
+
+
+def test_retrieval_hand_built():
+    gallery = np.array([[0, 0], [0, 1], [10, 0], [10, 1], [0, 10]], float)
+    labels = ["A", "A", "B", "B", "C"]
+    query = np.array([[0, 0.4], [9, 0], [0, 9]], float)
+    true = ["A", "A", "C"]
+    exclude = np.array([0, -1, 4])  # third query's own image is C's only one: unscorable
+    for fn in (E.retrieve_all_images, E.retrieve_centres):
+        r = fn(query, true, gallery, labels, exclude=exclude)
+        assert r.rank.tolist() == [0, 1, -1], fn.__name__
+        assert r.top_k(1) == 0.5 and r.top_k(2) == 1.0
+        assert r.predicted[:2].tolist() == ["A", "B"]
+    # centres and nearest-image modes disagree: A's images are spread out, B's are tight
+    g2 = np.array([[0, 0], [0, 10], [2, 5], [2, 5.2]], float)
+    q2 = np.array([[1, 5]], float)
+    assert E.retrieve_centres(q2, ["A"], g2, ["A", "A", "B", "B"]).rank.tolist() == [0]
+    assert E.retrieve_all_images(q2, ["A"], g2, ["A", "A", "B", "B"]).rank.tolist() == [1]
+    # leave-one-out centre: without image 1, A's centre is (0, 0), farther than B's
+    assert E.retrieve_centres(q2, ["A"], g2, ["A", "A", "B", "B"], exclude=np.array([1])).rank.tolist() == [1]
+
+
+def test_swap_equal_source_gives_full_id_top1_on_separated_identities():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(6, 16)) * 5
+    labels = np.repeat(np.arange(6), 4).astype(str)
+    gallery = centres[labels.astype(int)] + rng.normal(size=(24, 16)) * 0.3
+    src, tgt = E.make_pairs(labels, 40, seed=0)
+    for fn in (E.retrieve_centres, E.retrieve_all_images):
+        assert fn(gallery[src], labels[src], gallery, labels, exclude=src).top_k(1) == 1.0  # swap == source
+        assert fn(gallery[tgt], labels[src], gallery, labels, exclude=src).top_k(1) == 0.0  # swap == target
+
+
+def test_fid_self_zero_grows_with_noise_and_matches_closed_form():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8))
+    assert E.fid_from_features(x, x) == pytest.approx(0.0, abs=1e-8)
+    fids = [E.fid_from_features(x, x + rng.normal(size=x.shape) * s) for s in (0.1, 0.3, 1.0, 3.0)]
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+    # 1-D Gaussians: (m1 - m2)^2 + s1^2 + s2^2 - 2 s1 s2
+    assert E.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([-1.0]), np.array([[1.0]])) == pytest.approx(4 + 4 + 1 - 4)
+    # fewer samples than dimensions (singular covariances) stays finite and ~0 for identical sets
+    small = rng.normal(size=(5, 32))
+    assert E.fid_from_features(small, small) == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(E.fid_from_features(small[:1], small))
+    # the sample-space route (N < D) equals the covariance route
+    a, b = rng.normal(size=(30, 50)), rng.normal(size=(20, 50)) * 1.5 + 0.2
+    cov = E.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert E.fid_from_features(a, b) == pytest.approx(cov, rel=1e-6)
+
+
+def test_pose_and_coeff_errors():
+    assert E.pose_error(np.array([[179.0, 0, 0]]), np.array([[-179.0, 0, 0]]))[0] == pytest.approx(2.0)
+    assert E.pose_error(np.array([[3.0, 4.0, 0]]), np.zeros((1, 3)))[0] == pytest.approx(5.0)
+    err = E.coeff_error(np.array([[1.0, 1.0], [np.nan, 0]]), np.zeros((2, 2)))
+    assert err[0] == pytest.approx(np.sqrt(2)) and np.isnan(err[1])
+    assert E.nan_mean(err) == pytest.approx(np.sqrt(2)) and E.nan_mean(np.array([np.nan])) is None
+
+
+# ----------------------------------------------------------------------------- real faces through the landmarker
+
+
+def test_swap_equal_source_or_target_gives_zero_3dmm_errors(synthetic):
+    """The same crop fits to the same coefficients (errors exactly 0); a re-encoded copy stays far
+    closer to its source than a different identity does."""
+    crops, ids, meshes, model = synthetic
+    attr = FaceAttributes(model)
+    try:
+        refs = [model.fit(m) for m in meshes]
+        again = attr(crops[0])
+        assert E.coeff_error(again.shape, refs[0].shape) == pytest.approx(0.0, abs=1e-9)  # swap == source
+        assert E.coeff_error(again.expression, refs[0].expression) == pytest.approx(0.0, abs=1e-9)  # swap == target
+        assert E.pose_error(again.pose[None], refs[0].pose[None])[0] == pytest.approx(0.0, abs=1e-9)
+        jpeg = cv2.imdecode(np.frombuffer(encode_image(crops[0], "jpg", 90), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+        near = E.coeff_error(attr(np.ascontiguousarray(jpeg)).shape, refs[0].shape)
+        other = [E.coeff_error(refs[j].shape, refs[0].shape) for j in range(len(ids)) if ids[j] != ids[0]]
+        assert near < 0.5 * np.median(other), (near, other)
+    finally:
+        attr.close()
+
+
+def test_pose_error_grows_with_rotation(base_crop, synthetic):
+    """In-plane rotations of a real face: pose error vs the upright crop grows monotonically and
+    tracks the angle (it is mostly roll)."""
+    model = synthetic[3]
+    attr = FaceAttributes(model)
+    try:
+        rng = np.random.default_rng(0)
+        angles = [0, 5, 10, 20, 30]
+        poses = [attr(_variant(base_crop, (1.0, 1.0, (0, 0, 0)), rng, angle=a)).pose for a in angles]
+    finally:
+        attr.close()
+    err = E.pose_error(np.array(poses), np.repeat(poses[0][None], len(angles), 0))
+    assert err[0] == 0 and all(a < b for a, b in zip(err, err[1:])), err
+    assert np.allclose(err, angles, atol=2 + 0.15 * np.array(angles)), err
+
+
+def test_inception_features_load_local_weights(tmp_path, base_crop):
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    path = tmp_path / "inception.pth"
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), path)
+    feats = InceptionFeatures(path).embed([base_crop, base_crop[::-1].copy()])
+    assert feats.shape == (2, 2048) and np.isfinite(feats).all()
+    assert not np.allclose(feats[0], feats[1])
+    bad = tmp_path / "bad.pth"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
+    from faceswap_common.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="bad.pth"):
+        InceptionFeatures(bad)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def _write_inputs(root, synthetic):
+    crops, ids, meshes, model = synthetic
+    rows, fits = [], []
+    for c, ident, mesh in zip(crops, ids, meshes):
+        png = encode_image(c, "png")
+        sha = hashlib.sha256(png).hexdigest()
+        rel = f"{sha[:2]}/{sha}.png"
+        (root / "aligned" / sha[:2]).mkdir(parents=True, exist_ok=True)
+        (root / "aligned" / rel).write_bytes(png)
+        rows.append({"sha256": sha, "identity": ident, "path": f"raw/{sha}.png", "crop": rel, "size": CROP,
+                     "matrix": [1, 0, 0, 0, 1, 0], "landmarks5": [0.0] * 10, "landmarks68": [0.0] * 136})
+        co = model.fit(mesh)
+        fits.append({"sha256": sha, "identity": ident, **co.as_row(), "contour2d": model.contour2d(co).ravel().tolist()})
+    write_table(rows, root / "aligned.parquet", ALIGNED)
+    write_table(fits, root / "threedmm.parquet", THREEDMM)
+    write_table([{"sha256": r["sha256"], "identity": r["identity"], "split": "test"} for r in rows], root / "splits.parquet", SPLITS)
+    model.save(root / "threedmm_model.npz")
+
+
+def _tiny_bundle(path, img_size: int):
+    from faceswap_models.bundle import save_bundle
+    from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig
+    from faceswap_models.swap import SwapGenerator
+
+    grid = 4
+    ups = int(np.log2(img_size // grid))
+    cfg = SwapConfig(mae=MAEConfig(img_size=img_size, patch_size=img_size // grid, dim=32, depth=1, heads=2,
+                                   decoder_dim=16, decoder_depth=1, decoder_heads=2),
+                     fusion=FusionConfig(dim=32, heads=2, num_blocks=1),
+                     decoder=DecoderConfig(in_dim=32, grid_size=grid, channels=(16,) + (8,) * ups))
+    torch.manual_seed(0)
+    return save_bundle(path, SwapGenerator(cfg), align_size=CROP, template_scale=SCALE, meta={"test": True})
+
+
+def _run(tmp_path, bundle, cfg):
+    from stages.evaluate import run
+
+    d = tmp_path
+    return run(cfg, bundle, d / "aligned.parquet", d / "aligned", d / "splits.parquet", d / "threedmm.parquet",
+               d / "threedmm_model.npz", d / "out" / "pairs.parquet", d / "out" / "grid.png", d / "out" / "eval.md")
+
+
+def test_evaluate_stage_end_to_end(tmp_path, synthetic):
+    """Model at the crop resolution (no resize): the baselines reproduce their definitions exactly;
+    a random generator's outputs without a face mesh get a reason, not a crash."""
+    from stages.evaluate import EvaluateConfig
+
+    _write_inputs(tmp_path, synthetic)
+    from torchvision.models import inception_v3
+
+    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), tmp_path / "inc.pth")
+    cfg = EvaluateConfig(pairs=6, batch_size=4, grid_rows=3, inception_weights=str(tmp_path / "inc.pth"))
+    m = _run(tmp_path, _tiny_bundle(tmp_path / "swap", CROP), cfg)
+    json.dumps(m)  # eval.json must serialise
+    paste, copy = m["baselines"]["paste_source"], m["baselines"]["copy_target"]
+    assert paste["shape_error"] == 0.0  # output == source
+    assert copy["pose_error_deg"] == 0.0 and copy["expression_error"] == 0.0  # output == target
+    assert copy["id_top1_all"] == 0.0  # the target image itself (other identity) is in the gallery at distance 0
+    assert copy["shape_error"] > 0 and paste["pose_error_deg"] > 0
+    assert m["pairs"] == 6 and m["test_identities"] == 3 and m["test_images"] == 12
+    for s in (m["model"], copy, paste):
+        assert set(s) >= {"id_top1", "id_top5", "id_top1_all", "id_top5_all", "shape_error", "fid_dlib_resnet128",
+                          "fid_inception", "no_mesh"}
+    assert copy["fid_inception"] >= 0 and np.isfinite(m["model"]["fid_dlib_resnet128"])
+
+    t = read_table(tmp_path / "out" / "pairs.parquet", EVAL_PAIRS).to_pylist()
+    assert len(t) == 18 and {r["method"] for r in t} == {"model", "copy_target", "paste_source"}
+    assert all(r["source_identity"] != r["target_identity"] for r in t)
+    model_rows = [r for r in t if r["method"] == "model"]
+    bad = [r for r in model_rows if r["status"] == "no_mesh"]
+    assert len(bad) == m["model"]["no_mesh"]
+    assert all(r["shape_error"] is None and r["detail"] for r in bad)
+    assert all(r["shape_error"] is not None for r in model_rows if r["status"] == "ok")
+    grid = cv2.imread(str(tmp_path / "out" / "grid.png"))
+    assert grid.shape == (3 * 128, 3 * 128, 3)
+    md = (tmp_path / "out" / "eval.md").read_text()
+    assert "| shape_error |" in md and "paste_source" in md and "top-5 retrieval is trivially 1.0" in md
+
+
+def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
+    """A 32px model on 128px crops: baselines go through the same down/up resize (refit, so the
+    baseline errors are small but no longer exactly 0); a wrong crop size is a clear error."""
+    from stages.evaluate import EvaluateConfig
+
+    _write_inputs(tmp_path, synthetic)
+    m = _run(tmp_path, _tiny_bundle(tmp_path / "swap32", 32), EvaluateConfig(pairs=4, grid_rows=2))
+    assert m["img_size"] == 32 and m["crop_size"] == CROP
+    paste, copy = m["baselines"]["paste_source"], m["baselines"]["copy_target"]
+    assert paste["shape_error"] is not None and copy["pose_error_deg"] is not None
+    assert copy["pose_error_deg"] < paste["pose_error_deg"] or paste["no_mesh"] or copy["no_mesh"]
+
+    from faceswap_models.bundle import save_bundle, load_bundle
+
+    b = load_bundle(tmp_path / "swap32")
+    save_bundle(tmp_path / "swap_wrong", b.generator, align_size=256, template_scale=SCALE)
+    with pytest.raises(ValueError, match="256px"):
+        _run(tmp_path, tmp_path / "swap_wrong", EvaluateConfig(pairs=2))
