@@ -33,6 +33,7 @@ __all__ = [
 
 FORMAT = 1
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
+_TEMP = re.compile(r"^\.step_\d{8,}\.pt\..+\.tmp$")  # faceswap_common.io.atomic_path temp names
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -174,10 +175,13 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints; returns the deleted paths."""
+    """Delete all but the newest `keep` checkpoints, and temp files of saves that were killed
+    (kill -9 skips the temp-file cleanup); returns the deleted paths. Call it only from the one
+    process that writes checkpoints, after its save has finished."""
     if keep < 1:
         raise ValueError(f"prune_checkpoints: keep must be >= 1, got {keep}")
     old = [p for _, p in list_checkpoints(directory)[:-keep]]
+    old += [p for p in Path(directory).iterdir() if _TEMP.match(p.name) and p.is_file()]
     for p in old:
         p.unlink(missing_ok=True)
     return old

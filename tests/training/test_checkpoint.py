@@ -161,6 +161,7 @@ def test_keep_last_n_and_latest(tmp_path):
     kw = dict(modules={"G": g}, optimizers={}, scaler=None, ema={}, config={})
     assert latest_checkpoint(tmp_path) is None and latest_checkpoint(tmp_path / "absent") is None
     (tmp_path / "notes.txt").write_text("keep me")
+    (tmp_path / ".step_00000003.pt.abc123.tmp").write_bytes(b"half a save killed by kill -9")
     for step in (5, 10, 15, 20):
         save_checkpoint(tmp_path, step=step, **kw)
     names = sorted(q.name for q in tmp_path.iterdir())
