@@ -152,7 +152,8 @@ def _plain(value: Any, where: str) -> Any:
         return torch.from_numpy(value.copy())
     if isinstance(value, np.generic):
         return value.item()
-    raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}, which a weights_only checkpoint cannot hold")
+    raise TypeError(f"save_checkpoint: {where} is a {type(value).__name__}, "
+                    "which a weights_only checkpoint cannot hold")
 
 
 def checkpoint_name(step: int) -> str:

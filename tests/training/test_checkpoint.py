@@ -135,7 +135,8 @@ def test_weights_only_load_and_unwrapped_names(tmp_path):
     p = save_checkpoint(tmp_path / "c.pt", step=1, modules={"G": wrapped}, optimizers={}, scaler=None,
                         ema={"G": EMA(wrapped)}, config={"a": 1})
     raw = torch.load(p, weights_only=True)
-    assert set(raw["modules"]["G"]) == set(g.state_dict()) and not any(k.startswith("module.") for k in raw["ema"]["G"]["shadow"])
+    assert set(raw["modules"]["G"]) == set(g.state_dict())
+    assert not any(k.startswith("module.") for k in raw["ema"]["G"]["shadow"])
     assert raw["rng"]["numpy"]["keys"].dtype == torch.int64
 
 

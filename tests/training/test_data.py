@@ -235,7 +235,8 @@ def test_workers_deliver_the_same_stream(train_records):
 
 
 def test_preload_gives_the_same_items(train_tables, train_records):
-    kw = dict(same_identity_ratio=0.5, seed=6, augment=AugmentConfig(hflip=True), threedmm_model=train_tables["threedmm_model"])
+    kw = dict(same_identity_ratio=0.5, seed=6, augment=AugmentConfig(hflip=True),
+              threedmm_model=train_tables["threedmm_model"])
     disk, mem = PairDataset(train_records, 32, **kw), PairDataset(train_records, 32, preload=True, **kw)
     assert mem.faces._cache[0].shape == (16, 32, 32, 3) and mem.faces._cache[1].shape == (16, 32, 32)
     for i in (0, 5, 11):
