@@ -37,6 +37,15 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return build_demo_corpus(tmp_path_factory.mktemp("corpus") / "raw", identities=5, per_identity=4)
 
 
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server + database for the whole session (shared by every flow test)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture()
 def cfgs():
     """Default stage configs with one worker (tests stay in-process and fast)."""

@@ -3,16 +3,7 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 import yaml
-
-
-@pytest.fixture(scope="session")
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def test_prepare_flow_runs_all_stages_and_reports(prefect_harness, tiny_corpus, tmp_path):
