@@ -1,0 +1,230 @@
+"""register stage: gates, champion/challenger promotion, pyfunc by alias, model card, fingerprint, concurrency.
+
+MLflow runs against a temporary sqlite database and artifact root; the swap model is a tiny random
+bundle (32x32 generator) and the faces are two identities of the tiny demo corpus.
+"""
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faceswap_common.config import ConfigError, from_dict
+from faceswap_common.images import read_rgb
+from stages import register as R
+
+GATES = {"model.shape_error": {"max": 0.5}, "model.id_top1": {"min": "baselines.copy_target.id_top1"}}
+
+
+def write_eval(path: Path, id_top1: float, shape_error: float = 0.3) -> Path:
+    path.write_text(json.dumps({"model": {"id_top1": id_top1, "shape_error": shape_error},
+                                "baselines": {"copy_target": {"id_top1": 0.05, "shape_error": 0.9},
+                                              "paste_source": {"id_top1": 1.0, "shape_error": 0.0}}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    import torch
+
+    from faceswap_models.bundle import save_bundle
+    from faceswap_models.config import SwapConfig
+    from faceswap_models.swap import SwapGenerator
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    return save_bundle(tmp_path_factory.mktemp("bundle"), SwapGenerator(SwapConfig.tiny()), align_size=32,
+                       template_scale=1.4, meta={"step": 3, "run": "test"})
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_corpus) -> tuple[np.ndarray, np.ndarray]:
+    """Two real face photos of different identities (demo corpus, 512 px)."""
+    return read_rgb(tiny_corpus / "id_000" / "000.jpg"), read_rgb(tiny_corpus / "id_001" / "000.jpg")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A temporary tracking URI set through $MLFLOW_TRACKING_URI (which wins over params)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    mp_ = pytest.MonkeyPatch()
+    mp_.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+    yield root
+    mp_.undo()
+
+
+def use(root: Path):
+    """Point the fluent API at `root`'s database; returns a client for it."""
+    import mlflow
+
+    uri = f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def make_cfg(root: Path, **kw) -> R.RegisterConfig:
+    return R.RegisterConfig(tracking_uri="sqlite:///ignored.db", artifact_root=str(root / "artifacts"),
+                            gates=GATES, lock_timeout_s=120.0, **kw)
+
+
+# --------------------------------------------------------------------------- pure functions
+def test_gates_pass_fail_missing_and_path_bounds():
+    m = {"model": {"id_top1": 0.4, "shape_error": 0.6, "bad": float("nan")}, "baselines": {"copy": {"id_top1": 0.5}}}
+    res = R.check_gates(m, {"model.shape_error": {"max": 0.5}, "model.id_top1": {"min": "baselines.copy.id_top1"},
+                            "model.missing": {"min": 0}, "model.bad": {"max": 1.0}}, "model.id_top1")
+    by = {(r["metric"], r["op"]): r for r in res}
+    assert by[("model.id_top1", "finite")]["passed"] and by[("model.id_top1", "finite")]["value"] == 0.4
+    assert not by[("model.shape_error", "max")]["passed"] and "0.6 > 0.5" in by[("model.shape_error", "max")]["detail"]
+    assert not by[("model.id_top1", "min")]["passed"] and "baselines.copy.id_top1" in by[("model.id_top1", "min")]["detail"]
+    assert not by[("model.missing", "min")]["passed"] and "'missing'" in by[("model.missing", "min")]["detail"]
+    assert not by[("model.bad", "max")]["passed"]
+    ok = R.check_gates(m, {"model.shape_error": {"max": 0.7, "min": 0.1}}, "model.id_top1")
+    assert [r["passed"] for r in ok] == [True, True, True]
+    assert not R.check_gates(m, {}, "model.nope")[0]["passed"]  # an unrankable model never passes
+    assert R.is_better(0.5, 0.4, True) and not R.is_better(0.5, 0.5, True) and R.is_better(0.1, 0.2, False)
+
+
+def test_config_rejects_malformed_gates():
+    with pytest.raises(ConfigError, match="gates.model.x"):
+        from_dict(R.RegisterConfig, {"gates": {"model.x": {"above": 1}}}, "register")
+    with pytest.raises(ConfigError, match="not a number"):
+        from_dict(R.RegisterConfig, {"gates": {"model.x": {"min": True}}}, "register")
+    assert from_dict(R.RegisterConfig, {"gates": {"a.b": {"min": 0, "max": "c.d"}}}, "register").gates["a.b"]["max"] == "c.d"
+
+
+def test_pip_requirements_are_pinned_from_requirements(tmp_path):
+    req = tmp_path / "requirements.txt"
+    req.write_text("torch==2.14.1  # cpu\nray[train]==2.60.0\npyyaml\n")
+    pins = R.pip_requirements(req, ("torch", "ray", "pyyaml", "surely-not-installed-pkg"))
+    import yaml as _yaml
+
+    assert pins[:2] == ["torch==2.14.1", "ray==2.60.0"]
+    assert pins[2] == f"pyyaml=={_yaml.__version__}" and len(pins) == 3
+
+
+def test_fingerprint_reads_dvc_lock_and_tolerates_no_git(tmp_path):
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  split:\n    outs:\n    - path: data/splits.parquet\n"
+                                       "      hash: md5\n      md5: abc123\n")
+    fp = R.data_fingerprint(tmp_path / "dvc.lock", repo=tmp_path)
+    assert fp["stages"] == {"split": {"data/splits.parquet": "abc123"}} and len(fp["dvc_lock_sha256"]) == 64
+    assert fp["git_commit"] is None
+    assert len(R.data_fingerprint(tmp_path / "absent.lock", repo=".")["git_commit"] or "x" * 40) == 40
+
+
+# --------------------------------------------------------------------------- registry
+@pytest.fixture(scope="module")
+def sequence(registry, bundle, pair, tmp_path_factory):
+    """Four registrations: 0.5 (first) -> 0.4 (worse) -> 0.9 with a failed gate -> 0.7 (better)."""
+    work = tmp_path_factory.mktemp("seq")
+    cfg = make_cfg(registry)
+    params = work / "params.yaml"
+    params.write_text("register:\n  model_name: flowfacepp\ntrain_swap:\n  lr: 0.0001\n")
+    reports = []
+    for i, (top1, shape) in enumerate([(0.5, 0.3), (0.4, 0.3), (0.9, 0.8), (0.7, 0.2)]):
+        ev = write_eval(work / f"eval{i}.json", top1, shape)
+        reports.append(R.run(cfg, bundle, ev, pair, work / f"register{i}.json", params_path=params))
+    return cfg, reports, work, registry
+
+
+def test_champion_moves_only_when_gates_pass_and_better(sequence):
+    cfg, reports, work, root = sequence
+    assert [r["version"] for r in reports] == [1, 2, 3, 4]
+    assert [r["champion_version"] for r in reports] == [1, 1, 1, 4]
+    assert [r["aliases_moved"] for r in reports] == [["challenger", "champion"], ["challenger"], ["challenger"],
+                                                     ["challenger", "champion"]]
+    assert "no champion yet" in reports[0]["reason"] and "does not beat" in reports[1]["reason"]
+    assert not reports[2]["gates_passed"] and reports[2]["reason"].startswith("gate failed")
+    assert "0.7 beats champion v1 (0.5)" in reports[3]["reason"]
+    saved = json.loads((work / "register2.json").read_text())
+    assert saved["version"] == 3 and any(not g["passed"] and g["metric"] == "model.shape_error" for g in saved["gates"])
+    client = use(root)
+    assert int(client.get_model_version_by_alias(cfg.model_name, "champion").version) == 4
+    assert int(client.get_model_version_by_alias(cfg.model_name, "challenger").version) == 4
+    assert client.get_model_version(cfg.model_name, "3").tags["gates_passed"] == "False"
+
+
+def test_model_card_fingerprint_and_metrics_logged(sequence, tmp_path):
+    import mlflow
+
+    cfg, reports, _, root = sequence
+    client = use(root)
+    run = client.get_run(reports[3]["run_id"])
+    assert run.data.metrics["model.id_top1"] == pytest.approx(0.7)
+    assert run.data.metrics["baselines.copy_target.id_top1"] == pytest.approx(0.05)
+    assert run.data.params["train_swap.lr"] == "0.0001" and run.data.params["bundle.step"] == "3"
+    card = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/model_card.md")
+    for part in ("Intended use", "Limitations", "Provenance marking", "| id_top1 | 0.7 | 0.05 | 1 |",
+                 f"v{reports[3]['version']}", run.info.run_id):
+        assert part in card
+    fp = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/fingerprint.json")
+    assert set(fp) >= {"git_commit", "dvc_lock_sha256", "stages"} and run.data.tags["git_commit"] == (fp["git_commit"] or "unknown")
+    mv = client.get_model_version(cfg.model_name, "4")
+    assert mv.description.startswith("# Model card: flowfacepp v4") and mv.tags["primary_value"] == "0.7"
+    mlmodel = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.model_name}/4", dst_path=str(tmp_path)))
+    reqs = (mlmodel / "requirements.txt").read_text()
+    assert "torch==2.14.1" in reqs and "mlflow==" in reqs
+    assert (mlmodel / "artifacts" / "bundle" / "bundle.json").is_file()
+    assert (mlmodel / "code" / "faceswap_models" / "pyfunc.py").is_file()
+    sig = json.loads(json.dumps(mlflow.models.get_model_info(f"models:/{cfg.model_name}/4").signature.to_dict()))
+    assert '"source"' in sig["inputs"] and '"binary"' in sig["outputs"]
+
+
+def test_champion_alias_loads_pyfunc_and_swaps_a_real_pair(sequence, pair):
+    pytest.importorskip("faceswap_models.inference")
+    import mlflow.pyfunc
+    from PIL import Image
+
+    from faceswap_models.pyfunc import input_example
+
+    cfg, _, _, root = sequence
+    use(root)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
+    frame = input_example(*pair)
+    frame.loc[1] = [frame.loc[0, "source"], b"not an image"]
+    out = model.predict(frame)
+    assert list(out.columns) == ["swapped", "error"] and out.loc[0, "error"] == ""
+    png = out.loc[0, "swapped"]
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    img = Image.open(io.BytesIO(png))
+    assert img.size == (pair[1].shape[1], pair[1].shape[0]) and img.mode == "RGB"
+    from faceswap_common import watermark
+
+    assert watermark.detect(np.asarray(img)).found and "faceswap-pipeline" in watermark.read_metadata(png)
+    assert np.abs(np.asarray(img).astype(int) - pair[1]).max() > 0  # the face region changed
+    assert out.loc[1, "swapped"] == b"" and out.loc[1, "error"].startswith("undecodable")
+
+
+# --------------------------------------------------------------------------- concurrency
+def _register_worker(root: str, bundle: str, eval_json: str, source: np.ndarray, target: np.ndarray, q) -> None:
+    """Runs in a spawned process: one full registration against the shared database."""
+    try:
+        q.put(R.run(make_cfg(Path(root)), bundle, eval_json, (source, target)))
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        q.put(f"{type(e).__name__}: {e}")
+
+
+def test_two_concurrent_registrations_leave_a_consistent_registry(bundle, pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # fresh db: setup races too
+    small = tuple(np.ascontiguousarray(p[::4, ::4]) for p in pair)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_register_worker, args=(str(tmp_path), str(bundle),
+                                                        str(write_eval(tmp_path / f"e{v}.json", v)), *small, q))
+             for v in (0.3, 0.8)]
+    for p in procs:
+        p.start()
+    results = [q.get(timeout=240) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(isinstance(r, dict) for r in results), results
+    assert sorted(r["version"] for r in results) == [1, 2]
+    best = next(r for r in results if r["primary_value"] == 0.8)
+    client = use(tmp_path)
+    assert int(client.get_model_version_by_alias("flowfacepp", "champion").version) == best["version"]
+    assert int(client.get_model_version_by_alias("flowfacepp", "challenger").version) in (1, 2)
+    assert len(client.search_model_versions("name='flowfacepp'")) == 2
