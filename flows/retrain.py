@@ -1,0 +1,279 @@
+"""Prefect flow: scheduled retraining — new images -> data stages -> fine-tune -> evaluate -> register -> report.
+
+1. Scan the source folder and compare it with data/manifest.parquet (relpath + size + mtime, then
+   content hash): no new images -> a short report and an early stop.
+2. Run the incremental data stages (the `prepare` flow's tasks, as a subflow) on the source folder.
+3. Download the current champion's bundle (`models:/<register.model_name>@champion`) and fine-tune
+   from it (`from_scratch` or no champion yet: train from scratch).
+4. Evaluate, register (stages/register.py: challenger always, champion only through the gate) and
+   publish a markdown report artifact (`retrain-report`).
+
+Training and evaluation are injectable as "module:function" strings (flow parameters `trainer`,
+`evaluator`), so tests replace them with fast fakes and users with their own recipes:
+    trainer(params, data_dir, models_dir, out_dir, init_bundle, metrics_path) -> dict
+    evaluator(params, data_dir, bundle_dir, metrics_path) -> dict  (also writes metrics_path)
+
+Serve on the cron schedule in params (`retrain.cron`) against a Prefect server (docs/registry.md):
+    prefect server start            # terminal 1
+    python -m flows.retrain         # terminal 2: serves deployment "retrain/nightly-retrain"
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from faceswap_common import config as C
+from faceswap_common.cli import write_metrics
+from faceswap_common.io import atomic_write_text, sha256_file
+from faceswap_common.schemas import MANIFEST, read_table
+from flows.prepare import prepare
+
+DEFAULT_TRAINER = "flows.retrain:train_swap_stage"
+DEFAULT_EVALUATOR = "flows.retrain:evaluate_stage"
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """retrain: the scheduled retraining flow."""
+
+    source_root: str = "data/raw"  # folder watched for new images
+    cron: str = "0 3 * * *"
+    from_scratch: bool = False  # false: fine-tune from the current champion
+    min_new_images: int = 1
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """'package.module:function' -> the function (ValueError names a bad spec)."""
+    module, sep, name = spec.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"expected 'module:function', got {spec!r}")
+    fn = getattr(importlib.import_module(module), name, None)
+    if not callable(fn):
+        raise ValueError(f"{spec}: {module} has no function {name!r}")
+    return fn
+
+
+# --------------------------------------------------------------------------- default train / evaluate
+def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Path, init_bundle: Path | None,
+                     metrics_path: Path) -> dict:
+    """Fine-tune Fswa with stages/train_swap.py (MAE, Dshape and aux models from `models_dir`).
+
+    `init_bundle` is passed as train_swap.run(init_bundle=...) when that stage accepts it; until
+    then the stage trains from its own initialisation and the report says so.
+    """
+    from faceswap_models.training.runs import DataPaths
+    from stages import train_swap
+
+    d = Path(data_dir)
+    data = DataPaths(aligned=str(d / "aligned.parquet"), aligned_dir=str(d / "aligned"),
+                     segments=str(d / "segments.parquet"), parsing_dir=str(d / "parsing"),
+                     threedmm=str(d / "threedmm.parquet"), threedmm_model=str(d / "threedmm_model.npz"),
+                     splits=str(d / "splits.parquet"))
+    kwargs: dict[str, Any] = {}
+    note = "from scratch"
+    if init_bundle is not None:
+        if "init_bundle" in inspect.signature(train_swap.run).parameters:
+            kwargs["init_bundle"], note = str(init_bundle), f"fine-tuned from {init_bundle}"
+        else:
+            note = "from scratch (stages.train_swap.run has no init_bundle parameter yet)"
+            print(f"retrain: {note}")
+    m = train_swap.run(data, mae_dir=models_dir / "mae", shape_dir=models_dir / "shape", aux_dir=models_dir / "aux",
+                       out_dir=out_dir, params_path=params, metrics=str(metrics_path), **kwargs)
+    return {**m, "init": note}
+
+
+def evaluate_stage(params: str, data_dir: Path, bundle_dir: Path, metrics_path: Path) -> dict:
+    """stages/evaluate.py on the test split; writes metrics_path (eval.json)."""
+    from stages import evaluate
+
+    d = Path(data_dir)
+    reports = Path(metrics_path).parent.parent / "reports"
+    m = evaluate.run(C.load_section(evaluate.EvaluateConfig, "evaluate", params), bundle_dir, d / "aligned.parquet",
+                     d / "aligned", d / "splits.parquet", d / "threedmm.parquet", d / "threedmm_model.npz",
+                     d / "eval_pairs.parquet", reports / "eval_grid.png", reports / "eval.md")
+    write_metrics(str(metrics_path), m)
+    return m
+
+
+# --------------------------------------------------------------------------- tasks
+@task
+def scan_task(source_root: str, manifest: Path, extensions: list[str]) -> dict:
+    """Image files under source_root whose content is not in the manifest yet."""
+    from stages.ingest import iter_files
+
+    root = Path(source_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"retrain source folder {root} is not a directory")
+    known_keys: set[tuple[str, int, int]] = set()
+    known_sha: set[str] = set()
+    if Path(manifest).is_file():
+        for r in read_table(manifest, MANIFEST).to_pylist():
+            known_keys.add((r["relpath"], r["size"], r["mtime_ns"]))
+            if r["sha256"]:
+                known_sha.add(r["sha256"])
+    files = list(iter_files(root, extensions))
+    new = []
+    for f in files:
+        st = f.lstat()
+        rel = f.relative_to(root).as_posix()
+        if (rel, st.st_size, st.st_mtime_ns) in known_keys:
+            continue  # unchanged since the last ingest: not re-read
+        try:
+            if sha256_file(f) in known_sha:
+                continue  # renamed / touched, same content
+        except OSError:
+            pass  # unreadable: ingest will record it with a reason
+        new.append(rel)
+    return {"files": len(files), "new": new, "known": len(files) - len(new), "manifest": str(manifest)}
+
+
+@task
+def champion_bundle_task(params: str, dst: Path) -> dict:
+    """Download the champion's bundle into dst; {"version": None} when there is no champion."""
+    import mlflow
+
+    from faceswap_models.swap_cli import resolve_model
+    from stages import register as R
+
+    cfg = C.load_section(R.RegisterConfig, "register", params)
+    uri = R.resolve_tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return {"version": None, "bundle": None}
+    champ = R.current_champion(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), cfg.model_name)
+    if champ is None:
+        return {"version": None, "bundle": None}
+    bundle = resolve_model(f"models:/{cfg.model_name}/{champ.version}", dst, uri)
+    return {"version": int(champ.version), "bundle": str(bundle)}
+
+
+@task
+def train_task(trainer: str, params: str, data_dir: Path, models_dir: Path, out_dir: Path,
+               init_bundle: Path | None, metrics_path: Path) -> dict:
+    """Train (or fine-tune) the swap model with the injected trainer."""
+    m = load_callable(trainer)(params, data_dir, models_dir, out_dir, init_bundle, metrics_path)
+    write_metrics(str(metrics_path), m)
+    return m
+
+
+@task
+def evaluate_task(evaluator: str, params: str, data_dir: Path, bundle_dir: Path, metrics_path: Path) -> dict:
+    """Evaluate the new bundle with the injected evaluator; eval.json must exist afterwards."""
+    m = load_callable(evaluator)(params, data_dir, bundle_dir, metrics_path)
+    if not Path(metrics_path).is_file():
+        write_metrics(str(metrics_path), m)
+    return m
+
+
+@task
+def register_task(params: str, bundle_dir: Path, eval_json: Path, data_dir: Path, metrics_dir: Path) -> dict:
+    """stages/register.py: log, register, move challenger, gate champion."""
+    from stages import register as R
+
+    split = Path(metrics_dir) / "split.json"
+    return R.run(C.load_section(R.RegisterConfig, "register", params), bundle_dir, eval_json,
+                 R.example_pair(Path(data_dir) / "aligned.parquet", Path(data_dir) / "aligned"),
+                 Path(metrics_dir) / "register.json", params,
+                 data_metrics=json.loads(split.read_text("utf-8")) if split.is_file() else None)
+
+
+# --------------------------------------------------------------------------- report
+def report_markdown(r: dict) -> str:
+    """The retraining report: what arrived, how the model was trained, how it scored, what moved."""
+    from stages.register import metrics_table
+
+    scan = r["scan"]
+    lines = ["# Retraining run", "", f"Source folder: `{r['source_root']}`: {scan['files']} image files, "
+             f"{len(scan['new'])} new since the last manifest."]
+    if r["status"] == "no_new_data":
+        return "\n".join(lines + ["", "**No new images: stopped early** (nothing trained or registered).", ""])
+    shown = ", ".join(f"`{p}`" for p in scan["new"][:10]) + (" ..." if len(scan["new"]) > 10 else "")
+    prep = r["prepare"]
+    lines += [f"New: {shown}", "", "## Data",
+              f"- filter: {prep['filter']['accepted']} accepted, {prep['filter']['rejected']} rejected "
+              f"({prep['filter']['inspected']} inspected this run)",
+              f"- align: {prep['align']['aligned']} aligned ({prep['align']['warped']} warped this run)",
+              *[f"- split {k}: {v['identities']} identities, {v['images']} images" for k, v in prep["split"].items()
+                if isinstance(v, dict)],
+              "", "## Training",
+              f"- start: {'champion v' + str(r['champion']['version']) if r['champion']['version'] else 'from scratch'}"
+              f" ({r['train'].get('init', 'trainer did not say')})",
+              *[f"- {k}: {v}" for k, v in r["train"].items() if k != "init" and isinstance(v, (int, float, str))],
+              "", "## Evaluation", "", *metrics_table(r["eval"]), "",
+              "## Registration", "",
+              "| metric | rule | result | detail |", "|---|---|---|---|",
+              *[f"| {g['metric']} | {g['op']} {'' if g['bound'] is None else g['bound']} | "
+                f"{'pass' if g['passed'] else 'FAIL'} | {g['detail']} |" for g in r["register"]["gates"]], "",
+              f"- registered: {r['register']['model_uri']} (run `{r['register']['run_id']}`)",
+              f"- aliases moved: {', '.join(r['register']['aliases_moved'])}",
+              f"- champion: v{r['register']['champion_version']} ({r['register']['reason']})", ""]
+    return "\n".join(lines)
+
+
+def effective_params(params_path: str, source_root: str, out: Path) -> str:
+    """params.yaml with ingest reading `source_root` as a folder source (the flow's own copy)."""
+    params = C.load_params(params_path)
+    params.setdefault("ingest", {}).update(source="folder", root=str(source_root))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, yaml.safe_dump(params, sort_keys=False))
+    return str(out)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(params_path: str = "params.yaml", source_root: str | None = None, from_scratch: bool | None = None,
+            data_dir: str = "data", models_dir: str = "models", metrics_dir: str = "metrics",
+            trainer: str = DEFAULT_TRAINER, evaluator: str = DEFAULT_EVALUATOR) -> dict:
+    """Retrain on newly arrived images; returns the run summary and publishes `retrain-report`.
+
+    Args:
+        source_root: folder to watch (default: params retrain.source_root).
+        from_scratch: ignore the champion (default: params retrain.from_scratch).
+        trainer, evaluator: "module:function" (see the module docstring), for custom recipes / tests.
+    """
+    cfg = C.load_section(RetrainConfig, "retrain", params_path)
+    root = source_root or cfg.source_root
+    scratch = cfg.from_scratch if from_scratch is None else from_scratch
+    data, models, metrics = Path(data_dir), Path(models_dir), Path(metrics_dir)
+    extensions = C.load_section(C.IngestConfig, "ingest", params_path).extensions
+    r: dict[str, Any] = {"source_root": str(root), "scan": scan_task(str(root), data / "manifest.parquet", extensions)}
+    if len(r["scan"]["new"]) < cfg.min_new_images:
+        r["status"] = "no_new_data"
+    else:
+        params = effective_params(params_path, root, data / "cache" / "retrain_params.yaml")
+        r["prepare"] = prepare(params, str(data), str(metrics))
+        with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
+            r["champion"] = {"version": None, "bundle": None} if scratch else champion_bundle_task(params, Path(tmp))
+            init = Path(r["champion"]["bundle"]) if r["champion"]["bundle"] else None
+            r["train"] = train_task(trainer, params, data, models, models / "swap", init, metrics / "train_swap.json")
+        r["eval"] = evaluate_task(evaluator, params, data, models / "swap", metrics / "eval.json")
+        r["register"] = register_task(params, models / "swap", metrics / "eval.json", data, metrics)
+        r["status"] = "registered"
+    create_markdown_artifact(key="retrain-report", markdown=report_markdown(r),
+                             description="Retraining: new data, training start, evaluation, gate outcome")
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--once", action="store_true", help="run once now instead of serving on the cron schedule")
+    a = p.parse_args(argv)
+    if a.once:
+        print(json.dumps(retrain(a.params), indent=1, default=str))
+        return 0
+    cron = C.load_section(RetrainConfig, "retrain", a.params).cron
+    retrain.serve(name="nightly-retrain", cron=cron, parameters={"params_path": a.params})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
