@@ -13,6 +13,9 @@ export DVC_NO_ANALYTICS := 1
 .PHONY: venv demo test bench flow clean-data
 
 venv: $(STAMP)
+	@# A cached venv may hold an editable install of another clone: point it at this one.
+	@cd / && $(PY) -c "import faceswap_common, pathlib, sys; sys.exit(pathlib.Path(faceswap_common.__file__).resolve().parents[1] != pathlib.Path('$(CURDIR)').resolve())" \
+		|| $(PY) -m pip install --quiet --no-deps --no-build-isolation -e "$(CURDIR)"
 
 $(STAMP):  # the hash of the requirement files is in the name
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -34,6 +37,8 @@ test: venv
 bench: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m bench.data_prep
 	$(PY) -m faceswap_models.bench
+	$(PY) -m bench.train_data
+	$(PY) -m bench.swap
 
 flow: venv
 	$(PY) -m flows.prepare
