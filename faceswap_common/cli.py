@@ -9,7 +9,7 @@ from pathlib import Path
 
 from faceswap_common.io import atomic_write_text
 
-STAGES = ("ingest", "filter", "align", "segment", "threedmm", "split", "evaluate")
+STAGES = ("ingest", "filter", "align", "segment", "threedmm", "split", "evaluate", "register")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
