@@ -39,6 +39,7 @@ bench: venv
 	$(PY) -m faceswap_models.bench
 	$(PY) -m bench.train_data
 	$(PY) -m bench.swap
+	$(PY) -m bench.evaluate
 
 flow: venv
 	$(PY) -m flows.prepare
