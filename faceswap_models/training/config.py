@@ -202,3 +202,63 @@ def load_training_params(params_path: str | os.PathLike = "params.yaml") -> dict
             raise ConfigError(f"{params_path}: no section {name!r}")
         out[name] = from_dict(cls, params[name], name)
     return out
+
+
+# --------------------------------------------------------------------------- paper switch
+TRAINING_SECTIONS = ("train", *STAGE_CONFIGS)
+
+
+def _top_level_blocks(text: str) -> list[tuple[str | None, str]]:
+    """Split YAML text into (top-level key or None for comments/blank lead-in, block text)."""
+    blocks: list[tuple[str | None, str]] = []
+    key, lines = None, []
+    for line in text.splitlines(keepends=True):
+        if line[:1].isalpha() and ":" in line:
+            if lines:
+                blocks.append((key, "".join(lines)))
+            key, lines = line.split(":", 1)[0], [line]
+        else:
+            lines.append(line)
+    if lines:
+        blocks.append((key, "".join(lines)))
+    return blocks
+
+
+def overlay_sections(base_text: str, overlay_text: str, sections: tuple[str, ...] = TRAINING_SECTIONS) -> str:
+    """`base_text` with each of `sections` replaced by the overlay's block (other text kept as is)."""
+    over = {k: t for k, t in _top_level_blocks(overlay_text) if k in sections}
+    missing = set(sections) - set(over)
+    if missing:
+        raise ConfigError(f"overlay lacks section(s) {sorted(missing)}")
+    out = []
+    for k, t in _top_level_blocks(base_text):
+        if k in over:
+            t = over[k].rstrip("\n") + "\n" + ("\n" if t.endswith("\n\n") else "")
+        out.append(t)
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m faceswap_models.training.config --paper [--params params.yaml]`: switch to the paper recipe."""
+    import argparse
+
+    from faceswap_common.io import atomic_write_text
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--paper", action="store_true", help="copy the training sections of params-paper.yaml")
+    p.add_argument("--from", dest="src", default="params-paper.yaml")
+    p.add_argument("--params", default="params.yaml")
+    a = p.parse_args(argv)
+    if not a.paper:
+        p.error("nothing to do (use --paper)")
+    text = overlay_sections(Path(a.params).read_text("utf-8"), Path(a.src).read_text("utf-8"))
+    atomic_write_text(a.params, text)
+    load_training_params(a.params)  # validate
+    print(f"{a.params}: training sections replaced by those of {a.src}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

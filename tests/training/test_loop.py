@@ -1,0 +1,116 @@
+"""The real loop in-process: exact resume, EMA/checkpoint contents, autocast, non-finite stop; params files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from faceswap_models.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from faceswap_models.training.config import load_training_params, overlay_sections
+from faceswap_models.training.data import FaceDataset, PairDataset
+from faceswap_models.training.loop import LoopConfig, NonFiniteLossError, train
+from faceswap_models.training.steps import Phase
+from tinytasks import SIZE, mae_task, swap_task
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _state(task, result):
+    out = {f"{n}.{k}": v.clone() for n, m in task.modules.items() for k, v in m.state_dict().items()}
+    out.update({f"ema.{n}.{k}": v.clone() for n, e in result.ema.items() for k, v in e.shadow.items()})
+    for n, o in task.optimizers.items():
+        for i, s in o.state_dict()["state"].items():
+            out.update({f"opt.{n}.{i}.{k}": v.clone() for k, v in s.items() if torch.is_tensor(v)})
+    return out
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:3]}"
+
+
+@pytest.mark.parametrize("kind", ["mae", "swap"])
+def test_k_steps_resume_k_steps_equals_2k_straight(kind, train_records, train_tables, tmp_path):
+    k = 3
+    cfg = LoopConfig(steps=2 * k, batch_size=4, checkpoint_every=k, sample_every=0, log_every=1, ema_decay=0.9)
+    if kind == "mae":
+        make, ds = mae_task, FaceDataset(train_records, SIZE, seed=0)
+    else:
+        def make():
+            return swap_task(train_tables["threedmm_model"], flow_start_step=k - 1)  # flow switches on mid-run
+        ds = PairDataset(train_records, SIZE, same_identity_ratio=0.25, seed=0)
+    straight = make()
+    r_straight = train(straight, ds, cfg, ckpt_dir=tmp_path / "a", progress=False)
+
+    first = make()
+    r1 = train(first, ds, cfg, ckpt_dir=tmp_path / "b", progress=False, stop_after=k)
+    assert r1.steps == k and latest_checkpoint(tmp_path / "b").name == f"step_{k:08d}.pt"
+    torch.manual_seed(999)  # the resumed process starts with unrelated RNG state
+    resumed = make()
+    r2 = train(resumed, ds, cfg, ckpt_dir=tmp_path / "b", progress=False)
+    assert (r2.start_step, r2.steps) == (k, 2 * k)
+    _assert_same(_state(straight, r_straight), _state(resumed, r2))
+    # the metrics log of the resumed run equals the straight one line for line
+    lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("a", "b")]
+    strip = [[{k: v for k, v in json.loads(ln).items() if k != "samples_per_s"} for ln in ls] for ls in lines]
+    assert strip[0] == strip[1] and len(strip[0]) == 2 * k
+
+
+def test_checkpoint_holds_everything(train_records, train_tables, tmp_path):
+    task = swap_task(train_tables["threedmm_model"])
+    ds = PairDataset(train_records, SIZE, seed=0)
+    cfg = LoopConfig(steps=2, batch_size=2, checkpoint_every=1, keep_checkpoints=1, sample_every=0)
+    train(task, ds, cfg, ckpt_dir=tmp_path, progress=False, config={"lr": 1e-3})
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]  # pruned to the newest
+    ck = load_checkpoint(latest_checkpoint(tmp_path))
+    assert set(ck["modules"]) == set(ck["optimizers"]) == {"gen", "disc"} and set(ck["ema"]) == {"gen"}
+    assert ck["step"] == 2 and ck["config"] == {"lr": 1e-3} and ck["extra"]["nonfinite"] == 0
+    assert "torch" in ck["rng"] and ck["scaler"] is not None
+    assert all(len(o["state"]) > 0 for o in ck["optimizers"].values())
+
+
+def test_bf16_autocast_and_grad_accumulation_train(train_records, tmp_path):
+    task = mae_task()
+    w0 = task.modules["mae"].decoder.pred.weight.clone()
+    cfg = LoopConfig(steps=2, batch_size=2, grad_accum=2, precision="bf16", sample_every=0, log_every=1)
+    r = train(task, FaceDataset(train_records, SIZE), cfg, ckpt_dir=tmp_path, progress=False)
+    assert r.nonfinite == 0 and r.steps == 2 and r.samples_per_s > 0
+    assert torch.isfinite(torch.tensor(r.last["mae/total"]))
+    assert task.modules["mae"].decoder.pred.weight.dtype == torch.float32  # weights stay fp32
+    assert not torch.equal(w0, task.modules["mae"].decoder.pred.weight)
+
+
+def test_too_many_nonfinite_steps_stop(train_records, tmp_path):
+    task = mae_task()
+    task.phases = lambda step: [Phase("mae", "mae", lambda b: {"total": task.modules["mae"](b["image"])[0] / 0.0 * 0.0})]
+    cfg = LoopConfig(steps=10, batch_size=2, max_nonfinite=2, sample_every=0)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite"):
+        train(task, FaceDataset(train_records, SIZE), cfg, ckpt_dir=tmp_path, progress=False)
+
+
+def test_both_params_files_load_and_validate():
+    demo = load_training_params(ROOT / "params.yaml")
+    assert demo["pretrain_mae"].image_size == demo["train_shape"].image_size == demo["train_swap"].image_size <= 128
+    assert demo["train"].num_workers >= 1 and not demo["train"].use_gpu
+    paper = load_training_params(ROOT / "params-paper.yaml")
+    shape, swap = paper["train_shape"], paper["train_swap"]
+    assert (shape.steps, swap.steps, swap.flow_start_step) == (250_000, 640_000, 320_000)
+    for s in (shape, swap):
+        assert (s.lr, s.betas, s.batch_size, s.image_size) == (1e-4, (0.0, 0.99), 8, 256)
+    assert swap.same_identity_ratio == 0.25
+    w = swap.loss_weights()
+    assert (w.rec, w.id, w.exp, w.ldmk, w.perc, w.flow) == (10, 5, 10, 5000, 2, 3)
+    assert shape.loss_weights().ldmk == 800 and paper["pretrain_mae"].mae_config().dim == 768
+    assert shape.shape_config(23).num_landmarks == 23 and shape.shape_config(23).img_size == 256
+
+
+def test_paper_switch_replaces_only_training_sections():
+    base = (ROOT / "params.yaml").read_text()
+    merged = overlay_sections(base, (ROOT / "params-paper.yaml").read_text())
+    import yaml
+
+    a, b, p = yaml.safe_load(merged), yaml.safe_load(base), yaml.safe_load((ROOT / "params-paper.yaml").read_text())
+    assert all(a[k] == p[k] for k in p) and all(a[k] == b[k] for k in b if k not in p)

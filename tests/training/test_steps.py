@@ -1,0 +1,114 @@
+"""Step functions on a fixed batch: losses fall, phases touch only their own parameters, NaN is skipped."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faceswap_common.threedmm import LinearFaceModel
+from faceswap_models.training.contour import ContourProjector
+from faceswap_models.training.data import FaceDataset, PairDataset
+from faceswap_models.training.loop import LoopConfig, _run_step
+from faceswap_models.training.steps import Phase, flow_to_rgb, sample_grid
+from tinytasks import SIZE, mae_task, shape_task, swap_task
+
+CPU = torch.device("cpu")
+SCALER = torch.amp.GradScaler("cpu", enabled=False)
+
+
+def collate(items):
+    return torch.utils.data.default_collate(items)
+
+
+@pytest.fixture(scope="module")
+def face_batch(train_records):
+    ds = FaceDataset(train_records, SIZE)
+    return collate([ds[i] for i in range(8)])
+
+
+@pytest.fixture(scope="module")
+def pair_batch(train_records, train_tables):
+    ds = PairDataset(train_records, SIZE, same_identity_ratio=0.5, threedmm_model=train_tables["threedmm_model"])
+    return collate([ds[i] for i in range(4)])
+
+
+def phase_total(task, name, batch, step=0, seed=0):
+    torch.manual_seed(seed)
+    phase = next(p for p in task.phases(step) if p.name == name)
+    with torch.no_grad():
+        return float(phase.loss(batch)["total"])
+
+
+def run_steps(task, batch, n, cfg=LoopConfig(steps=1, batch_size=1)):
+    logs = []
+    for s in range(n):
+        torch.manual_seed(s)
+        logs.append(_run_step(task, [batch], s, cfg, SCALER, CPU, 1))
+    return logs
+
+
+def test_contour_projector_matches_numpy(train_tables, train_records):
+    model = LinearFaceModel.load(train_tables["threedmm_model"])
+    proj = ContourProjector(model)
+    r = train_records
+    got = proj(*(torch.from_numpy(a[:5]) for a in (r.shape, r.expression, r.pose, r.camera)))  # (5, K, 2)
+    want = np.stack([model.contour2d(r.coefficients(i)) for i in range(5)])
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-3)
+    np.testing.assert_allclose(got.numpy(), r.contour[:5], atol=1e-3)  # the table's own projection
+
+
+def test_mae_step_reduces_loss(face_batch):
+    task = mae_task()
+    before = phase_total(task, "mae", face_batch)
+    run_steps(task, face_batch, 25)
+    after = phase_total(task, "mae", face_batch)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_shape_generator_loss_falls_and_d_phase_leaves_gres_alone(pair_batch, train_tables):
+    task = shape_task(train_tables["threedmm_model"])
+    before = phase_total(task, "g", pair_batch)
+    gres0 = {k: v.clone() for k, v in task.modules["dshape"].state_dict().items()}
+    d_only = [p for p in task.phases(0) if p.name == "d"]
+    task.phases = lambda step: d_only  # one D update must not move Gres
+    _run_step(task, [pair_batch], 0, LoopConfig(steps=1, batch_size=1), SCALER, CPU, 1)
+    assert all(torch.equal(gres0[k], v) for k, v in task.modules["dshape"].state_dict().items())
+    del task.phases
+    logs = run_steps(task, pair_batch, 20)
+    after = phase_total(task, "g", pair_batch)
+    assert after < before, (before, after)
+    assert {"d/adv", "d/r1", "g/adv", "g/rec", "g/ldmk", "g/total"} <= set(logs[-1][0])
+
+
+def test_swap_generator_loss_falls_with_every_term(pair_batch, train_tables):
+    task = swap_task(train_tables["threedmm_model"], flow_start_step=0)
+    terms = next(p for p in task.phases(0) if p.name == "g").loss(pair_batch)
+    assert set(terms) == {"adv", "rec", "id", "exp", "ldmk", "perc", "flow", "total"}
+    assert all(torch.isfinite(v) for v in terms.values())
+    assert "flow" not in next(p for p in swap_task(train_tables["threedmm_model"], flow_start_step=5)
+                              .phases(4) if p.name == "g").loss(pair_batch)
+    before = phase_total(task, "g", pair_batch)
+    run_steps(task, pair_batch, 15)
+    after = phase_total(task, "g", pair_batch)
+    assert after < before, (before, after)
+    # the frozen MAE encoder and the frozen Dshape never change
+    assert all(not p.requires_grad for p in task.aux.dshape.parameters())
+    assert all(p.grad is None for p in task.modules["gen"].encoder.parameters())
+
+
+def test_nonfinite_loss_skips_the_update(face_batch):
+    task = mae_task()
+    w0 = {k: v.clone() for k, v in task.modules["mae"].state_dict().items()}
+    task.phases = lambda step: [Phase("mae", "mae", lambda b: {"total": task.modules["mae"](b["image"])[0] * float("nan")})]
+    logs, skipped = _run_step(task, [face_batch], 0, LoopConfig(steps=1, batch_size=1), SCALER, CPU, 1)
+    assert skipped and np.isnan(logs["mae/total"])
+    assert all(torch.equal(w0[k], v) for k, v in task.modules["mae"].state_dict().items())
+
+
+def test_sample_grids(face_batch, pair_batch, train_tables):
+    cols = mae_task().samples(face_batch)
+    assert len(cols) == 3 and all(c.shape == (4, 3, SIZE, SIZE) for c in cols)
+    grid = sample_grid(swap_task(train_tables["threedmm_model"]).samples(pair_batch))
+    assert grid.shape == (4 * SIZE, 4 * SIZE, 3) and grid.dtype == torch.uint8
+    rgb = flow_to_rgb(torch.zeros(1, 2, 4, 4))
+    assert torch.allclose(rgb, torch.full_like(rgb, -1.0))  # no flow = black
