@@ -79,6 +79,12 @@ def worker_main(config: dict[str, Any]) -> None:
         atomic_write_text(Path(config["result_path"]), json.dumps(result, indent=2, sort_keys=True, default=float))
 
 
+def quiet_worker() -> None:
+    """Ray worker-process setup hook: Train V2's placement-group cleaner polls the State API, which
+    needs the dashboard we leave off locally, and would warn every second that it is unavailable."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def init_ray(cfg: TrainConfig) -> None:
     """Connect to `cfg.ray_address`, or start a small local Ray (no dashboard) if none is running."""
     for k, v in _RAY_ENV.items():
@@ -94,7 +100,7 @@ def init_ray(cfg: TrainConfig) -> None:
                 if k in os.environ}
     root = str(Path(__file__).resolve().parents[2])
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    runtime_env = {"env_vars": env_vars}
+    runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "faceswap_models.training.ray_runner.quiet_worker"}
     if cfg.ray_address:
         ray.init(address=cfg.ray_address, runtime_env=runtime_env, **common)
     else:
