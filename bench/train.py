@@ -1,0 +1,233 @@
+"""Training benchmark: Ray overhead, 2-worker scaling, loader headroom, GPU figures (when CUDA is there).
+
+All ratios come from this one run, on the demo data (`data/`) and the demo config (params.yaml):
+  * Ray overhead = steady-state steps/s of a 1-worker TorchTrainer ÷ the plain in-process loop,
+    same model (pretrain_mae's MAE), data, batch and 1 thread each (start-up reported apart);
+  * scaling = samples/s of 2 Ray workers x 1 thread ÷ 1 Ray worker x 1 thread (DDP, gloo);
+  * loader = pairs/s the loader delivers ÷ pairs/s the train_swap step consumes (1 thread, demo
+    sizes, random weights: same compute), and its fraction of the decode-only ceiling (bench.train_data);
+  * GPU: Fswa and Dshape at 256², batch 8, bf16: samples/s, peak memory, days for 640K steps.
+Steady state: each run trains `--warmup` steps, then resumes from that checkpoint and times the rest.
+
+Usage: python -m bench.train [--steps 20 --warmup 3] [--json bench-results/train.json]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
+
+import torch  # noqa: E402
+
+from faceswap_models.training.config import load_training_params  # noqa: E402
+from faceswap_models.training.data import FaceDataset  # noqa: E402
+from faceswap_models.training.loop import LoopConfig, train  # noqa: E402
+from faceswap_models.training.ray_runner import WorkerContext, run_workers, shutdown_ray  # noqa: E402
+from faceswap_models.training.runs import DataPaths  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def steady_state(task: Any, dataset: Any, cfg: LoopConfig, warmup: int, ckpt_dir: str, device: Any) -> Any:
+    """Train `warmup` steps, then resume from that checkpoint and return the timed LoopResult."""
+    train(task, dataset, cfg, ckpt_dir=ckpt_dir, device=device, progress=False, stop_after=warmup)
+    return train(task, dataset, cfg, ckpt_dir=ckpt_dir, device=device, progress=False)
+
+
+def mae_worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
+    """Ray / in-process entry: the pretrain_mae task at the demo config, steady-state rate."""
+    from stages.pretrain_mae import build_task
+
+    cfg = spec["cfg"]
+    ds = FaceDataset(spec["data"].records("train"), cfg.image_size, augment=cfg.augment_config())
+    loop = LoopConfig(steps=spec["steps"], batch_size=cfg.batch_size, checkpoint_every=spec["warmup"],
+                      sample_every=0, log_every=10**9)
+    r = steady_state(build_task(cfg, 0), ds, loop, spec["warmup"], spec["ckpt_dir"], ctx.device)
+    if ctx.rank != 0:
+        return None
+    steps = r.steps - r.start_step
+    return {"steps_per_s": steps / r.seconds, "samples_per_s": r.samples_per_s, "world_size": ctx.world_size}
+
+
+def ray_vs_plain(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, float]:
+    spec = {"cfg": params["pretrain_mae"], "data": data, "steps": steps, "warmup": warmup}
+    base = dataclasses.replace(params["train"], threads_per_worker=1, checkpoint_root=str(root))
+    out: dict[str, float] = {}
+    for name, use_ray, workers in (("plain_1x1", False, 1), ("ray_1x1", True, 1), ("ray_2x1", True, 2)):
+        cfg = dataclasses.replace(base, use_ray=use_ray, num_workers=workers)
+        d = root / name
+        d.mkdir(parents=True)
+        t = time.perf_counter()
+        r = run_workers("bench.train:mae_worker", {**spec, "ckpt_dir": str(d)}, cfg, name=f"bench-{name}",
+                        result_dir=d)
+        out[f"{name}_wall_s"] = time.perf_counter() - t
+        out[f"{name}_steps_per_s"] = r["steps_per_s"]
+        out[f"{name}_samples_per_s"] = r["samples_per_s"]
+    shutdown_ray()
+    out["ray_overhead_ratio"] = out["ray_1x1_steps_per_s"] / out["plain_1x1_steps_per_s"]
+    out["two_workers_speedup"] = out["ray_2x1_samples_per_s"] / out["ray_1x1_samples_per_s"]
+    return out
+
+
+def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae: Any = None, paper: bool = False) -> Any:
+    """A train_swap task with random weights everywhere (same compute as the real one)."""
+    from faceswap_models.auxiliary import build_identity_encoder
+    from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig
+    from faceswap_models.config import MAEConfig, ShapeConfig
+    from faceswap_models.shape import ShapeDiscriminator
+    from faceswap_models.swap import SwapGenerator
+    from faceswap_models.discriminator import PatchDiscriminator
+    from faceswap_models.training.contour import ContourProjector
+    from faceswap_models.training.steps import SwapAux, SwapTask
+    from stages.train_swap import swap_config
+
+    mae = MAEConfig.paper() if paper else mae
+    rcfg = (RegressorConfig.paper() if paper else RegressorConfig(image_size=size, width=16, hidden=128))
+    rcfg = dataclasses.replace(rcfg, n_shape=n_shape, n_exp=n_exp)
+    aux = SwapAux(identity=build_identity_encoder(cfg.identity_encoder, cfg.identity_weights, cfg.aux_cache_dir),
+                  perceptual=None, regressor=FaceAttributeRegressor(rcfg).eval().requires_grad_(False),
+                  dshape=ShapeDiscriminator(ShapeConfig.paper() if paper else ShapeConfig.from_dict(
+                      {"img_size": size, "num_landmarks": k, "base_channels": 16, "max_channels": 64, "num_down": 3}))
+                  .eval().requires_grad_(False),
+                  contour=ContourProjector.load(REPO / "data" / "threedmm_model.npz"), crop_size=256)
+    gen = SwapGenerator(swap_config(cfg, mae))
+    return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr, betas=cfg.betas,
+                    flow_start_step=0)
+
+
+
+def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, Any]:
+    from bench.train_data import loader_figures
+    from faceswap_models.training.contour import ContourProjector
+    from faceswap_models.training.data import PairDataset
+
+    torch.set_num_threads(1)
+    cfg = params["train_swap"]
+    records = data.records("train")
+    k = ContourProjector.load(data.threedmm_model).num_points
+    task = swap_task_random(cfg.image_size, k, records.shape.shape[1], records.expression.shape[1], cfg,
+                            mae=params["pretrain_mae"].mae_config())
+    ds = PairDataset(records, cfg.image_size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment_config())
+    loop = LoopConfig(steps=steps, batch_size=cfg.batch_size, checkpoint_every=warmup, sample_every=0, log_every=10**9)
+    r = steady_state(task, ds, loop, warmup, str(root / "swap"), torch.device("cpu"))
+    tables = {"aligned_parquet": data.aligned, "aligned_dir": data.aligned_dir, "segments_parquet": data.segments,
+              "parsing_dir": data.parsing_dir, "threedmm_parquet": data.threedmm,
+              "threedmm_model": data.threedmm_model, "splits_parquet": data.splits}
+    return loader_figures(tables, cfg.image_size, cfg.batch_size, train_samples_per_s=r.samples_per_s)
+
+
+def gpu_figures(params: dict) -> dict[str, Any]:
+    """Fswa and Dshape at paper size (256², batch 8, bf16) on the first GPU; empty without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    from faceswap_models.config import DiscriminatorConfig, ShapeConfig, ShapeLossWeights
+    from faceswap_models.discriminator import Dres
+    from faceswap_models.shape import ShapeDiscriminator
+    from faceswap_models.training.loop import _run_step
+    from faceswap_models.training.steps import ShapeAux, ShapeTask
+    from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig
+    from faceswap_models.training.contour import ContourProjector
+
+    dev = torch.device("cuda")
+    paper = load_training_params(REPO / "params-paper.yaml")
+    cfg = paper["train_swap"]
+    contour = ContourProjector.load(REPO / "data" / "threedmm_model.npz")
+    k, b, s = contour.num_points, 8, 256
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(0)}
+
+    def batch() -> dict[str, Any]:
+        def face() -> dict[str, torch.Tensor]:
+            return {"image": torch.rand(b, 3, s, s, device=dev) * 2 - 1,
+                    "parsing": torch.randint(0, 7, (b, s, s), device=dev),
+                    "landmarks68": torch.rand(b, 68, 2, device=dev) * s, "contour": torch.rand(b, k, 2, device=dev) * s,
+                    "shape": torch.randn(b, 20, device=dev), "expression": torch.randn(b, 10, device=dev),
+                    "pose": torch.randn(b, 3, device=dev) * 10,
+                    "camera": torch.tensor([[1.0, 128.0, 128.0]], device=dev).repeat(b, 1)}
+        return {"source": face(), "target": face(), "same_identity": torch.rand(b, device=dev) < 0.25,
+                "p12": torch.rand(b, k, 2, device=dev) * s}
+
+    swap = swap_task_random(s, k, 20, 10, cfg, paper=True).to(dev)
+    rcfg = RegressorConfig.paper()
+    shape = ShapeTask(ShapeDiscriminator(ShapeConfig.from_dict({"num_landmarks": k})), Dres(DiscriminatorConfig()),
+                      ShapeAux(FaceAttributeRegressor(rcfg).eval().requires_grad_(False), contour, 256),
+                      ShapeLossWeights(), lr=1e-4, betas=(0.0, 0.99)).to(dev)
+    loop = LoopConfig(steps=1, batch_size=b, precision="bf16")
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    for name, task in (("fswa", swap), ("dshape", shape)):
+        task.train()
+        mb = batch()
+        for _ in range(3):
+            _run_step(task, [mb], 10**6, loop, scaler, dev, 1)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        n, t = 10, time.perf_counter()
+        for i in range(n):
+            _run_step(task, [mb], 10**6, loop, scaler, dev, 1)
+        torch.cuda.synchronize()
+        sps = n / (time.perf_counter() - t)
+        out[f"{name}_samples_per_s"] = sps * b
+        out[f"{name}_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        total = 640_000 if name == "fswa" else 250_000
+        out[f"{name}_days_1gpu"] = total / sps / 86400
+        out[f"{name}_days_8gpu_ideal"] = out[f"{name}_days_1gpu"] / 8
+        task.to(torch.device("cpu"))
+        torch.cuda.empty_cache()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="data")
+    p.add_argument("--params", default=str(REPO / "params.yaml"))
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", default=str(REPO / "bench-results" / "train.json"))
+    a = p.parse_args(argv)
+    d = Path(a.data)
+    data = DataPaths(str(d / "aligned.parquet"), str(d / "aligned"), str(d / "segments.parquet"), str(d / "parsing"),
+                     str(d / "threedmm.parquet"), str(d / "threedmm_model.npz"), str(d / "splits.parquet")).resolved()
+    params = load_training_params(a.params)
+    params["train"] = dataclasses.replace(params["train"], mlflow_tracking_uri="")
+    res: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        res["ray"] = ray_vs_plain(data, params, a.steps, a.warmup, Path(tmp) / "ray")
+        res["loader"] = loader_headroom(data, params, max(a.warmup + 5, a.steps // 2), a.warmup, Path(tmp))
+    res["gpu"] = gpu_figures(params)
+    r, ld = res["ray"], res["loader"]
+    rows = [
+        ("plain loop, 1 thread (MAE demo)", f"{r['plain_1x1_steps_per_s']:.2f} steps/s", ""),
+        ("Ray TorchTrainer, 1 worker x 1 thread", f"{r['ray_1x1_steps_per_s']:.2f} steps/s", ""),
+        ("Ray overhead ratio (Ray / plain)", f"{r['ray_overhead_ratio']:.2f}", ">= 0.9"),
+        ("Ray wall incl. start-up, 1 worker / plain", f"{r['ray_1x1_wall_s']:.1f} s / {r['plain_1x1_wall_s']:.1f} s", ""),
+        ("2 workers x 1 thread / 1 worker (samples/s)", f"{r['two_workers_speedup']:.2f}x", ">= 1.6"),
+        ("train_swap step consumes (1 thread)", f"{ld['train_samples_per_s']:.2f} pairs/s", ""),
+        ("loader, 0 workers / consumption", f"{ld['loader_0_workers_over_train']:.1f}x", ">= 3"),
+        ("loader, 2 workers / consumption", f"{ld['loader_2_workers_over_train']:.1f}x", ">= 3"),
+        ("decode-only ceiling", f"{ld['decode_only_pairs_per_s']:.1f} pairs/s", ""),
+        ("loader (0 workers) / ceiling", f"{ld['fraction_of_ceiling_0_workers']:.2f}", ""),
+    ]
+    g = res["gpu"]
+    if g:
+        for n in ("fswa", "dshape"):
+            rows.append((f"GPU {n} 256², batch 8, bf16", f"{g[f'{n}_samples_per_s']:.1f} samples/s, "
+                         f"{g[f'{n}_peak_mem_gib']:.1f} GiB", ""))
+            rows.append((f"GPU {n} days (1 GPU / 8 GPUs ideal)",
+                         f"{g[f'{n}_days_1gpu']:.1f} / {g[f'{n}_days_8gpu_ideal']:.1f}", ""))
+    else:
+        rows.append(("GPU section", "skipped (no CUDA device)", ""))
+    width = max(len(x[0]) for x in rows)
+    print("\n".join(f"{k:<{width}}  {v:>28}  {goal}" for k, v, goal in rows))
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
