@@ -9,8 +9,8 @@ from pathlib import Path
 
 from faceswap_common.io import atomic_write_text
 
-STAGES = ("ingest", "filter", "align", "segment", "threedmm", "split", "train_aux", "pretrain_mae", "train_shape", "train_swap",
-          "evaluate", "register")
+STAGES = ("ingest", "filter", "align", "segment", "threedmm", "split",
+          "train_aux", "pretrain_mae", "train_shape", "train_swap", "evaluate", "register")
 
 
 def parser(description: str) -> argparse.ArgumentParser:
