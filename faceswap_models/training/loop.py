@@ -158,7 +158,7 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
         ids = [device.index] if device.type == "cuda" else None
         for name, m in list(task.modules.items()):
             if any(p.requires_grad for p in m.parameters()):
-                task.modules[name] = DDP(m, device_ids=ids, broadcast_buffers=False)
+                task.modules[name] = DDP(m, device_ids=ids, forward_sync_buffers=False)
 
     loader = make_loader(dataset, cfg.batch_size, num_workers=cfg.loader_workers, seed=cfg.seed, rank=rank,
                          world_size=world, epochs=None, skip_batches=start * cfg.grad_accum)
