@@ -27,8 +27,8 @@ $(STAMP):  # the hash of the requirement files is in the name
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-demo: venv
-	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
+demo: venv  # every stage, under one parent MLflow run (the stage runs nest under it)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m faceswap_models.training.tracking -- dvc repro
 	@echo "done: see metrics/*.json, data/*.parquet; 'dvc dag' shows the graph"
 
 test: venv
@@ -40,6 +40,7 @@ bench: venv
 	$(PY) -m bench.train_data
 	$(PY) -m bench.swap
 	$(PY) -m bench.evaluate
+	$(PY) -m bench.train
 
 flow: venv
 	$(PY) -m flows.prepare

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from flows.prepare import _retry_on_io
 
 @task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_on_io)
 def dvc_repro(repo: str, targets: list[str], force: bool = False) -> str:
-    """`dvc repro [targets]` in `repo`; raises with DVC's output when it fails."""
+    """`dvc repro [targets]` in `repo` under one parent MLflow run; raises with DVC's output when it fails."""
     cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]
-    proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    parent = [sys.executable, "-m", "faceswap_models.training.tracking", "--params", "params.yaml", "--"]
+    proc = subprocess.run(parent + cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc.stdout

@@ -51,7 +51,7 @@ class RegisterConfig:
 
     tracking_uri: str = "sqlite:///mlflow.db"  # $MLFLOW_TRACKING_URI wins when set
     artifact_root: str | None = None  # artifact location of a newly created experiment (None: MLflow default)
-    experiment: str = "flowfacepp"
+    experiment: str = "faceswap"
     model_name: str = "flowfacepp"
     primary_metric: str = "model.id_top1"  # dotted path into eval.json
     higher_is_better: bool = True
@@ -378,10 +378,15 @@ def run(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str | Path, exam
     with registry_lock(uri, cfg.model_name, cfg.lock_timeout_s):  # first-time db setup + experiment creation
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # opening the store runs db migrations
         exp = client.get_experiment_by_name(cfg.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment, artifact_location=cfg.artifact_root)
+        location = cfg.artifact_root
+        if location and "://" not in location:  # a local folder: absolute, as the training stages do
+            location = Path(location).resolve().as_uri()
+        exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment, artifact_location=location)
         client.search_registered_models(max_results=1)
 
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{cfg.model_name}") as active:
+    parent = os.environ.get("FACESWAP_MLFLOW_PARENT_RUN_ID")  # set by a full `make demo` / pipeline run
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{cfg.model_name}",
+                          tags={"mlflow.parentRunId": parent} if parent else None) as active:
         run_id = active.info.run_id
         params = load_params(params_path) if Path(params_path).is_file() else {}
         _log_params({**flatten(params), **{f"bundle.{k}": v for k, v in flatten(doc.get("meta", {})).items()}})

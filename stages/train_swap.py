@@ -22,7 +22,7 @@ from faceswap_common.config import AlignConfig
 from faceswap_common.io import sha256_file
 from faceswap_common.weights import read_state_dict
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
-from faceswap_models.bundle import save_bundle
+from faceswap_models.bundle import load_bundle, save_bundle
 from faceswap_models.config import MAEConfig, SwapConfig
 from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.swap import SwapGenerator
@@ -56,7 +56,7 @@ def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
 
 
 def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path,
-               threedmm_model: str | Path, seed: int) -> SwapTask:
+               threedmm_model: str | Path, seed: int, init_bundle: str | Path | None = None) -> SwapTask:
     doc = json.loads((Path(mae_dir) / f"{MAE_NAME}.json").read_text("utf-8"))
     scfg = swap_config(cfg, MAEConfig.from_dict(doc["mae"]))
     regressor, crop_size = load_aux_regressor(aux_dir)
@@ -68,6 +68,12 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
     torch.manual_seed(seed)  # identical initial weights on every rank
     gen = SwapGenerator(scfg)
     gen.load_encoder_state(read_state_dict(Path(mae_dir) / f"{MAE_NAME}.safetensors"))
+    if init_bundle is not None:  # fine-tune: start from a previous swap model (e.g. the registry champion)
+        init = load_bundle(init_bundle)
+        if init.swap != scfg:
+            raise ValueError(f"init bundle {init_bundle}: its SwapConfig differs from train_swap's; "
+                             "fine-tuning needs the same architecture (or train from scratch)")
+        gen.load_state_dict(init.generator.state_dict())
     return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr,
                     betas=cfg.betas, flow_start_step=cfg.flow_start_step)
 
@@ -79,7 +85,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
                           seed=tcfg.seed, augment=cfg.augment_config())
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
-                      threedmm_model=data.threedmm_model, seed=tcfg.seed)
+                      threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"))
     result = train_in_worker(spec, ctx, task, dataset, STAGE)
     if ctx.rank != 0:
         return None
@@ -93,13 +99,17 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
 
 def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path, out_dir: str | Path,
         params_path: str | Path = "params.yaml", metrics: str | None = None, plots: str | None = None,
-        checkpoint_root: str | None = None) -> dict:
+        checkpoint_root: str | None = None, init_bundle: str | Path | None = None) -> dict:
+    """Train Fswa; with `init_bundle` (a swap-model bundle dir) start from its generator weights."""
     params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
     dirs = {"mae_dir": str(Path(mae_dir).resolve()), "shape_dir": str(Path(shape_dir).resolve()),
             "aux_dir": str(Path(aux_dir).resolve())}
     key = run_key(cfg, tcfg, data, mae=sha256_file(Path(mae_dir) / f"{MAE_NAME}.safetensors"),
                   shape=sha256_file(Path(shape_dir) / f"{SHAPE_NAME}.safetensors"),
-                  aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS))
+                  aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS),
+                  **({"init": sha256_file(Path(init_bundle) / "generator.safetensors")} if init_bundle else {}))
+    if init_bundle is not None:
+        dirs["init_bundle"] = str(Path(init_bundle).resolve())
     return run_stage(STAGE, entry="stages.train_swap:worker",
                      spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], **dirs},
                      train_cfg=tcfg, key=key,
@@ -114,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aux-dir", default="models/aux", help="train_aux output (regressor)")
     p.add_argument("--out-dir", default="models/swap", help="swap-model bundle folder")
     p.add_argument("--plots", default=None, help="per-step CSV for dvc plots")
+    p.add_argument("--init-bundle", default=None, help="fine-tune from this swap-model bundle dir")
     a = p.parse_args(argv)
     m = run(data_paths(a), mae_dir=a.mae_dir, shape_dir=a.shape_dir, aux_dir=a.aux_dir, out_dir=a.out_dir,
-            params_path=a.params, metrics=a.metrics, plots=a.plots, checkpoint_root=a.checkpoint_root)
+            params_path=a.params, metrics=a.metrics, plots=a.plots, checkpoint_root=a.checkpoint_root,
+            init_bundle=a.init_bundle)
     print(f"{STAGE}: {m['steps']} steps (resumed from {m['resumed_from']}), {m['samples_per_s']:.1f} samples/s")
     return 0
 

@@ -611,7 +611,7 @@ def make_loader(
     skip_batches: int = 0,
     pin_memory: bool = False,
     prefetch_factor: int | None = None,
-    multiprocessing_context: str | None = None,
+    multiprocessing_context: str | None = "spawn",
 ) -> DataLoader:
     """DataLoader over this rank's deterministic shard (DistributedSampler-equivalent).
 
@@ -620,6 +620,8 @@ def make_loader(
     `k` batches of this rank, pass ``epoch=0, skip_batches=k`` (or ``epoch, skip =
     resume_position(k, batches_per_epoch(len(ds), B, world_size))``). `epochs=None` gives an
     endless loader; otherwise it covers `epochs` epochs starting at `epoch`.
+    Loader workers are spawned by default: forking a parent that already runs threads (torch,
+    Ray, Prefect, a worker pool) can deadlock the child (seen in the test suite).
     """
     sampler = EpochBatchSampler(
         len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size, epoch=epoch,

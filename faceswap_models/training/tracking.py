@@ -171,3 +171,50 @@ class MlflowSink(MetricsSink):
             self.client.log_image(self.ref.run_id, image, artifact_file=name)
         except Exception as e:
             log.warning("MLflow log_image %s failed: %s", name, e)
+
+
+def run_under_parent(cmd: list[str], *, tracking_uri: str, experiment: str, artifact_root: str,
+                     run_name: str = "pipeline", cwd: str | os.PathLike | None = None) -> int:
+    """Run `cmd` (e.g. `dvc repro`) inside one parent MLflow run: every stage run it starts nests under it
+    (the child processes see PARENT_RUN_ENV). Returns the command's exit code; the parent run is
+    FINISHED on 0, FAILED otherwise. Tracking off ("") just runs the command."""
+    import subprocess
+
+    if not tracking_uri:
+        return subprocess.call(cmd, cwd=cwd)
+    uri = resolve_tracking_uri(tracking_uri)
+    client = _client(uri)
+    run = client.create_run(_experiment_id(client, experiment, artifact_root),
+                            tags={"mlflow.runName": run_name, "faceswap.command": " ".join(cmd)})
+    code = 1
+    try:
+        code = subprocess.call(cmd, cwd=cwd, env={**os.environ, PARENT_RUN_ENV: run.info.run_id,
+                                                  "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", uri)})
+    finally:
+        client.set_terminated(run.info.run_id, status="FINISHED" if code == 0 else "FAILED")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m faceswap_models.training.tracking [--params F] -- dvc repro ...`: the command under a parent run."""
+    import argparse
+
+    import yaml
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--run-name", default="pipeline")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = p.parse_args(argv)
+    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    if not cmd:
+        p.error("give the command after --, e.g. -- dvc repro")
+    params = yaml.safe_load(Path(a.params).read_text("utf-8")) if Path(a.params).is_file() else None
+    train = (params or {}).get("train", {})
+    uri = os.environ.get("FACESWAP_MLFLOW_TRACKING_URI", train.get("mlflow_tracking_uri", "sqlite:///mlflow.db"))
+    return run_under_parent(cmd, tracking_uri=uri, experiment=train.get("mlflow_experiment", "faceswap"),
+                            artifact_root=train.get("mlflow_artifact_root", "mlartifacts"), run_name=a.run_name)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -81,6 +81,13 @@ def test_stage_chain_writes_models_bundle_metrics_and_plots(train_tables, tmp_pa
 
     load_into(mae_w, m / "mae" / "mae.safetensors")
     assert torch.equal(mae_w.encoder.patch_embed.proj.weight, bundle.generator.encoder.patch_embed.proj.weight)
+    # fine-tuning from a bundle starts from its weights (lr 0: the output equals the init bundle)
+    tuned = train_swap.run(data, mae_dir=m / "mae", shape_dir=m / "shape", aux_dir=m / "aux", out_dir=m / "tuned",
+                           params_path=write_params(tmp_path / "p0.yaml", train_swap={"steps": 1, "lr": 0.0}),
+                           checkpoint_root=ck, init_bundle=m / "swap")
+    assert tuned["resumed_from"] == 0
+    w0 = load_bundle(m / "tuned").generator.state_dict()
+    assert all(torch.equal(v, w0[k]) for k, v in bundle.generator.state_dict().items())
     # re-running a finished stage trains nothing and rewrites the same output
     again = pretrain_mae.run(data, m / "mae", params, checkpoint_root=ck)
     assert again["resumed_from"] == 2 and again["steps"] == 2
