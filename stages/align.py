@@ -27,17 +27,19 @@ from faceswap_common.schemas import ALIGNED, FILTERED, REJECTS, read_table, writ
 CODE_VERSION = 1
 
 
-def crop_name(sha256: str, fmt: str) -> str:
-    return f"{sha256[:2]}/{sha256}.{fmt}"
+def crop_name(sha256: str, fmt: str, key: str) -> str:
+    """`<sha[:2]>/<sha>-<key>.<fmt>`: `key` fingerprints the alignment settings, so a crop made with
+    other settings never passes for this one (segment / threedmm name their files after the crop)."""
+    return f"{sha256[:2]}/{sha256}-{key[:8]}.{fmt}"
 
 
-def _make_state(cfg: AlignConfig, max_pixels: int, out_dir: str):
-    return Landmarker68(), cfg, max_pixels, Path(out_dir)
+def _make_state(cfg: AlignConfig, max_pixels: int, out_dir: str, key: str):
+    return Landmarker68(), cfg, max_pixels, Path(out_dir), key
 
 
 def align_one(state, row: dict) -> dict:
     """Warp one accepted image; returns the aligned row fields or {'reason', 'detail'}."""
-    landmarker, cfg, max_pixels, out_dir = state
+    landmarker, cfg, max_pixels, out_dir, key = state
     try:
         img = decode_rgb(row["path"], max_pixels)
     except (BadImage, OSError) as e:
@@ -45,7 +47,7 @@ def align_one(state, row: dict) -> dict:
     lm5 = np.asarray(row["landmarks5"], np.float64).reshape(5, 2)
     crop, m = align_face(img, lm5, cfg.size, cfg.template_scale)
     pts68 = transform_points(landmarker(img, np.asarray(row["face_box"])), m)
-    name = crop_name(row["sha256"], cfg.image_format)
+    name = crop_name(row["sha256"], cfg.image_format, key)
     atomic_write_bytes(out_dir / name, encode_image(crop, cfg.image_format, cfg.jpeg_quality))
     return {"reason": None, "crop": name, "matrix": m.reshape(-1).tolist(),
             "landmarks5": transform_points(lm5, m).reshape(-1).tolist(),
@@ -57,12 +59,11 @@ def run(cfg: AlignConfig, detect: DetectConfig, max_pixels: int, filtered: str |
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_table(filtered, FILTERED).to_pylist()
-    cache = RowCache(Path(cache_dir) / "align.parquet" if cache_dir else None,
-                     fingerprint(CODE_VERSION, {k: v for k, v in asdict(cfg).items() if k != "workers"},
-                                 asdict(detect)))
+    key = fingerprint(CODE_VERSION, {k: v for k, v in asdict(cfg).items() if k != "workers"}, asdict(detect))
+    cache = RowCache(Path(cache_dir) / "align.parquet" if cache_dir else None, key)
     todo = [r for r in rows
             if not ((hit := cache.get(r["sha256"])) and (hit["reason"] or (out_dir / hit["crop"]).exists()))]
-    factory = partial(_make_state, cfg, max_pixels, str(out_dir))
+    factory = partial(_make_state, cfg, max_pixels, str(out_dir), key)
     for r, res in zip(todo, pmap(align_one, todo, factory, cfg.workers, total=len(todo), desc="align")):
         cache.put(r["sha256"], res)
     aligned, rejected = [], []

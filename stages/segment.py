@@ -7,7 +7,6 @@ landmarks; it never emits hair) and `bisenet` (BiSeNet weights from a local file
 from __future__ import annotations
 
 import sys
-from functools import partial
 from pathlib import Path
 
 import cv2
@@ -17,7 +16,7 @@ from faceswap_common.labels import LABELS
 from faceswap_common.cli import parser, write_metrics
 from faceswap_common.config import SegmentConfig, load_section
 from faceswap_common.images import encode_image, read_rgb
-from faceswap_common.io import atomic_write_bytes, remove_stale
+from faceswap_common.io import atomic_write_bytes, fingerprint, remove_stale
 from faceswap_common.parallel import pmap
 from faceswap_common.parsing import parse_from_landmarks
 from faceswap_common.schemas import ALIGNED, SEGMENTS, read_table, write_table
@@ -26,20 +25,29 @@ CODE_VERSION = 1
 N_LABELS = len(LABELS)
 
 
-def _landmark_state(out_dir: str):
-    return Path(out_dir)
+def _no_state() -> None:
+    return None
 
 
-def _segment_landmarks(out_dir: Path, row: dict) -> None:
-    _save(out_dir, row, parse_from_landmarks(np.asarray(row["landmarks68"]).reshape(68, 2), row["size"]))
+def _segment_landmarks(_: None, item: tuple[dict, str]) -> None:
+    row, out_path = item
+    _save(Path(out_path), parse_from_landmarks(np.asarray(row["landmarks68"]).reshape(68, 2), row["size"]))
 
 
-def parsing_name(sha256: str) -> str:
-    return f"{sha256[:2]}/{sha256}.png"
+def backend_key(cfg: SegmentConfig) -> str:
+    """Fingerprint of what a parsing map depends on besides its crop: the backend and its weights file."""
+    w = Path(cfg.bisenet_weights) if cfg.backend == "bisenet" and cfg.bisenet_weights else None
+    stat = (w.stat().st_size, w.stat().st_mtime_ns) if w is not None and w.exists() else None
+    return fingerprint(CODE_VERSION, cfg.backend, str(w) if w else None, stat)[:8]
 
 
-def _save(out_dir: Path, row: dict, lab: np.ndarray) -> None:
-    atomic_write_bytes(out_dir / parsing_name(row["sha256"]), encode_image(lab, "png"))
+def parsing_name(row: dict, key: str) -> str:
+    """Named after the aligned crop (whose name fingerprints the alignment) + the backend key."""
+    return f"{Path(row['crop']).with_suffix('').as_posix()}-{key}.png"
+
+
+def _save(out_path: Path, lab: np.ndarray) -> None:
+    atomic_write_bytes(out_path, encode_image(lab, "png"))
 
 
 def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_dir: str | Path,
@@ -47,10 +55,11 @@ def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_di
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_table(aligned, ALIGNED).to_pylist()
-    todo = [r for r in rows if not (out_dir / parsing_name(r["sha256"])).exists()]
+    key = backend_key(cfg)
+    todo = [r for r in rows if not (out_dir / parsing_name(r, key)).exists()]
     if cfg.backend == "landmarks":
-        list(pmap(_segment_landmarks, todo, partial(_landmark_state, str(out_dir)), cfg.workers,
-                  total=len(todo), desc="segment"))
+        items = [(r, str(out_dir / parsing_name(r, key))) for r in todo]
+        list(pmap(_segment_landmarks, items, _no_state, cfg.workers, total=len(items), desc="segment"))
     else:
         from faceswap_common.bisenet import BiSeNetParser
 
@@ -61,10 +70,10 @@ def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_di
             chunk = todo[i:i + batch]
             crops = np.stack([read_rgb(Path(aligned_dir) / r["crop"]) for r in chunk])
             for r, lab in zip(chunk, model(crops)):
-                _save(out_dir, r, lab)
+                _save(out_dir / parsing_name(r, key), lab)
     out_rows, keep = [], set()
     for r in rows:
-        name = parsing_name(r["sha256"])
+        name = parsing_name(r, key)
         keep.add(name)
         lab = cv2.imread(str(out_dir / name), cv2.IMREAD_UNCHANGED)
         frac = np.bincount(lab.reshape(-1), minlength=N_LABELS)[:N_LABELS] / lab.size

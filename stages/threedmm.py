@@ -25,8 +25,9 @@ from faceswap_common.threedmm import LinearFaceModel, MeshLandmarker, learn_mode
 LEARN_VERSION = 1  # bump when learn_model changes: invalidates cached learned models
 
 
-def mesh_name(sha256: str) -> str:
-    return f"{sha256[:2]}/{sha256}.npy"
+def mesh_name(row: dict) -> str:
+    """Named after the aligned crop, whose name fingerprints the alignment settings."""
+    return f"{Path(row['crop']).with_suffix('').as_posix()}.npy"
 
 
 def _mesh_one(state, item: tuple[str, str]) -> bool:
@@ -67,11 +68,11 @@ def _face_model(cfg: ThreeDMMConfig, ok_rows: list[dict], mesh_dir: Path,
     sample = learning_sample(ok_rows, cfg.learn_max_faces)
     if len({r["identity"] for r in sample}) < 2:
         raise ValueError("threedmm: the learned model needs meshes from at least 2 identities")
-    key = fingerprint(LEARN_VERSION, cfg.n_shape, cfg.n_exp, sorted((r["sha256"], r["identity"]) for r in sample))
+    key = fingerprint(LEARN_VERSION, cfg.n_shape, cfg.n_exp, sorted((mesh_name(r), r["identity"]) for r in sample))
     cached = Path(cache_dir) / f"threedmm_learned-{key}.npz" if cache_dir else None
     if cached is not None and cached.exists():
         return LinearFaceModel.load(cached), False
-    meshes = np.stack([np.load(mesh_dir / mesh_name(r["sha256"])) for r in sample])  # (n, 468, 3)
+    meshes = np.stack([np.load(mesh_dir / mesh_name(r)) for r in sample])  # (n, 468, 3)
     model = learn_model(meshes, [r["identity"] for r in sample], cfg.n_shape, cfg.n_exp)
     if cached is not None:
         for old in cached.parent.glob("threedmm_learned-*.npz"):
@@ -85,13 +86,13 @@ def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_
         cache_dir: str | Path | None = None) -> dict:
     mesh_dir = Path(mesh_dir)
     rows = read_table(aligned, ALIGNED).to_pylist()
-    todo = [r for r in rows if not (mesh_dir / mesh_name(r["sha256"])).exists()]
-    items = [(str(Path(aligned_dir) / r["crop"]), str(mesh_dir / mesh_name(r["sha256"]))) for r in todo]
+    todo = [r for r in rows if not (mesh_dir / mesh_name(r)).exists()]
+    items = [(str(Path(aligned_dir) / r["crop"]), str(mesh_dir / mesh_name(r))) for r in todo]
     found = dict(zip((r["sha256"] for r in todo),
                      pmap(_mesh_one, items, _landmarker_state, cfg.workers, total=len(items), desc="threedmm mesh")))
     ok_rows, rejects = [], []
     for r in rows:
-        if found.get(r["sha256"], True) and (mesh_dir / mesh_name(r["sha256"])).exists():
+        if found.get(r["sha256"], True) and (mesh_dir / mesh_name(r)).exists():
             ok_rows.append(r)
         else:
             rejects.append({"path": r["path"], "identity": r["identity"], "sha256": r["sha256"],
@@ -101,12 +102,12 @@ def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_
     model = LinearFaceModel.load(out_model)  # fit with exactly what downstream stages will load
     out_rows = []
     for r in ok_rows:  # streaming: one mesh in memory at a time
-        c = model.fit(np.load(mesh_dir / mesh_name(r["sha256"])))
+        c = model.fit(np.load(mesh_dir / mesh_name(r)))
         out_rows.append({"sha256": r["sha256"], "identity": r["identity"], **c.as_row(),
                          "contour2d": model.contour2d(c).astype(np.float32).reshape(-1).tolist()})
     write_table(out_rows, out_table, THREEDMM)
     write_table(rejects, out_rejects, REJECTS)
-    remove_stale(mesh_dir, "*.npy", {mesh_name(r["sha256"]) for r in rows})
+    remove_stale(mesh_dir, "*.npy", {mesh_name(r) for r in rows})
     rmse = [r["fit_rmse"] for r in out_rows]
     yaw = [abs(r["pose"][0]) for r in out_rows]
     return {"faces": len(out_rows), "no_mesh": len(rejects), "meshed_this_run": len(todo),

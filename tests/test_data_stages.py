@@ -120,6 +120,29 @@ def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
     assert read_table(tmp_path / "t.parquet", THREEDMM).column("shape").to_pylist() == a
 
 
+def test_new_alignment_settings_invalidate_parsing_maps_and_meshes(prepared, tmp_path):
+    """Files downstream of align are named after the crop, whose name fingerprints the alignment."""
+    from faceswap_common.config import AlignConfig, DetectConfig, SegmentConfig, ThreeDMMConfig
+    work, m = prepared
+    for d in ("aligned", "parsing", "meshes"):
+        shutil.copytree(work / d, tmp_path / d)
+    a = align.run(AlignConfig(workers=1, template_scale=1.2), DetectConfig(), 10**8, work / "filtered.parquet",
+                  tmp_path / "aligned", tmp_path / "aligned.parquet", tmp_path / "align_rejects.parquet",
+                  tmp_path / "cache")
+    assert a["warped"] == m["align"]["aligned"]
+    s = segment.run(SegmentConfig(workers=1), tmp_path / "aligned.parquet", tmp_path / "aligned",
+                    tmp_path / "parsing", tmp_path / "segments.parquet")
+    assert s["parsed_this_run"] == s["faces"] == a["aligned"]
+    t = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), tmp_path / "aligned.parquet",
+                     tmp_path / "aligned", tmp_path / "meshes", tmp_path / "t.parquet", tmp_path / "m.npz",
+                     tmp_path / "r.parquet", tmp_path / "cache")
+    assert t["meshed_this_run"] == a["aligned"] and t["model_learned_this_run"] is True
+    # the superseded files are gone: one crop / map / mesh per face
+    assert len(list((tmp_path / "aligned").rglob("*.png"))) == a["aligned"]
+    assert len(list((tmp_path / "parsing").rglob("*.png"))) == a["aligned"]
+    assert len(list((tmp_path / "meshes").rglob("*.npy"))) == a["aligned"]
+
+
 def test_threedmm_learning_sample_is_bounded_and_deterministic():
     rows = [{"sha256": f"{i:064x}", "identity": f"id{i % 7}"} for i in range(1000)]
     s = threedmm.learning_sample(rows, 100)
