@@ -24,7 +24,7 @@ from faceswap_common.io import atomic_write_bytes, fingerprint, remove_stale
 from faceswap_common.parallel import pmap
 from faceswap_common.schemas import ALIGNED, FILTERED, REJECTS, read_table, write_table
 
-CODE_VERSION = 1
+CODE_VERSION = 2  # 2: crop names carry the alignment fingerprint
 
 
 def crop_name(sha256: str, fmt: str, key: str) -> str:
