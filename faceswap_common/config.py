@@ -29,6 +29,16 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     return data
 
 
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings -> {"a.b.c": leaf} (params and metrics for MLflow, report tables)."""
+    if not isinstance(d, typing.Mapping):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
 def _check_type(name: str, value: Any, tp: Any) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:

@@ -44,6 +44,17 @@ def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(dest, text.encode("utf-8"))
 
 
+def absolute_tracking_uri(uri: str) -> str:
+    """MLflow URI with a relative `sqlite:///file.db` or plain folder path made absolute (against this
+    process's cwd: Ray workers and stage subprocesses may run elsewhere); other URIs unchanged."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix):]).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
 def fingerprint(*parts: object) -> str:
     """Short stable hash of reprs: keys caches on params + code version."""
     h = hashlib.sha256()

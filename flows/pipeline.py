@@ -18,6 +18,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from faceswap_common.config import flatten
 from flows.prepare import _retry_on_io
 
 
@@ -41,16 +42,6 @@ def read_metrics(metrics_dir: str) -> dict[str, Any]:
             out[f.stem] = json.loads(f.read_text("utf-8"))
         except (OSError, ValueError) as e:
             out[f.stem] = {"error": f"{f}: {e}"}
-    return out
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b.c": leaf}."""
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 

@@ -34,8 +34,8 @@ from typing import Any, Iterator
 import yaml
 
 from faceswap_common.cli import write_metrics
-from faceswap_common.config import ConfigError, load_params, load_section
-from faceswap_common.io import sha256_file
+from faceswap_common.config import ConfigError, flatten, load_params, load_section
+from faceswap_common.io import absolute_tracking_uri, sha256_file
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_NAME_IN_RUN = "model"  # the logged model's name inside the run
@@ -84,18 +84,6 @@ def lookup(metrics: dict, path: str) -> float:
     if isinstance(node, bool) or not isinstance(node, (int, float)):
         raise KeyError(f"metric {path!r} is {node!r}, not a number")
     return float(node)
-
-
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {dotted.key: leaf}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def check_gates(metrics: dict, gates: dict[str, dict], primary_metric: str) -> list[dict]:
@@ -249,12 +237,7 @@ def model_card(*, name: str, version: str | None, run_id: str, metrics: dict, ga
 # --------------------------------------------------------------------------- registry plumbing
 def resolve_tracking_uri(cfg: RegisterConfig) -> str:
     """$MLFLOW_TRACKING_URI wins over params; relative sqlite/file paths become absolute."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    elif "://" not in uri:
-        uri = str(Path(uri).resolve())
-    return uri
+    return absolute_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri)
 
 
 def lock_path(tracking_uri: str, model_name: str) -> Path:

@@ -19,19 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from faceswap_common.config import flatten
+from faceswap_common.io import absolute_tracking_uri
 from faceswap_models.training.loop import MetricsSink
 
 log = logging.getLogger(__name__)
 
 PARENT_RUN_ENV = "FACESWAP_MLFLOW_PARENT_RUN_ID"
-
-
-def resolve_tracking_uri(uri: str) -> str:
-    """Make a relative `sqlite:///file.db` absolute (cwd of the driver); other URIs unchanged."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix):]).resolve())
-    return uri
 
 
 @dataclass(frozen=True)
@@ -91,7 +85,7 @@ def stage_run(stage: str, *, tracking_uri: str, experiment: str, artifact_root: 
     if not tracking_uri:
         yield None
         return
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = absolute_tracking_uri(tracking_uri)
     client = _client(uri)
     exp_id = _experiment_id(client, experiment, artifact_root)
     all_tags = {"mlflow.runName": stage, "faceswap.stage": stage, **(tags or {})}
@@ -114,17 +108,7 @@ def log_params(ref: RunRef, params: Mapping[str, Any]) -> None:
     """Flatten nested params to dotted keys (values truncated to MLflow's 6000 chars)."""
     from mlflow.entities import Param
 
-    flat: dict[str, str] = {}
-
-    def walk(prefix: str, v: Any) -> None:
-        if isinstance(v, Mapping):
-            for k, x in v.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), x)
-        else:
-            flat[prefix] = str(v)[:6000]
-
-    walk("", params)
-    items = [Param(k, v) for k, v in sorted(flat.items())]
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
     client = _client(ref.tracking_uri)
     for i in range(0, len(items), 100):
         client.log_batch(ref.run_id, params=items[i:i + 100])
@@ -182,7 +166,7 @@ def run_under_parent(cmd: list[str], *, tracking_uri: str, experiment: str, arti
 
     if not tracking_uri:
         return subprocess.call(cmd, cwd=cwd)
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = absolute_tracking_uri(tracking_uri)
     client = _client(uri)
     run = client.create_run(_experiment_id(client, experiment, artifact_root),
                             tags={"mlflow.runName": run_name, "faceswap.command": " ".join(cmd)})
@@ -199,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m faceswap_models.training.tracking [--params F] -- dvc repro ...`: the command under a parent run."""
     import argparse
 
-    import yaml
-
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--run-name", default="pipeline")
@@ -209,11 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
     if not cmd:
         p.error("give the command after --, e.g. -- dvc repro")
-    params = yaml.safe_load(Path(a.params).read_text("utf-8")) if Path(a.params).is_file() else None
-    train = (params or {}).get("train", {})
-    uri = os.environ.get("FACESWAP_MLFLOW_TRACKING_URI", train.get("mlflow_tracking_uri", "sqlite:///mlflow.db"))
-    return run_under_parent(cmd, tracking_uri=uri, experiment=train.get("mlflow_experiment", "faceswap"),
-                            artifact_root=train.get("mlflow_artifact_root", "mlartifacts"), run_name=a.run_name)
+    from faceswap_common.config import from_dict, load_params
+    from faceswap_models.training.config import TrainConfig
+
+    params = load_params(a.params) if Path(a.params).is_file() else {}
+    train = from_dict(TrainConfig, params.get("train", {}), "train")
+    return run_under_parent(cmd, tracking_uri=train.tracking_uri, experiment=train.mlflow_experiment,
+                            artifact_root=train.mlflow_artifact_root, run_name=a.run_name)
 
 
 if __name__ == "__main__":
