@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 
 venv: $(STAMP)
 	@# A cached venv may hold an editable install of another clone: point it at this one.
-	@cd / && $(abspath $(PY)) -c "import faceswap_common, pathlib, sys; sys.exit(pathlib.Path(faceswap_common.__file__).resolve().parents[1] != pathlib.Path('$(CURDIR)').resolve())" \
+	@(cd / && $(abspath $(PY)) -c "import faceswap_common, pathlib, sys; sys.exit(pathlib.Path(faceswap_common.__file__).resolve().parents[1] != pathlib.Path('$(CURDIR)').resolve())") \
 		|| $(PY) -m pip install --quiet --no-deps --no-build-isolation -e "$(CURDIR)"
 
 $(STAMP):  # the hash of the requirement files is in the name
