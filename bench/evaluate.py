@@ -1,9 +1,10 @@
 """Evaluation benchmark: the evaluate stage's run() on 1,000 test pairs of the demo data, timed
 per component (what is recomputed per pair vs once per test image).
 
-Per pair: generator forward, recogniser embedding of the swap, face mesh + 3DMM fit of the swap.
-Once per test image (cached within the run): gallery embeddings (and, when the model's img_size
-differs from the crop size, the resized baselines' embeddings and fits).
+Per pair: generator forward, face detection (mesh) + 3DMM fit and recogniser embedding of the raw
+swap and of the blended full-resolution swap (photo detection, alignment, blend). Once per gallery
+image (cached within the run): detection + embedding of the test crops and the distractors (and,
+when the model's img_size differs from the crop size, of the resized baselines).
 
 The model is `--model` (default models/swap when it exists, else a randomly initialised bundle of
 the demo training size from params.yaml). A random model's outputs mostly have no face; mediapipe
@@ -87,18 +88,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = test_set(d / "aligned.parquet", d / "splits.parquet", d / "threedmm.parquet")
         crops = [read_rgb(d / "aligned" / r["crop"]) for r in rows]
         cfg = EvaluateConfig(pairs=a.pairs)
-        rec = build_recogniser(cfg.recogniser, None, crops[0].shape[0], float(params["align"]["template_scale"]))
+        rec = build_recogniser(cfg.recogniser, None)
         attr = FaceAttributes(LinearFaceModel.load(d / "threedmm_model.npz"))
         rec.embed = Timed(rec.embed)
-        attr_call = Timed(attr.__call__)
+        attr_call = Timed(attr.read)
         # per-face mesh + fit on real faces (what a swap with a face costs)
         for c in crops:
             attr_call(c)
         real_fit_s = attr_call.seconds / len(crops)
         attr_call.seconds, attr_call.calls = 0.0, 0
 
-        class _Attr:  # the stage calls attributes(crop) and attributes.close()
-            __call__ = staticmethod(attr_call)
+        class _Attr:  # the stage calls attributes.read(crop) and attributes.close()
+            read = staticmethod(attr_call)
             close = staticmethod(attr.close)
 
         t0 = time.perf_counter()
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - t0
         attr.close()
     n_swaps = m["pairs"]
-    no_mesh = m["model"]["no_mesh"]
+    no_mesh = m["model"]["misses"]
     est = wall - attr_call.seconds + attr_call.calls * real_fit_s
     res = {
         "pairs": n_swaps, "test_images": m["test_images"], "threads": a.threads,

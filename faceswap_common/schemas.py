@@ -86,20 +86,21 @@ SPLITS = pa.schema([
 
 EVAL_PAIRS = pa.schema([  # stages/evaluate.py: one row per (pair, method)
     ("pair", pa.int32()),
-    ("method", pa.string()),  # model | copy_target | paste_source
+    ("method", pa.string()),  # model | model_blended | copy_target | paste_source
     ("source_sha256", pa.string()),
     ("source_identity", pa.string()),
     ("target_sha256", pa.string()),
     ("target_identity", pa.string()),
-    ("rank_centres", pa.int32()),  # rank of the source identity among identity centres (0 = top-1; -1 = unscorable)
+    ("rank_centres", pa.int32()),  # rank of the source identity among identity centres (0 = top-1; -1 = miss)
     ("predicted_centres", pa.string()),  # nearest identity centre
     ("rank_all", pa.int32()),  # same against all gallery images (identity distance = its nearest image)
     ("predicted_all", pa.string()),
+    ("id_margin", pa.float32()),  # cos(out, source) - cos(out, target) in the recogniser's space; null for a miss
     ("shape_error", pa.float32()),  # L2 of 3DMM identity coefficients, output vs source; null when no mesh
     ("expression_error", pa.float32()),  # L2 of expression coefficients, output vs target
     ("pose_error_deg", pa.float32()),  # L2 of (yaw, pitch, roll) output vs target, degrees
     ("pose", F32_LIST),  # (3,) output yaw, pitch, roll in degrees; null when no mesh
-    ("status", pa.string()),  # ok | no_mesh
+    ("status", pa.string()),  # ok | no_face (the evaluation's detector found none: a miss) | no_output
     ("detail", pa.string()),
 ])
 

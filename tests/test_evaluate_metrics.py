@@ -91,8 +91,11 @@ def test_retrieval_hand_built():
     for fn in (E.retrieve_all_images, E.retrieve_centres):
         r = fn(query, true, gallery, labels, exclude=exclude)
         assert r.rank.tolist() == [0, 1, -1], fn.__name__
-        assert r.top_k(1) == 0.5 and r.top_k(2) == 1.0
+        assert r.top_k(1) == pytest.approx(1 / 3) and r.top_k(2) == pytest.approx(2 / 3)  # unscorable = wrong
         assert r.predicted[:2].tolist() == ["A", "B"]
+        # two exclusions per query (source and target image): without images 0 and 1, A has none left
+        r2 = fn(query, true, gallery, labels, exclude=np.array([[0, 1], [-1, -1], [2, 3]]))
+        assert r2.rank.tolist() == [-1, 1, 0], fn.__name__
     # centres and nearest-image modes disagree: A's images are spread out, B's are tight
     g2 = np.array([[0, 0], [0, 10], [2, 5], [2, 5.2]], float)
     q2 = np.array([[1, 5]], float)
@@ -109,8 +112,36 @@ def test_swap_equal_source_gives_full_id_top1_on_separated_identities():
     gallery = centres[labels.astype(int)] + rng.normal(size=(24, 16)) * 0.3
     src, tgt = E.make_pairs(labels, 40, seed=0)
     for fn in (E.retrieve_centres, E.retrieve_all_images):
-        assert fn(gallery[src], labels[src], gallery, labels, exclude=src).top_k(1) == 1.0  # swap == source
-        assert fn(gallery[tgt], labels[src], gallery, labels, exclude=src).top_k(1) == 0.0  # swap == target
+        both = np.stack([src, tgt], 1)  # the query's own source and target images left out
+        assert fn(gallery[src], labels[src], gallery, labels, exclude=both).top_k(1) == 1.0  # swap == source
+        assert fn(gallery[tgt], labels[src], gallery, labels, exclude=both).top_k(1) == 0.0  # swap == target
+    # noise: random embeddings retrieve at about chance (1/6), far below a real swap
+    noise = rng.normal(size=(400, 16)) * 5
+    src, tgt = E.make_pairs(labels, 400, seed=1)
+    top1 = E.retrieve_centres(noise, labels[src], gallery, labels, exclude=np.stack([src, tgt], 1)).top_k(1)
+    assert abs(top1 - E.chance_top_k(6, 1)) < 0.08, top1
+
+
+def test_top_k_rate_counts_misses_and_chance():
+    assert E.top_k_rate(np.array([0, 0, -1, 3]), 1) == 0.5  # a miss (-1) is a failure
+    assert E.top_k_rate(np.array([0, 0, -1, 3]), 5) == 0.75
+    assert np.isnan(E.top_k_rate(np.array([], int), 1))
+    assert E.chance_top_k(20, 1) == 0.05 and E.chance_top_k(20, 5) == 0.25 and E.chance_top_k(4, 5) == 1.0
+
+
+def test_id_margin_and_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    paste, copy = E.id_margin(s, s, t), E.id_margin(t, s, t)
+    assert np.allclose(paste, 1 - E.cosine(s, t)) and np.allclose(copy, -paste)  # paste source > 0 > copy target
+    assert paste.mean() > 0.5 and copy.mean() < -0.5
+    assert E.cosine(np.array([[1.0, 0]]), np.array([[0.0, 2]]))[0] == pytest.approx(0.0)
+    x = rng.normal(1.0, 1.0, 400)
+    lo, hi = E.bootstrap_ci(x, n_boot=2000, seed=0)
+    se = x.std(ddof=1) / np.sqrt(len(x))
+    assert lo < x.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert E.bootstrap_ci(x, seed=0) == E.bootstrap_ci(x, seed=0)  # seeded
+    assert all(np.isnan(E.bootstrap_ci(np.array([1.0]))))
 
 
 def test_fid_self_zero_grows_with_noise_and_matches_closed_form():
@@ -252,33 +283,44 @@ def test_evaluate_stage_end_to_end(tmp_path, synthetic):
 
     torch.save(Hopenet().state_dict(), tmp_path / "hopenet.pth")
     cfg = EvaluateConfig(pairs=6, batch_size=4, grid_rows=3, inception_weights=str(tmp_path / "inc.pth"),
-                         hopenet_weights=str(tmp_path / "hopenet.pth"))
+                         hopenet_weights=str(tmp_path / "hopenet.pth"), blended=False)
     m = _run(tmp_path, _tiny_bundle(tmp_path / "swap", CROP), cfg)
     assert m["pose_estimator"] == "hopenet"
     json.dumps(m)  # eval.json must serialise
     paste, copy = m["baselines"]["paste_source"], m["baselines"]["copy_target"]
-    assert paste["shape_error"] == 0.0  # output == source
-    assert copy["pose_error_deg"] == 0.0 and copy["expression_error"] == 0.0  # output == target
-    assert copy["id_top1_all"] == 0.0  # the target image itself (other identity) is in the gallery at distance 0
+    assert paste["shape_error"] == pytest.approx(0.0, abs=1e-5)  # output == source (refit; table holds float32)
+    assert copy["pose_error_deg"] == pytest.approx(0.0, abs=1e-4)  # output == target
+    assert copy["expression_error"] == pytest.approx(0.0, abs=1e-5)
     assert copy["shape_error"] > 0 and paste["pose_error_deg"] > 0
+    assert copy["detection_rate"] == paste["detection_rate"] == 1.0  # real crops: every face found
+    assert paste["id_margin"] > 0 > copy["id_margin"] and paste["id_margin"] == pytest.approx(-copy["id_margin"])
+    assert paste["id_margin_ci95_low"] <= paste["id_margin"] <= paste["id_margin_ci95_high"]
     assert m["pairs"] == 6 and m["test_identities"] == 3 and m["test_images"] == 12
+    assert m["gallery"]["identities"] == 3 and m["gallery"]["chance_top1"] == pytest.approx(1 / 3)
     for s in (m["model"], copy, paste):
-        assert set(s) >= {"id_top1", "id_top5", "id_top1_all", "id_top5_all", "shape_error", "fid_dlib_resnet128",
-                          "fid_inception", "no_mesh"}
-    assert copy["fid_inception"] >= 0 and np.isfinite(m["model"]["fid_dlib_resnet128"])
+        assert set(s) >= {"detection_rate", "id_top1", "id_top5", "id_top1_all", "id_top5_all", "id_margin",
+                          "shape_error", "fid_inception", "misses", "gallery_identities", "chance_top1"}
+    assert "model_blended" not in m  # blended=False
+    assert copy["fid_inception"] >= 0
+    # a random generator outputs noise: few detections; misses are wrong in retrieval, never embedded
+    model = m["model"]
+    assert model["detection_rate"] <= 0.5 and model["misses"] == 6 - model["detected"]
+    assert model["id_top1"] <= model["detection_rate"]
 
     t = read_table(tmp_path / "out" / "pairs.parquet", EVAL_PAIRS).to_pylist()
     assert len(t) == 18 and {r["method"] for r in t} == {"model", "copy_target", "paste_source"}
     assert all(r["source_identity"] != r["target_identity"] for r in t)
     model_rows = [r for r in t if r["method"] == "model"]
-    bad = [r for r in model_rows if r["status"] == "no_mesh"]
-    assert len(bad) == m["model"]["no_mesh"]
-    assert all(r["shape_error"] is None and r["detail"] for r in bad)
+    bad = [r for r in model_rows if r["status"] == "no_face"]
+    assert len(bad) == m["model"]["misses"]
+    assert all(r["shape_error"] is None and r["id_margin"] is None and r["rank_centres"] == -1 and r["detail"]
+               for r in bad)
     assert all(r["shape_error"] is not None for r in model_rows if r["status"] == "ok")
     grid = cv2.imread(str(tmp_path / "out" / "grid.png"))
     assert grid.shape == (3 * 128, 3 * 128, 3)
     md = (tmp_path / "out" / "eval.md").read_text()
-    assert "| shape_error |" in md and "paste_source" in md and "top-5 retrieval is trivially 1.0" in md
+    assert "| shape_error |" in md and "paste_source" in md and "Chance: top-1 0.333" in md
+    assert "Only 3 gallery identities" in md
 
 
 def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
@@ -287,7 +329,7 @@ def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
     from stages.evaluate import EvaluateConfig
 
     _write_inputs(tmp_path, synthetic)
-    m = _run(tmp_path, _tiny_bundle(tmp_path / "swap32", 32), EvaluateConfig(pairs=4, grid_rows=2))
+    m = _run(tmp_path, _tiny_bundle(tmp_path / "swap32", 32), EvaluateConfig(pairs=4, grid_rows=2, blended=False))
     assert m["img_size"] == 32 and m["crop_size"] == CROP
     paste, copy = m["baselines"]["paste_source"], m["baselines"]["copy_target"]
     assert paste["shape_error"] is not None and copy["pose_error_deg"] is not None
@@ -298,4 +340,4 @@ def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
     b = load_bundle(tmp_path / "swap32")
     save_bundle(tmp_path / "swap_wrong", b.generator, align_size=256, template_scale=SCALE)
     with pytest.raises(ValueError, match="256px"):
-        _run(tmp_path, tmp_path / "swap_wrong", EvaluateConfig(pairs=2))
+        _run(tmp_path, tmp_path / "swap_wrong", EvaluateConfig(pairs=2, blended=False))

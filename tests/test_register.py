@@ -89,12 +89,59 @@ def test_gates_pass_fail_missing_and_path_bounds():
     assert R.is_better(0.5, 0.4, True) and not R.is_better(0.5, 0.5, True) and R.is_better(0.1, 0.2, False)
 
 
+def test_gate_expressions_lists_and_shortfall():
+    m = {"model": {"id_top1": 0.19, "pose": 20.0}, "baselines": {"copy": {"id_top1": 0.05}, "paste": {"pose": 15.0}},
+         "gallery": {"chance_top1": 0.1}}
+    assert R.resolve_bound(m, "baselines.copy.id_top1 + 0.2") == pytest.approx(0.25)
+    assert R.resolve_bound(m, "3 * gallery.chance_top1") == pytest.approx(0.3)
+    assert R.resolve_bound(m, "2 * baselines.paste.pose - 1.5") == pytest.approx(28.5)
+    assert R.resolve_bound(m, 0.9) == 0.9
+    res = R.check_gates(m, {"model.id_top1": {"min": ["baselines.copy.id_top1 + 0.2", "3 * gallery.chance_top1"]},
+                            "model.pose": {"max": "baselines.paste.pose"}}, "model.id_top1")
+    assert [r["passed"] for r in res] == [True, False, False, False]
+    assert res[1]["limit"] == pytest.approx(0.25) and res[1]["shortfall"] == pytest.approx(0.06)
+    assert "short by 0.06" in res[1]["detail"] and "(baselines.copy.id_top1 + 0.2)" in res[1]["detail"]
+    assert res[2]["shortfall"] == pytest.approx(0.11) and "short by 0.11" in res[2]["detail"]
+    assert res[3]["shortfall"] == pytest.approx(5.0) and "over by 5" in res[3]["detail"]
+    m["model"]["id_top1"], m["model"]["pose"] = 0.31, 14.0
+    assert all(r["passed"] for r in R.check_gates(m, {"model.id_top1": {"min": ["baselines.copy.id_top1 + 0.2",
+                                                                                  "3 * gallery.chance_top1"]},
+                                                       "model.pose": {"max": "baselines.paste.pose"}}, "model.id_top1"))
+    missing = R.check_gates(m, {"model.id_top1": {"min": "2 * gallery.nope"}}, "model.id_top1")[1]
+    assert not missing["passed"] and "'nope'" in missing["detail"]
+
+
+def test_default_gates_fail_noise_copy_and_paste_and_pass_a_swap():
+    """The params.yaml gates on eval.json-shaped numbers: a noise model (no faces), "copy target"
+    and "paste source" all fail, each on its own gate; a model between the baselines passes."""
+    from faceswap_common.config import load_section
+
+    cfg = load_section(R.RegisterConfig, "register", Path(__file__).resolve().parents[1] / "params.yaml")
+    copy = {"detection_rate": 1.0, "id_top1": 0.02, "pose_error_deg": 1.5, "expression_error": 0.9}
+    paste = {"detection_rate": 1.0, "id_top1": 0.95, "pose_error_deg": 17.0, "expression_error": 1.8}
+    base = {"baselines": {"copy_target": copy, "paste_source": paste}, "gallery": {"chance_top1": 1 / 60}}
+
+    def failed(model: dict) -> set[str]:
+        return {g["metric"] for g in R.check_gates({**base, "model": model}, cfg.gates, cfg.primary_metric)
+                if not g["passed"]}
+
+    noise = {"detection_rate": 0.0, "id_top1": 0.0, "pose_error_deg": None, "expression_error": None}
+    assert failed(noise) == {"model.detection_rate", "model.id_top1", "model.pose_error_deg", "model.expression_error"}
+    assert failed(copy) == {"model.id_top1"}
+    assert failed(paste) == {"model.pose_error_deg", "model.expression_error"}
+    assert failed({"detection_rate": 0.97, "id_top1": 0.5, "pose_error_deg": 6.0, "expression_error": 1.2}) == set()
+
+
 def test_config_rejects_malformed_gates():
     with pytest.raises(ConfigError, match="gates.model.x"):
         from_dict(R.RegisterConfig, {"gates": {"model.x": {"above": 1}}}, "register")
     with pytest.raises(ConfigError, match="not a number"):
         from_dict(R.RegisterConfig, {"gates": {"model.x": {"min": True}}}, "register")
     assert from_dict(R.RegisterConfig, {"gates": {"a.b": {"min": 0, "max": "c.d"}}}, "register").gates["a.b"]["max"] == "c.d"
+    with pytest.raises(ConfigError, match="expression"):
+        from_dict(R.RegisterConfig, {"gates": {"model.x": {"min": ["c.d + 1", "c.d ** 2"]}}}, "register")
+    with pytest.raises(ConfigError, match="expression"):
+        from_dict(R.RegisterConfig, {"gates": {"model.x": {"min": "__import__('os')"}}}, "register")
 
 
 def test_pip_requirements_are_pinned_from_requirements(tmp_path):
