@@ -225,7 +225,8 @@ def swap_video(pipe, source_rgb: np.ndarray, target: Path, out: Path, model_uri:
                               json.dumps({"provenance": text, "watermark_key_hint": "default" if key == watermark.DEFAULT_KEY else "custom"}, indent=1) + "\n")
     finally:
         cap.release()
-    return {"frames": n, "frames_without_face": getattr(pipe, "frames_without_face", 0), "audio_kept": audio,
+    return {"frames": n, "frames_without_face": getattr(pipe, "frames_without_face", 0),
+            "blend_fallbacks": getattr(pipe, "blend_fallbacks", 0), "audio_kept": audio,
             "fps": fps, "size": (w, h)}
 
 
@@ -238,7 +239,10 @@ def swap_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output file (.jpg/.png for photos, a video suffix for videos)")
     p.add_argument("--tracking-uri", default=None, help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
     p.add_argument("--params", default="params.yaml", help="params file; its `detect` section picks the detector when present")
-    p.add_argument("--blend", default="parsing", choices=("parsing", "crop"))
+    p.add_argument("--blend", default="shape", choices=("shape", "parsing", "crop"),
+                   help="shape (default): the target's face mask united with the swapped face's own parsing, so "
+                        "the new contour is kept (falls back to parsing when the output shows no face); parsing: "
+                        "the target's face mask only; crop: the whole aligned square")
     p.add_argument("--device", default="cpu")
     p.add_argument("--key", default=watermark.DEFAULT_KEY, help="watermark key")
     p.add_argument("--jpeg-quality", type=int, default=95)
@@ -271,11 +275,12 @@ def swap_main(argv: list[str] | None = None) -> int:
         if is_video:
             r = swap_video(pipe, source, target, out, a.model, a.key, a.max_frames)
             audio = "original audio kept" if r["audio_kept"] else "audio dropped (ffmpeg not found; provenance in a .provenance.json sidecar)"
-            print(f"swap: wrote {out} ({r['frames']} frames, {r['frames_without_face']} without a face kept as they were; {audio})")
+            fell = f"; {r['blend_fallbacks']} blended with the target's mask (no face in the swap output)" if r["blend_fallbacks"] else ""
+            print(f"swap: wrote {out} ({r['frames']} frames, {r['frames_without_face']} without a face kept as they were; {audio}{fell})")
         else:
             result = pipe.swap_image(source, target_rgb)
             score = write_marked_image(result, out, a.model, a.key, a.jpeg_quality)
-            print(f"swap: wrote {out} ({result.shape[1]}x{result.shape[0]}, watermark score {score:.2f})")
+            print(f"swap: wrote {out} ({result.shape[1]}x{result.shape[0]}, blend {pipe.last_blend}, watermark score {score:.2f})")
         return 0
     except (CLIError, NoFaceError, WeightsError, ConfigError) as e:
         return _fail("swap", e)

@@ -10,7 +10,8 @@ from faceswap_common import watermark as wm
 from faceswap_common.cli import main
 from faceswap_models.bundle import save_bundle
 from faceswap_models.config import SwapConfig
-from faceswap_models.inference import NoFaceError, SwapPipeline, paste_back
+from faceswap_common.parsing import parse_from_landmarks
+from faceswap_models.inference import BLENDS, DEFAULT_BLEND, NoFaceError, SwapPipeline, face_mask, paste_back
 from faceswap_models.swap import SwapGenerator
 from tests.imageutil import write_rgb
 
@@ -39,18 +40,19 @@ def source_rgb(tiny_corpus) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(sorted(tiny_corpus.glob("id_002/000.*"))[0])), cv2.COLOR_BGR2RGB)
 
 
-def blend_weight(pipe: SwapPipeline, target: np.ndarray) -> np.ndarray:
+def blend_weight(pipe: SwapPipeline, source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The pipeline's blend weight in target pixels, (H, W) in [0, 1]."""
     t = pipe.align(target, "target", landmarks68=True)
-    ones = np.full((ALIGN, ALIGN, 3), 255, np.uint8)
-    return paste_back(np.zeros_like(target), ones, t.matrix, pipe._mask(t))[..., 0] / 255.0
+    swapped = pipe.generate_crop(pipe.source_tokens(source), t.crop)
+    ones = np.full((pipe.align_size, pipe.align_size, 3), 255, np.uint8)
+    return paste_back(np.zeros_like(target), ones, t.matrix, pipe.blend_mask(t, swapped))[..., 0] / 255.0
 
 
 def test_swap_image_changes_face_only(pipe, face_rgb, source_rgb):
     target = face_rgb[:, 20:480]  # non-square target
     out = pipe.swap_image(source_rgb, target)
     assert out.shape == target.shape and out.dtype == np.uint8
-    w = blend_weight(pipe, target)
+    w = blend_weight(pipe, source_rgb, target)
     diff = np.abs(out.astype(int) - target).max(-1)
     assert (w == 0).mean() > 0.6  # background, hair, neck
     assert diff[w == 0].max() == 0  # untouched outside the mask
@@ -98,6 +100,153 @@ def test_swap_aligned_matches_generator(pipe):
     assert got.shape == (2, 3, 32, 32) and torch.allclose(got, ref, atol=1e-5)
     one = pipe.swap_aligned(s[:1], t)  # one source broadcast over the targets
     assert torch.allclose(one[0], ref[0], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- blends
+BIG = 256  # crop size for the blend tests: the output's face must be findable (HOG needs ~80 px)
+
+
+def reshape_jaw(img: np.ndarray, pts68: np.ndarray, factor: float) -> np.ndarray:
+    """Widen (factor > 1) or narrow the lower face horizontally about the nose: no change at the
+    eyes, `factor` from the bottom of the nose down, linear in between; (S, S, 3) crop -> same."""
+    s = img.shape[0]
+    cx, y_eye, y_nose = pts68[27:36, 0].mean(), pts68[36:48, 1].mean(), pts68[33, 1]
+    k = 1 + (factor - 1) * np.clip((np.arange(s) - y_eye) / (y_nose - y_eye), 0, 1)  # per row
+    xs, ys = np.meshgrid(np.arange(s, dtype=np.float32), np.arange(s, dtype=np.float32))
+    return cv2.remap(img, (cx + (xs - cx) / k[:, None]).astype(np.float32), ys, cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REPLICATE)
+
+
+def reshape_points(pts68: np.ndarray, factor: float) -> np.ndarray:
+    """Where `reshape_jaw` moves the landmarks: the generated face's true 68 points."""
+    cx, y_eye, y_nose = pts68[27:36, 0].mean(), pts68[36:48, 1].mean(), pts68[33, 1]
+    k = 1 + (factor - 1) * np.clip((pts68[:, 1] - y_eye) / (y_nose - y_eye), 0, 1)
+    return np.stack([cx + (pts68[:, 0] - cx) * k, pts68[:, 1]], axis=1)
+
+
+class FakeShapePipeline(SwapPipeline):
+    """A synthetic "generator": the target crop with its jaw reshaped by `factor` and a blue tint
+    (so swapped pixels are recognisable), or `mode="flat"` / `"noise"`: an output with no face."""
+
+    factor = 1.0
+    mode = "face"
+
+    def align(self, rgb, which, landmarks68=False):
+        t = super().align(rgb, which, landmarks68)
+        if landmarks68:
+            self.target = t
+        return t
+
+    def generate_crop(self, e_s, crop):
+        if self.mode == "flat":
+            return np.full_like(crop, 128)
+        if self.mode == "noise":
+            return np.random.default_rng(0).integers(0, 256, crop.shape, dtype=np.uint8)
+        out = reshape_jaw(crop, self.target.landmarks68, self.factor).astype(np.int16)
+        out[..., 2] += 90
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def big_bundle_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_bundle(tmp_path_factory.mktemp("bundle") / "swap", SwapGenerator(SwapConfig.tiny()),
+                       align_size=BIG, template_scale=1.4, meta={"note": "random weights"})
+
+
+def fake_swap(bundle_dir, blend: str, source, target, **kw) -> tuple[np.ndarray, FakeShapePipeline]:
+    pipe = FakeShapePipeline.from_bundle(bundle_dir, blend=blend)
+    for k, v in kw.items():
+        setattr(pipe, k, v)
+    return pipe.swap_image(source, target), pipe
+
+
+def crop_region_to_image(region: np.ndarray, matrix: np.ndarray, shape) -> np.ndarray:
+    """A boolean (S, S) crop region -> boolean target-image pixels it covers fully."""
+    ones = np.full((BIG, BIG, 3), 255, np.uint8)
+    return paste_back(np.zeros(shape, np.uint8), ones, matrix, region.astype(np.float32))[..., 0] == 255
+
+
+def swapped_everywhere(pipe: FakeShapePipeline, target: np.ndarray) -> np.ndarray:
+    """The fake output pasted with weight 1 over its whole crop: what "comes from the swap" looks like."""
+    t = pipe.target
+    crop = pipe.generate_crop(None, t.crop)
+    return paste_back(target, crop, t.matrix, np.ones((BIG, BIG), np.float32))
+
+
+def disk(r: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def test_shape_blend_keeps_a_wider_jaw(big_bundle_dir, face_rgb):
+    factor = 1.35
+    out, pipe = fake_swap(big_bundle_dir, "shape", face_rgb, face_rgb, factor=factor)
+    assert pipe.last_blend == "shape" and pipe.blend_fallbacks == 0
+    old, old_pipe = fake_swap(big_bundle_dir, "parsing", face_rgb, face_rgb, factor=factor)
+    t = pipe.target
+    target_face = parse_from_landmarks(t.landmarks68, BIG) > 0
+    new_face = parse_from_landmarks(reshape_points(t.landmarks68, factor), BIG) > 0
+    # just outside the target's jaw (beyond the old mask's feathering) but well inside the new jaw
+    band = (cv2.erode(new_face.astype(np.uint8), disk(8)) > 0) & ~(cv2.dilate(target_face.astype(np.uint8), disk(6)) > 0)
+    band[: int(t.landmarks68[30, 1])] = False  # the jaw, below the nose tip
+    probe = crop_region_to_image(band, t.matrix, face_rgb.shape)
+    assert probe.sum() > 200
+    swap = swapped_everywhere(pipe, face_rgb).astype(int)
+    assert np.abs(swap - face_rgb.astype(int))[probe].mean() > 30  # the tint makes swapped pixels obvious
+    err = np.abs(out.astype(int) - swap)[probe].max(-1)
+    assert np.median(err) <= 2 and (err <= 10).mean() > 0.9  # the wider jaw comes from the swap
+    assert np.abs(old.astype(int) - face_rgb)[probe].max() <= 1  # the target-mask blend cuts it off
+    # elsewhere the two blends agree: inside the target's face both paste the swap
+    inner = crop_region_to_image(cv2.erode(target_face.astype(np.uint8), disk(12)) > 0, t.matrix, face_rgb.shape)
+    assert (np.abs(out.astype(int) - old)[inner].max(-1) <= 2).mean() > 0.99
+
+
+def test_shape_blend_hides_the_target_contour_of_a_narrower_face(big_bundle_dir, face_rgb):
+    factor = 0.75
+    out, pipe = fake_swap(big_bundle_dir, "shape", face_rgb, face_rgb, factor=factor)
+    assert pipe.last_blend == "shape"
+    old, _ = fake_swap(big_bundle_dir, "parsing", face_rgb, face_rgb, factor=factor)
+    t = pipe.target
+    target_face = (parse_from_landmarks(t.landmarks68, BIG) > 0).astype(np.uint8)
+    new_face = (parse_from_landmarks(reshape_points(t.landmarks68, factor), BIG) > 0).astype(np.uint8)
+    contour = (cv2.dilate(target_face, disk(1)) - cv2.erode(target_face, disk(1))) > 0  # the target's outline
+    ring = contour & ~(cv2.dilate(new_face, disk(8)) > 0)  # ... where it lies clearly outside the new face
+    ring[: int(t.landmarks68[30, 1])] = False
+    probe = crop_region_to_image(ring, t.matrix, face_rgb.shape)
+    assert probe.sum() > 50
+    swap = swapped_everywhere(pipe, face_rgb).astype(int)
+    err = np.abs(out.astype(int) - swap)[probe].max(-1)
+    assert np.median(err) <= 3 and (err <= 10).mean() > 0.9  # the old outline is painted over by the swap
+    old_err = np.abs(old.astype(int) - swap)[probe].max(-1)
+    assert np.median(old_err) > 20  # the target-mask blend leaves it (a double contour)
+
+
+@pytest.mark.parametrize("mode", ["flat", "noise"])
+def test_shape_blend_falls_back_to_the_target_mask_without_a_face(big_bundle_dir, face_rgb, mode):
+    out, pipe = fake_swap(big_bundle_dir, "shape", face_rgb, face_rgb, mode=mode)
+    old, _ = fake_swap(big_bundle_dir, "parsing", face_rgb, face_rgb, mode=mode)
+    assert np.array_equal(out, old)
+    assert pipe.blend_fallbacks == 1 and pipe.last_blend.startswith("parsing (fallback from shape")
+    frames = list(pipe.swap_frames(face_rgb, [face_rgb, np.roll(face_rgb, 5, axis=1)]))
+    assert pipe.blend_fallbacks == 2 and np.array_equal(frames[0], old)  # counted per frame
+
+
+def test_face_mask_shape_equals_parsing_for_the_same_face(big_bundle_dir, face_rgb):
+    pipe = SwapPipeline.from_bundle(big_bundle_dir)
+    assert pipe.blend == DEFAULT_BLEND == "shape" and set(BLENDS) == {"shape", "parsing", "crop"}
+    pts = pipe.align(face_rgb, "target", landmarks68=True).landmarks68
+    assert np.array_equal(face_mask(pts, BIG, "shape", pts), face_mask(pts, BIG, "parsing"))
+    assert np.array_equal(face_mask(pts, BIG, "shape"), face_mask(pts, BIG, "parsing"))  # no output landmarks
+    with pytest.raises(ValueError, match="unknown blend"):
+        SwapPipeline.from_bundle(big_bundle_dir, blend="target")
+
+
+def test_cli_blend_choices():
+    from faceswap_models.swap_cli import swap_parser
+
+    action = next(a for a in swap_parser()._actions if a.dest == "blend")
+    assert tuple(action.choices) == BLENDS and action.default == DEFAULT_BLEND
+    assert all(b in action.help for b in BLENDS)
 
 
 # ------------------------------------------------------------------------------------ CLI
