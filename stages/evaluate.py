@@ -173,7 +173,7 @@ def blended_pairs(bundle_dir: str | Path, detect: DetectConfig, rows: list[dict]
     for s, t in tqdm(list(zip(src, tgt)), desc="evaluate blended swap", unit="pair", disable=_no_progress()):
         try:
             out = pipe.swap_image(photo(int(s)), photo(int(t)))  # (H, W, 3) full resolution
-        except (NoFaceError, BadImage) as e:
+        except (NoFaceError, BadImage, OSError) as e:  # no face in a photo, or the photo is gone / unreadable
             crops.append(None)
             fails.append(f"swap pipeline: {e}")
             continue
