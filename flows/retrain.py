@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import tempfile
 from dataclasses import dataclass
@@ -66,43 +65,54 @@ def load_callable(spec: str) -> Callable[..., Any]:
 # --------------------------------------------------------------------------- default train / evaluate
 def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Path, init_bundle: Path | None,
                      metrics_path: Path) -> dict:
-    """Fine-tune Fswa with stages/train_swap.py (MAE, Dshape and aux models from `models_dir`).
+    """Fine-tune Fswa with stages/train_swap.py (MAE, Dshape and aux models from `models_dir`), starting
+    from `init_bundle` (the champion's bundle) when given, else from the stage's own initialisation.
 
-    `init_bundle` is passed as train_swap.run(init_bundle=...) when that stage accepts it; until
-    then the stage trains from its own initialisation and the report says so.
+    Every path is made absolute here (against the flow's working directory): the stage runs its loop
+    in Ray workers, whose working directory is not this one.
     """
     from faceswap_models.training.runs import DataPaths
     from stages import train_swap
 
-    d = Path(data_dir)
+    d, models = Path(data_dir), Path(models_dir)
     data = DataPaths(aligned=str(d / "aligned.parquet"), aligned_dir=str(d / "aligned"),
                      segments=str(d / "segments.parquet"), parsing_dir=str(d / "parsing"),
                      threedmm=str(d / "threedmm.parquet"), threedmm_model=str(d / "threedmm_model.npz"),
-                     splits=str(d / "splits.parquet"))
-    kwargs: dict[str, Any] = {}
-    note = "from scratch"
-    if init_bundle is not None:
-        if "init_bundle" in inspect.signature(train_swap.run).parameters:
-            kwargs["init_bundle"], note = str(init_bundle), f"fine-tuned from {init_bundle}"
-        else:
-            note = "from scratch (stages.train_swap.run has no init_bundle parameter yet)"
+                     splits=str(d / "splits.parquet")).resolved()
+    missing = [str(models / n) for n in ("mae", "shape", "aux") if not (models / n).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"retrain needs the upstream models {missing} (run `dvc repro train_shape` once)")
+    init, note = (Path(init_bundle).resolve(), f"fine-tuned from {init_bundle}") if init_bundle else (None, "from scratch")
+    if init is not None:
+        from faceswap_models.training.runs import load_stage_params
+
+        why = train_swap.init_mismatch(init, models / "mae", load_stage_params(params, train_swap.STAGE)[2])
+        if why:  # e.g. params.yaml changed the architecture since the champion was trained
+            init, note = None, f"from scratch: the champion cannot seed this run ({why})"
             print(f"retrain: {note}")
-    m = train_swap.run(data, mae_dir=models_dir / "mae", shape_dir=models_dir / "shape", aux_dir=models_dir / "aux",
-                       out_dir=out_dir, params_path=params, metrics=str(metrics_path), **kwargs)
+    m = train_swap.run(data, mae_dir=(models / "mae").resolve(), shape_dir=(models / "shape").resolve(),
+                       aux_dir=(models / "aux").resolve(), out_dir=Path(out_dir).resolve(),
+                       params_path=str(Path(params).resolve()), metrics=str(Path(metrics_path).resolve()),
+                       init_bundle=init)
     return {**m, "init": note}
 
 
 def evaluate_stage(params: str, data_dir: Path, bundle_dir: Path, metrics_path: Path) -> dict:
-    """stages/evaluate.py on the test split; writes metrics_path (eval.json)."""
+    """stages/evaluate.py on the test split, through its command line (the same arguments as the
+    dvc.yaml stage, so the flow follows the stage's interface); writes metrics_path (eval.json) and
+    the grid / report into `reports/` beside the metrics folder."""
     from stages import evaluate
 
     d = Path(data_dir)
     reports = Path(metrics_path).parent.parent / "reports"
-    m = evaluate.run(C.load_section(evaluate.EvaluateConfig, "evaluate", params), bundle_dir, d / "aligned.parquet",
-                     d / "aligned", d / "splits.parquet", d / "threedmm.parquet", d / "threedmm_model.npz",
-                     d / "eval_pairs.parquet", reports / "eval_grid.png", reports / "eval.md")
-    write_metrics(str(metrics_path), m)
-    return m
+    code = evaluate.main(["--params", str(params), "--model", str(bundle_dir), "--aligned", str(d / "aligned.parquet"),
+                          "--aligned-dir", str(d / "aligned"), "--splits", str(d / "splits.parquet"),
+                          "--threedmm", str(d / "threedmm.parquet"), "--threedmm-model", str(d / "threedmm_model.npz"),
+                          "--out", str(d / "eval_pairs.parquet"), "--grid", str(reports / "eval_grid.png"),
+                          "--report", str(reports / "eval.md"), "--metrics", str(metrics_path)])
+    if code != 0:
+        raise RuntimeError(f"stages.evaluate exited with {code}")
+    return json.loads(Path(metrics_path).read_text("utf-8"))
 
 
 # --------------------------------------------------------------------------- tasks
@@ -205,8 +215,8 @@ def report_markdown(r: dict) -> str:
               *[f"- split {k}: {v['identities']} identities, {v['images']} images" for k, v in prep["split"].items()
                 if isinstance(v, dict)],
               "", "## Training",
-              f"- start: {'champion v' + str(r['champion']['version']) if r['champion']['version'] else 'from scratch'}"
-              f" ({r['train'].get('init', 'trainer did not say')})",
+              f"- start: {'champion v' + str(r['champion']['version']) if r['champion']['version'] else 'no champion'}"
+              f"; {r['train'].get('init', 'the trainer did not say how it started')}",
               *[f"- {k}: {v}" for k, v in r["train"].items() if k != "init" and isinstance(v, (int, float, str))],
               "", "## Evaluation", "", *metrics_table(r["eval"]), "",
               "## Registration", "",

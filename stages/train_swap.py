@@ -55,6 +55,22 @@ def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
     })
 
 
+def init_mismatch(init_bundle: str | Path, mae_dir: str | Path, cfg: SwapStageConfig) -> str | None:
+    """Why `init_bundle` cannot seed this run (its SwapConfig differs from the one train_swap would
+    build from `cfg` and the pretrained MAE), or None when it can."""
+    doc = json.loads((Path(mae_dir) / f"{MAE_NAME}.json").read_text("utf-8"))
+    want = swap_config(cfg, MAEConfig.from_dict(doc["mae"]))
+    meta = Path(init_bundle) / "bundle.json"
+    try:
+        have = SwapConfig.from_dict(json.loads(meta.read_text("utf-8"))["swap"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"{meta}: unreadable ({e})"
+    if have != want:
+        diff = sorted(k for k, v in want.to_dict().items() if have.to_dict().get(k) != v)
+        return f"its SwapConfig differs from train_swap's in {diff}"
+    return None
+
+
 def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path,
                threedmm_model: str | Path, seed: int, init_bundle: str | Path | None = None) -> SwapTask:
     doc = json.loads((Path(mae_dir) / f"{MAE_NAME}.json").read_text("utf-8"))
@@ -109,6 +125,10 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
                   aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS),
                   **({"init": sha256_file(Path(init_bundle) / "generator.safetensors")} if init_bundle else {}))
     if init_bundle is not None:
+        why = init_mismatch(init_bundle, mae_dir, cfg)
+        if why:  # fail here, before any worker starts
+            raise ValueError(f"init bundle {init_bundle}: {why}; fine-tuning needs the same architecture "
+                             "(or train from scratch)")
         dirs["init_bundle"] = str(Path(init_bundle).resolve())
     return run_stage(STAGE, entry="stages.train_swap:worker",
                      spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], **dirs},

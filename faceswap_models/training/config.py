@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from faceswap_common.config import AlignConfig, ConfigError, from_dict, load_params
 from faceswap_models.auxiliary.regressor import RegressorConfig
@@ -156,6 +156,8 @@ class SwapStageConfig(_StageCommon):
 
     The MAE size comes from the pretrain_mae output; fusion.dim, decoder.in_dim/grid_size follow it.
     The flow loss (frozen Dshape) is on from `flow_start_step` (paper: 320K of 640K)."""
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
     same_identity_ratio: float = 0.25
     flow_start_step: int = 50

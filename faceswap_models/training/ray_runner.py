@@ -81,8 +81,12 @@ def worker_main(config: dict[str, Any]) -> None:
 
 def quiet_worker() -> None:
     """Ray worker-process setup hook: Train V2's placement-group cleaner polls the State API, which
-    needs the dashboard we leave off locally, and would warn every second that it is unavailable."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    needs the dashboard we leave off locally, and would warn every second that it is unavailable; its
+    autoscaling-coordinator client prints a traceback when a resource request to the (local, no-op)
+    autoscaler takes over 5 s, as it does on a loaded machine (Ray's message: "safe to ignore")."""
+    for name in ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
+                 "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def init_ray(cfg: TrainConfig) -> None:
@@ -98,6 +102,8 @@ def init_ray(cfg: TrainConfig) -> None:
     # workers inherit these (and the project root on PYTHONPATH so stage modules import)
     env_vars = {k: os.environ[k] for k in list(_RAY_ENV) + ["FACESWAP_NO_PROGRESS", "FACESWAP_CACHE_DIR"]
                 if k in os.environ}
+    if env_vars.get("FACESWAP_CACHE_DIR"):  # workers run in another working directory
+        env_vars["FACESWAP_CACHE_DIR"] = str(Path(env_vars["FACESWAP_CACHE_DIR"]).resolve())
     root = str(Path(__file__).resolve().parents[2])
     env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "faceswap_models.training.ray_runner.quiet_worker"}

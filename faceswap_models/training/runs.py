@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from faceswap_common.cli import write_metrics
-from faceswap_common.io import atomic_write_text, fingerprint, sha256_file
+from faceswap_common.io import absolute_tracking_uri, atomic_write_text, fingerprint, sha256_file
 from faceswap_models.training import tracking
 from faceswap_models.training.config import TrainConfig
 from faceswap_models.training.data import FaceRecords
@@ -86,11 +86,38 @@ def run_key(cfg: Any, train_cfg: TrainConfig, data: DataPaths, **inputs: Any) ->
             **inputs}
 
 
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else path
+
+
+def absolute_spec(spec: Mapping[str, Any], train_cfg: TrainConfig) -> tuple[dict[str, Any], TrainConfig]:
+    """The worker spec and train config with every local path made absolute against this (the driver's)
+    working directory: Ray workers run in another one (a relative `data/aligned.parquet` failed there).
+    Covers the data tables, the stage config's `PATH_FIELDS` (weights files, cache dirs), the
+    checkpoint root, the MLflow artifact root and a relative sqlite tracking URI. The run key is
+    computed before this, so a checkpoint folder does not depend on where the repository lives."""
+    out = dict(spec)
+    if isinstance(out.get("data"), DataPaths):
+        out["data"] = out["data"].resolved()
+    cfg = out.get("cfg")
+    fields = [f for f in getattr(cfg, "PATH_FIELDS", ()) if isinstance(getattr(cfg, f, None), str)]
+    if fields:
+        out["cfg"] = dataclasses.replace(cfg, **{f: _abs(getattr(cfg, f)) for f in fields})
+    uri = train_cfg.tracking_uri
+    train_cfg = dataclasses.replace(
+        train_cfg, checkpoint_root=_abs(train_cfg.checkpoint_root),
+        mlflow_artifact_root=(train_cfg.mlflow_artifact_root if "://" in train_cfg.mlflow_artifact_root
+                              else _abs(train_cfg.mlflow_artifact_root)),
+        mlflow_tracking_uri=absolute_tracking_uri(uri) if uri else uri)
+    return out, train_cfg
+
+
 def run_stage(stage: str, *, entry: str, spec: dict[str, Any], train_cfg: TrainConfig, key: Mapping[str, Any],
               out_dir: str | os.PathLike, metrics_path: str | None,
               plots_path: str | None) -> dict[str, Any]:
     """Run a training stage end to end (see module docstring); returns the metrics written."""
     params = {stage: dataclasses.asdict(spec["cfg"]), "train": dataclasses.asdict(train_cfg)}
+    spec, train_cfg = absolute_spec(spec, train_cfg)
     ckpt_dir = (Path(train_cfg.checkpoint_root) / stage / fingerprint(stage, sorted(key.items()))).resolve()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     with tracking.stage_run(stage, tracking_uri=train_cfg.tracking_uri, experiment=train_cfg.mlflow_experiment,
