@@ -166,7 +166,7 @@ class FaceReading:
     """What the evaluation's detector read off one crop."""
 
     landmarks5: np.ndarray  # (5, 2) crop pixels, from the face mesh
-    coeffs: Coefficients  # 3DMM fit of the mesh
+    coeffs: Coefficients | None  # 3DMM fit of the mesh (None when not asked for)
 
 
 class FaceAttributes:
@@ -177,10 +177,12 @@ class FaceAttributes:
         self.model = model
         self.landmarker = MeshLandmarker()
 
-    def read(self, crop: np.ndarray) -> FaceReading | None:
-        """(H, W, 3) uint8 -> detected 5 points + 3DMM coefficients, or None when no face is found."""
+    def read(self, crop: np.ndarray, fit: bool = True) -> FaceReading | None:
+        """(H, W, 3) uint8 -> detected 5 points + 3DMM coefficients (when `fit`), or None when no face is found."""
         mesh = self.landmarker(np.ascontiguousarray(crop))
-        return None if mesh is None else FaceReading(mesh_landmarks5(mesh), self.model.fit(mesh))
+        if mesh is None:
+            return None
+        return FaceReading(mesh_landmarks5(mesh), self.model.fit(mesh) if fit else None)
 
     def __call__(self, crop: np.ndarray) -> Coefficients | None:
         """(H, W, 3) uint8 -> coefficients, or None when the face mesh finds no face."""

@@ -184,10 +184,12 @@ def blended_pairs(bundle_dir: str | Path, detect: DetectConfig, rows: list[dict]
     return crops, fails
 
 
-def read_all(attributes: FaceAttributes, crops: Sequence[np.ndarray | None], desc: str) -> list[FaceReading | None]:
-    """The evaluation detector's reading of every crop (None: no face detected, or no crop)."""
-    return [None if c is None else attributes.read(c)
-            for c in tqdm(crops, desc=desc, unit="face", disable=_no_progress())]
+def read_all(attributes: FaceAttributes, crops: Sequence[np.ndarray | None], desc: str,
+             fit: Sequence[bool] | None = None) -> list[FaceReading | None]:
+    """The evaluation detector's reading of every crop (None: no face detected, or no crop); the 3DMM
+    fit only where `fit[i]` (default everywhere)."""
+    return [None if c is None else attributes.read(c, fit=True if fit is None else bool(fit[i]))
+            for i, c in enumerate(tqdm(crops, desc=desc, unit="face", disable=_no_progress()))]
 
 
 def embed_detected(rec: Recogniser, crops: Sequence[np.ndarray | None], readings: list[FaceReading | None]) -> np.ndarray:
@@ -362,7 +364,8 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
     attr = attributes or FaceAttributes(LinearFaceModel.load(threedmm_model))
     try:
         # The gallery: real crops the detector reads (test rows first); a real crop without a face is dropped.
-        real_read = read_all(attr, crops, "evaluate detect (gallery)")
+        real_read = read_all(attr, crops, "evaluate detect (gallery)",  # distractors need no 3DMM fit
+                             fit=[i < len(test_rows) for i in range(len(crops))])
         keep = [i for i, r in enumerate(real_read) if r is not None]
         n_test = sum(1 for i in keep if i < len(test_rows))
         dropped_real = len(rows) - len(keep)
