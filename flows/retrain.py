@@ -2,7 +2,8 @@
 
 1. Scan the source folder and compare it with data/manifest.parquet (relpath + size + mtime, then
    content hash): no new images -> a short report and an early stop.
-2. Run the incremental data stages (the `prepare` flow's tasks, as a subflow) on the source folder.
+2. Run the incremental data stages (the `prepare` flow's tasks, as a subflow) on the source folder,
+   fitting new faces with the current 3DMM (not re-learning it: the reused aux / Dshape models need it).
 3. Download the current champion's bundle (`models:/<register.model_name>@champion`) and fine-tune
    from it (`from_scratch` or no champion yet: train from scratch).
 4. Evaluate, register (stages/register.py: challenger always, champion only through the gate) and
@@ -33,7 +34,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from faceswap_common import config as C
 from faceswap_common.cli import write_metrics
-from faceswap_common.io import atomic_write_text, sha256_file
+from faceswap_common.io import atomic_write_bytes, atomic_write_text, sha256_file
 from faceswap_common.schemas import MANIFEST, read_table
 from flows.prepare import prepare
 
@@ -214,6 +215,8 @@ def report_markdown(r: dict) -> str:
               f"- align: {prep['align']['aligned']} aligned ({prep['align']['warped']} warped this run)",
               *[f"- split {k}: {v['identities']} identities, {v['images']} images" for k, v in prep["split"].items()
                 if isinstance(v, dict)],
+              ("- 3DMM: the current model, kept (new faces fitted with it: the aux regressor and Dshape were "
+               "trained in its coefficient space)" if r.get("threedmm_kept") else "- 3DMM: learned from the data"),
               "", "## Training",
               f"- start: {'champion v' + str(r['champion']['version']) if r['champion']['version'] else 'no champion'}"
               f"; {r['train'].get('init', 'the trainer did not say how it started')}",
@@ -229,13 +232,34 @@ def report_markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def effective_params(params_path: str, source_root: str, out: Path) -> str:
-    """params.yaml with ingest reading `source_root` as a folder source (the flow's own copy)."""
+def effective_params(params_path: str, source_root: str, out: Path, keep_threedmm: Path | None = None) -> str:
+    """params.yaml with ingest reading `source_root` as a folder source (the flow's own copy); with
+    `keep_threedmm` (a copy of the current 3DMM), the threedmm stage fits new faces with that model
+    instead of learning a new one."""
     params = C.load_params(params_path)
     params.setdefault("ingest", {}).update(source="folder", root=str(source_root))
+    if keep_threedmm is not None:
+        params.setdefault("threedmm", {}).update(backend="file", model_file=str(keep_threedmm))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, yaml.safe_dump(params, sort_keys=False))
     return str(out)
+
+
+def keep_current_threedmm(params_path: str, data: Path) -> Path | None:
+    """A copy of the current learned 3DMM (data/threedmm_model.npz) for this run, or None.
+
+    The models retraining does not retrain (train_aux's regressor, Dshape) were trained in this
+    model's coefficient space and with its number of contour points; a model re-learned from the
+    new data would change both (a new identity moves the mean face and so the contour), and the
+    fine-tune would fail (Dshape: "expected (B, K, 2)") or silently mix two coefficient spaces.
+    `dvc repro` re-learns it and retrains everything downstream."""
+    current = data / "threedmm_model.npz"
+    if C.load_section(C.ThreeDMMConfig, "threedmm", params_path).backend != "learned" or not current.is_file():
+        return None
+    kept = data / "cache" / "retrain_threedmm_model.npz"
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(kept, current.read_bytes())
+    return kept
 
 
 @flow(name="retrain", log_prints=True)
@@ -258,7 +282,9 @@ def retrain(params_path: str = "params.yaml", source_root: str | None = None, fr
     if len(r["scan"]["new"]) < cfg.min_new_images:
         r["status"] = "no_new_data"
     else:
-        params = effective_params(params_path, root, data / "cache" / "retrain_params.yaml")
+        kept = keep_current_threedmm(params_path, data)
+        r["threedmm_kept"] = str(kept) if kept else None
+        params = effective_params(params_path, root, data / "cache" / "retrain_params.yaml", kept)
         r["prepare"] = prepare(params, str(data), str(metrics))
         with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
             r["champion"] = {"version": None, "bundle": None} if scratch else champion_bundle_task(params, Path(tmp))

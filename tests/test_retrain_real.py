@@ -119,6 +119,8 @@ def test_retrain_with_the_real_trainer_and_evaluator_from_the_project_folder(
     pretrain_mae.run(data, "models/mae", upstream)
     train_shape.run(data, "models/aux", "models/shape", upstream)
 
+    k3dmm = (proj / "data" / "threedmm_model.npz").read_bytes()
+
     # three photos of a new person; the default trainer (Ray) and evaluator
     (raw / "newperson").mkdir()
     photos = sorted((tmp_path / "held").iterdir())
@@ -129,8 +131,10 @@ def test_retrain_with_the_real_trainer_and_evaluator_from_the_project_folder(
         assert sorted(r1["scan"]["new"]) == sorted(f"newperson/{f.name}" for f in photos[:3])
         assert r1["prepare"]["ingest"]["read"] == 3
         assert r1["champion"]["version"] is None and r1["train"]["init"] == "from scratch"
+        # the 3DMM the upstream models were trained with is kept (a re-learned one changed K once: Dshape failed)
+        assert r1["threedmm_kept"] and (proj / "data" / "threedmm_model.npz").read_bytes() == k3dmm
         report = _check_run(r1, proj, version=1)
-        assert "- start: no champion; from scratch" in report
+        assert "- start: no champion; from scratch" in report and "3DMM: the current model, kept" in report
     finally:
         shutdown_ray()
     # make v1 the champion (whatever its gate said), one more photo: fine-tuned from the champion
