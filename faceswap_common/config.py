@@ -121,7 +121,7 @@ class IngestConfig:
     root: str = "data/raw"  # folder source root; for `demo` the generated corpus is written here
     layout: typing.Literal["auto", "identity_folders", "flat"] = "auto"
     extensions: list[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"])
-    demo_identities: int = 24
+    demo_identities: int = 64
     demo_images_per_identity: int = 10
     demo_size: int = 512
     seed: int = 0

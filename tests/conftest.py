@@ -31,7 +31,7 @@ def face_rgb() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
-    """A 4-identity x 4-image demo corpus (plus the bad extras), built once per session."""
+    """A 5-identity x 4-image demo corpus (plus the bad extras), built once per session."""
     from faceswap_common.demo_corpus import build_demo_corpus
 
     return build_demo_corpus(tmp_path_factory.mktemp("corpus") / "raw", identities=5, per_identity=4)
