@@ -94,7 +94,9 @@ def _check_registered(uri: str, tracking: str) -> None:
                             f"(registered: {', '.join(names) or 'none'})") from None
     if alias is not None and alias not in registered.aliases:
         have = ", ".join(f"{a} (v{v})" for a, v in sorted(registered.aliases.items())) or "none"
-        raise ModelURIError(f"{uri}: model {name!r} has no alias {alias!r}; its aliases: {have}")
+        why = (" (`champion` moves only to a version that passed every register gate: no version has yet; "
+               "see metrics/register.json for the failed gates, or use @challenger)") if alias == "champion" else ""
+        raise ModelURIError(f"{uri}: model {name!r} has no alias {alias!r}; its aliases: {have}{why}")
     if version is not None:
         try:
             client.get_model_version(name, version)

@@ -468,8 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads(split.read_text("utf-8")) if split.is_file() else None
     r = run(load_section(RegisterConfig, "register", a.params), a.bundle, a.eval, example_pair(a.aligned, a.aligned_dir),
             a.out, a.params, a.lock_file, data)
+    champion = f"v{r['champion_version']}" if r["champion_version"] is not None else "none yet"
     print(f"register: {r['model_name']} v{r['version']} gates={'pass' if r['gates_passed'] else 'FAIL'} "
-          f"moved={r['aliases_moved']} champion=v{r['champion_version']} ({r['reason']})")
+          f"moved={r['aliases_moved']} champion={champion} ({r['reason']})")
     for g in r["gates"]:
         print(f"  gate {'pass' if g['passed'] else 'FAIL'}: {g['detail']}")
     return 0
