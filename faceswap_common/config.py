@@ -150,7 +150,7 @@ class FilterConfig:
     max_pixels: int = 40_000_000  # larger images are refused before decoding (decompression bombs)
     min_side: int = 64
     blur_min: float = 30.0  # variance of Laplacian on the grey face crop resized to 128px
-    min_score: float = -0.5  # detector confidence floor
+    min_score: float = 0.0  # detector confidence floor
     dominance_ratio: float = 2.0  # largest face area / next largest area needed to keep a multi-face image
     min_face_px: int = 48  # face box side in source pixels
     max_yaw: float = 45.0  # degrees, estimated from the 5 landmarks

@@ -50,7 +50,7 @@ class RegisterConfig:
     """register: MLflow logging, registry version, champion gate."""
 
     tracking_uri: str = "sqlite:///mlflow.db"  # $MLFLOW_TRACKING_URI wins when set
-    artifact_root: str | None = None  # artifact location of a newly created experiment (None: MLflow default)
+    artifact_root: str | None = "mlartifacts"  # artifact location of a newly created experiment (None: MLflow default)
     experiment: str = "faceswap"
     model_name: str = "flowfacepp"
     primary_metric: str = "model.id_top1"  # dotted path into eval.json

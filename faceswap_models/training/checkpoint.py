@@ -53,10 +53,13 @@ def unwrap(module: nn.Module) -> nn.Module:
 class EMA:
     """Exponential moving average of a module's parameters and buffers (float32 shadow).
 
-    ``shadow = decay * shadow + (1 - decay) * value`` for every floating-point entry of the
-    state_dict after each `update`; integer buffers (e.g. BatchNorm's num_batches_tracked) are
-    copied. The shadow lives on the module's device. `copy_to` loads it into a module of the same
-    architecture (e.g. the one used for sampling or the exported weights).
+    ``shadow = d_t * shadow + (1 - d_t) * value`` for every floating-point entry of the
+    state_dict after each `update`, with the warm-up ``d_t = min(decay, (1 + t) / (10 + t))`` (t =
+    updates so far): without it the initial weights keep a share decay^t of the average (67 % after
+    40 steps at 0.99); with it their share after T updates is 1 / C(T + 9, 9) (< 1e-9 at T = 40).
+    Integer buffers (e.g. BatchNorm's num_batches_tracked) are copied. The shadow lives on the
+    module's device. `copy_to` loads it into a module of the same architecture (e.g. the one used
+    for sampling or the exported weights).
     """
 
     def __init__(self, module: nn.Module, decay: float = 0.999):
@@ -77,11 +80,16 @@ class EMA:
         floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
         if floats:
             torch._foreach_lerp_([self.shadow[k] for k in floats],
-                                 [state[k].detach().float() for k in floats], 1.0 - self.decay)
+                                 [state[k].detach().float() for k in floats], 1.0 - self.current_decay)
         for k, v in self.shadow.items():
             if not v.is_floating_point():
                 v.copy_(state[k])
         self.num_updates += 1
+
+    @property
+    def current_decay(self) -> float:
+        """The decay the next `update` applies (warm-up: (1 + t) / (10 + t), capped at `decay`)."""
+        return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
 
     def state_dict(self) -> dict[str, Any]:
         return {"decay": self.decay, "num_updates": self.num_updates, "shadow": dict(self.shadow)}

