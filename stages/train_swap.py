@@ -72,7 +72,9 @@ def init_mismatch(init_bundle: str | Path, mae_dir: str | Path, cfg: SwapStageCo
 
 
 def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path,
-               threedmm_model: str | Path, seed: int, init_bundle: str | Path | None = None) -> SwapTask:
+               threedmm_model: str | Path, seed: int, init_bundle: str | Path | None = None,
+               stats_every: int = 0) -> SwapTask:
+    """Fswa + Dswa + frozen auxiliaries; `stats_every` = the loop's log_every for the term balance."""
     doc = json.loads((Path(mae_dir) / f"{MAE_NAME}.json").read_text("utf-8"))
     scfg = swap_config(cfg, MAEConfig.from_dict(doc["mae"]))
     regressor, crop_size = load_aux_regressor(aux_dir)
@@ -91,7 +93,7 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
                              "fine-tuning needs the same architecture (or train from scratch)")
         gen.load_state_dict(init.generator.state_dict())
     return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr,
-                    betas=cfg.betas, flow_start_step=cfg.flow_start_step)
+                    betas=cfg.betas, flow_start_step=cfg.flow_start_step, stats_every=stats_every)
 
 
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
@@ -102,7 +104,8 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
                           same=cfg.reconstruction_pairs.removeprefix("same_"),
                           seed=tcfg.seed, augment=cfg.augment_config())
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
-                      threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"))
+                      threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"),
+                      stats_every=tcfg.log_every)
     result = train_in_worker(spec, ctx, task, dataset, STAGE)
     if ctx.rank != 0:
         return None

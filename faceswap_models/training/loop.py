@@ -197,7 +197,8 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
                     with open(metrics_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps({"step": step, **last}) + "\n")
                     sink.log_metrics(last, step)
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in last.items() if k != "nonfinite"}, refresh=False)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()
+                                     if k != "nonfinite" and "/w_" not in k and "/gn_" not in k}, refresh=False)
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == end):
                     try:
                         sink.log_image(sample_grid(task.samples(micro[0])).numpy(), f"samples/step_{step:08d}.png")

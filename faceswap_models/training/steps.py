@@ -230,9 +230,25 @@ def swap_flow(aux: SwapAux, pred: Mapping[str, Tensor], source: Batch) -> Tensor
     return aux.dshape.flow(p12.to(source["contour"].dtype), source["contour"], source["parsing"])
 
 
+def term_stats(terms: Mapping[str, Tensor], weights: object, out: Tensor) -> Terms:
+    """Balance diagnostics of a weighted objective: per term k, `w_k` = weight·term (its share of the
+    total) and `gn_k` = ‖∂(weight·term)/∂out‖ at the generator output (how hard it pulls the pixels).
+    One extra partial backward per term, stopping at `out` (the generator's weights are not touched)."""
+    stats: Terms = {}
+    for k, v in terms.items():
+        w = float(getattr(weights, k))
+        stats[f"w_{k}"] = (w * v).detach()
+        g = None
+        if w != 0.0 and v.requires_grad:
+            (g,) = torch.autograd.grad(w * v, out, retain_graph=True, allow_unused=True)
+        stats[f"gn_{k}"] = g.detach().float().norm() if g is not None else torch.zeros((), device=out.device)
+    return stats
+
+
 def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: Batch, weights: SwapLossWeights,
-                         *, use_flow: bool) -> Terms:
-    """Fswa objective (eq. 4); the flow term only when `use_flow` (paper: second half of training)."""
+                         *, use_flow: bool, stats: bool = False) -> Terms:
+    """Fswa objective (eq. 4); the flow term only when `use_flow` (paper: second half of training).
+    With `stats`, also each weighted term and its gradient norm at the output (`term_stats`)."""
     src, tgt = batch["source"], batch["target"]
     out = gen(src["image"], tgt["image"])  # (B, 3, S, S)
     size = out.shape[-1]
@@ -252,18 +268,24 @@ def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: B
     }
     if use_flow:
         terms["flow"] = flow_loss(swap_flow(aux, pred, src).float())
-    return swap_generator_loss(terms, weights)
+    res = swap_generator_loss(terms, weights)
+    if stats:
+        res.update(term_stats(terms, weights, out))
+    return res
 
 
 class SwapTask(TrainTask):
     """Fswa against Dswa (stage train_swap). Batches: PairDataset items (no p12 needed)."""
 
     def __init__(self, gen: SwapGenerator, disc: nn.Module, aux: SwapAux, weights: SwapLossWeights, *,
-                 lr: float, betas: tuple[float, float], flow_start_step: int) -> None:
+                 lr: float, betas: tuple[float, float], flow_start_step: int, stats_every: int = 0) -> None:
+        """stats_every: compute the term balance (`term_stats`) on the steps the loop logs (its
+        log_every; 0 = never)."""
         self.modules = {"gen": gen, "disc": disc}
         self.optimizers = {"gen": adam(gen.parameters(), lr, betas), "disc": adam(disc.parameters(), lr, betas)}
         self.ema = ("gen",)
         self.aux, self.weights, self.flow_start_step = aux, weights, flow_start_step
+        self.stats_every = int(stats_every)
 
     def to(self, device: torch.device) -> SwapTask:
         super().to(device)
@@ -278,9 +300,11 @@ class SwapTask(TrainTask):
 
     def phases(self, step: int) -> list[Phase]:
         use_flow = self.weights.flow > 0 and step >= self.flow_start_step
+        stats = self.stats_every > 0 and (step + 1) % self.stats_every == 0  # the loop logs after step + 1
         return [Phase("d", "disc", self._d),
                 Phase("g", "gen", lambda b: swap_generator_terms(self.modules["gen"], unwrap(self.modules["disc"]),
-                                                                 self.aux, b, self.weights, use_flow=use_flow))]
+                                                                 self.aux, b, self.weights, use_flow=use_flow,
+                                                                 stats=stats))]
 
     @torch.no_grad()
     def samples(self, batch: Batch) -> list[Tensor]:

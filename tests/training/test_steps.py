@@ -96,6 +96,34 @@ def test_swap_generator_loss_falls_with_every_term(pair_batch, train_tables):
     assert all(p.grad is None for p in task.modules["gen"].encoder.parameters())
 
 
+def test_term_stats_known_values():
+    from types import SimpleNamespace
+
+    from faceswap_models.training.steps import term_stats
+
+    out = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    terms = {"a": (out ** 2).sum(), "b": out.sum(), "c": out.mean()}
+    st = term_stats(terms, SimpleNamespace(a=2.0, b=0.5, c=0.0), out)
+    assert float(st["w_a"]) == pytest.approx(60.0) and float(st["w_b"]) == pytest.approx(5.0)
+    assert float(st["gn_a"]) == pytest.approx(4 * float(out.detach().norm()))  # d(2 x²)/dx = 4x
+    assert float(st["gn_b"]) == pytest.approx(0.5 * 2.0)  # 0.5 * ||ones(4)||
+    assert float(st["gn_c"]) == 0.0 and float(st["w_c"]) == 0.0  # weight 0 pulls nothing
+    assert out.grad is None  # stops at the output; nothing accumulated
+
+
+def test_swap_task_logs_term_balance_on_log_steps(pair_batch, train_tables):
+    task = swap_task(train_tables["threedmm_model"], flow_start_step=0)
+    task.stats_every = 5
+    quiet = next(p for p in task.phases(0) if p.name == "g").loss(pair_batch)
+    assert not any(k.startswith(("w_", "gn_")) for k in quiet)
+    terms = next(p for p in task.phases(4) if p.name == "g").loss(pair_batch)  # logged after step 5
+    names = ("adv", "rec", "id", "exp", "ldmk", "perc", "flow")
+    assert {f"w_{k}" for k in names} | {f"gn_{k}" for k in names} <= set(terms)
+    total = sum(float(terms[f"w_{k}"]) for k in names)
+    assert total == pytest.approx(float(terms["total"].detach()), rel=1e-4)
+    assert all(float(terms[f"gn_{k}"]) >= 0 for k in names) and float(terms["gn_rec"]) > 0
+
+
 def test_nonfinite_loss_skips_the_update(face_batch):
     task = mae_task()
     w0 = {k: v.clone() for k, v in task.modules["mae"].state_dict().items()}
