@@ -16,7 +16,7 @@ from pathlib import Path
 from faceswap_common.cli import parser, write_metrics
 from faceswap_common.io import atomic_write_text
 from faceswap_common.schemas import ALIGNED, read_table, write_table
-from faceswap_models.auxiliary.regressor import RegressorConfig, load_regressor, train_regressor
+from faceswap_models.auxiliary.regressor import RegressorConfig, evaluate_regressor, load_regressor, train_regressor
 from faceswap_models.training.config import AuxStageConfig, load_training_params
 from faceswap_models.training.runs import DataPaths, add_data_args, data_paths
 
@@ -41,11 +41,21 @@ def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.
     rows = [r for r in table.to_pylist() if r["sha256"] in keep]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        val_keep = set(data.records("val").sha256)
+    except ValueError:  # no usable val faces (tiny data): no held-out figures
+        val_keep = set()
+    val_rows = [r for r in table.to_pylist() if r["sha256"] in val_keep]
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         subset = Path(tmp) / "aligned_train.parquet"
         write_table(rows, subset, ALIGNED)
         m = train_regressor(subset, data.aligned_dir, data.threedmm, rcfg, steps=cfg.steps,
                             batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, out_path=out / WEIGHTS)
+        if val_rows:  # held-out quality: is the regressor better than predicting the mean?
+            val = Path(tmp) / "aligned_val.parquet"
+            write_table(val_rows, val, ALIGNED)
+            model = load_regressor(out / WEIGHTS, rcfg)
+            m.update({f"val_{k}": v for k, v in evaluate_regressor(model, val, data.aligned_dir, data.threedmm).items()})
     crop_size = int(records.crop_size.max())
     doc = {"regressor": dataclasses.asdict(rcfg), "crop_size": crop_size, "meta": {"stage": STAGE, **m}}
     atomic_write_text(out / META, json.dumps(doc, indent=2, sort_keys=True) + "\n")
