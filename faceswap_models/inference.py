@@ -229,11 +229,12 @@ class SwapPipeline:
         self.last_blend = ""  # the blend the last swap used, with the fallback reason if any
 
     @classmethod
-    def from_bundle(cls, bundle_dir: str | os.PathLike, *, detect: DetectConfig | None = None,
+    def from_bundle(cls, bundle_dir: str | os.PathLike | SwapBundle, *, detect: DetectConfig | None = None,
                     device: str | torch.device = "cpu", blend: str = DEFAULT_BLEND,
                     min_score: float = 0.0) -> SwapPipeline:
-        """Load a bundle directory and the face detector (`detect` defaults to DetectConfig())."""
-        bundle = load_bundle(bundle_dir, device)
+        """A bundle directory (or an already loaded SwapBundle) and the face detector (`detect`
+        defaults to DetectConfig())."""
+        bundle = bundle_dir if isinstance(bundle_dir, SwapBundle) else load_bundle(bundle_dir, device)
         return cls(bundle, _shared_detector(detect or DetectConfig(), min_score), device=device, blend=blend)
 
     # ------------------------------------------------------------------ faces

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import cv2
 import numpy as np
@@ -39,6 +39,9 @@ from faceswap_models.auxiliary.hopenet import HopenetPose
 from faceswap_models.bundle import load_bundle
 from faceswap_models.eval_features import (FaceAttributes, FaceReading, InceptionFeatures, Recogniser,
                                            build_recogniser, to_tensor, to_uint8)
+
+if TYPE_CHECKING:
+    from faceswap_models.inference import SwapPipeline
 
 BASELINES = ("copy_target", "paste_source")
 NOT_COMPARABLE = "not comparable to papers"
@@ -153,14 +156,14 @@ def swap_pairs(generator: torch.nn.Module, small: list[np.ndarray], src: np.ndar
     return out
 
 
-def blended_pairs(bundle_dir: str | Path, detect: DetectConfig, rows: list[dict], src: np.ndarray,
-                  tgt: np.ndarray, crop_size: int, device: str) -> tuple[list[np.ndarray | None], list[str | None]]:
-    """What a user of `faceswap swap` gets: the full-resolution blended output of every pair, cut back
-    to the target's aligned crop with the target's own alignment matrix (so it is compared exactly
-    like the raw output). Returns crops (None where the pipeline could not swap) and reasons."""
-    from faceswap_models.inference import NoFaceError, SwapPipeline
+def blended_pairs(pipe: "SwapPipeline", rows: list[dict], src: np.ndarray, tgt: np.ndarray,
+                  crop_size: int) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """What a user of `faceswap swap` gets: the full-resolution blended output of every pair (`pipe`,
+    the swap CLI's pipeline), cut back to the target's aligned crop with the target's own alignment
+    matrix (so it is compared exactly like the raw output). Returns crops (None where the pipeline
+    could not swap) and reasons."""
+    from faceswap_models.inference import NoFaceError
 
-    pipe = SwapPipeline.from_bundle(bundle_dir, detect=detect, device=device)
     cache: dict[int, np.ndarray] = {}
 
     def photo(i: int) -> np.ndarray:
@@ -380,16 +383,14 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
 
         swaps = swap_pairs(bundle.generator, small, src, tgt, res, cfg.batch_size, cfg.device)
         produced: dict[str, tuple[list, list[str | None] | None, str]] = {"model": (swaps, None, "")}
-        if cfg.blended:
-            try:
-                crops_b, fails = blended_pairs(bundle_dir, detect or DetectConfig(), rows[:n_test], src, tgt,
-                                               crop_size, cfg.device)
-                n_fail = sum(f is not None for f in fails)
-                produced["model_blended"] = (crops_b, fails, f"{n_fail} of {len(fails)} pairs could not be swapped by "
-                                                             "the pipeline (counted as misses)" if n_fail else "")
-            except (OSError, BadImage) as e:  # source photos moved or unreadable: report, don't crash
-                produced["model_blended"] = ([None] * len(src), [f"photos unavailable: {e}"] * len(src),
-                                             f"not scored: source photos unavailable ({e})")
+        if cfg.blended:  # a photo that is gone or has no face is a per-pair miss with its reason
+            from faceswap_models.inference import SwapPipeline
+
+            pipe = SwapPipeline.from_bundle(bundle, detect=detect, device=cfg.device)  # the bundle loaded above
+            crops_b, fails = blended_pairs(pipe, rows[:n_test], src, tgt, crop_size)
+            n_fail = sum(f is not None for f in fails)
+            produced["model_blended"] = (crops_b, fails, f"{n_fail} of {len(fails)} pairs could not be swapped by "
+                                                         "the pipeline (counted as misses)" if n_fail else "")
 
         base_read = read_all(attr, base, "evaluate detect (baselines)") if not res.identity else real_read[:n_test]
         base_emb = embed_detected(rec, base, base_read) if not res.identity else gallery[:n_test]

@@ -125,6 +125,9 @@ def test_missing_photos_are_misses_with_a_reason_not_a_crash(tmp_path):
     bundle = demo_bundle(tmp_path / "b", load_params(REPO / "params.yaml"))
     rows = [{"path": str(tmp_path / "gone.jpg"), "matrix": [1, 0, 0, 0, 1, 0]},
             {"path": str(tmp_path / "also_gone.png"), "matrix": [1, 0, 0, 0, 1, 0]}]
-    crops, fails = blended_pairs(bundle, DetectConfig(), rows, np.array([0, 1]), np.array([1, 0]), 256, "cpu")
+    from faceswap_models.inference import SwapPipeline
+
+    pipe = SwapPipeline.from_bundle(bundle, detect=DetectConfig())
+    crops, fails = blended_pairs(pipe, rows, np.array([0, 1]), np.array([1, 0]), 256)
     assert crops == [None, None]
     assert all(f and "gone" in f for f in fails), fails
