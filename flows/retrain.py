@@ -69,32 +69,28 @@ def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Pat
     """Fine-tune Fswa with stages/train_swap.py (MAE, Dshape and aux models from `models_dir`), starting
     from `init_bundle` (the champion's bundle) when given, else from the stage's own initialisation.
 
-    Every path is made absolute here (against the flow's working directory): the stage runs its loop
-    in Ray workers, whose working directory is not this one.
+    Relative paths are fine: the stage resolves its model folders and `run_stage` every path it hands
+    to the Ray workers (whose working directory is not this one).
     """
-    from faceswap_models.training.runs import DataPaths
+    from faceswap_models.training.runs import DataPaths, load_stage_params
     from stages import train_swap
 
     d, models = Path(data_dir), Path(models_dir)
     data = DataPaths(aligned=str(d / "aligned.parquet"), aligned_dir=str(d / "aligned"),
                      segments=str(d / "segments.parquet"), parsing_dir=str(d / "parsing"),
                      threedmm=str(d / "threedmm.parquet"), threedmm_model=str(d / "threedmm_model.npz"),
-                     splits=str(d / "splits.parquet")).resolved()
+                     splits=str(d / "splits.parquet"))
     missing = [str(models / n) for n in ("mae", "shape", "aux") if not (models / n).is_dir()]
     if missing:
         raise FileNotFoundError(f"retrain needs the upstream models {missing} (run `dvc repro train_shape` once)")
-    init, note = (Path(init_bundle).resolve(), f"fine-tuned from {init_bundle}") if init_bundle else (None, "from scratch")
+    init, note = (init_bundle, f"fine-tuned from {init_bundle}") if init_bundle else (None, "from scratch")
     if init is not None:
-        from faceswap_models.training.runs import load_stage_params
-
         why = train_swap.init_mismatch(init, models / "mae", load_stage_params(params, train_swap.STAGE)[2])
         if why:  # e.g. params.yaml changed the architecture since the champion was trained
             init, note = None, f"from scratch: the champion cannot seed this run ({why})"
             print(f"retrain: {note}")
-    m = train_swap.run(data, mae_dir=(models / "mae").resolve(), shape_dir=(models / "shape").resolve(),
-                       aux_dir=(models / "aux").resolve(), out_dir=Path(out_dir).resolve(),
-                       params_path=str(Path(params).resolve()), metrics=str(Path(metrics_path).resolve()),
-                       init_bundle=init)
+    m = train_swap.run(data, mae_dir=models / "mae", shape_dir=models / "shape", aux_dir=models / "aux",
+                       out_dir=out_dir, params_path=params, metrics=str(metrics_path), init_bundle=init)
     return {**m, "init": note}
 
 
