@@ -5,11 +5,8 @@ import os
 import tempfile
 
 os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
-os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+import flows  # noqa: E402,F401  (sets flows.FLOW_ENV: no Prefect / Ray / DVC telemetry, no Ray auth prompt)
 
 from pathlib import Path  # noqa: E402
 

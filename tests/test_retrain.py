@@ -7,7 +7,6 @@ the champion, registered as challenger, champion unchanged).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from flows.retrain import load_callable
+from prefectutil import latest_artifact
 
 
 def fake_train(params, data_dir, models_dir, out_dir, init_bundle, metrics_path) -> dict:
@@ -57,16 +57,7 @@ def test_load_callable_errors():
 
 
 def _latest_report() -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-report"])),
-                                               sort=ArtifactSort.CREATED_DESC, limit=1)
-
-    return asyncio.run(read())[0].data
+    return latest_artifact("retrain-report")
 
 
 def test_retrain_flow_end_to_end(prefect_harness, tmp_path, monkeypatch):

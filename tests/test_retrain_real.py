@@ -14,12 +14,13 @@ only that it was decided and reported.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from pathlib import Path
 
 import yaml
+
+from prefectutil import latest_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,16 +59,7 @@ def _params(path: Path, **train: object) -> str:
 
 
 def _latest_report() -> str:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-report"])),
-                                               sort=ArtifactSort.CREATED_DESC, limit=1)
-
-    return asyncio.run(read())[0].data
+    return latest_artifact("retrain-report")
 
 
 def _check_run(r: dict, proj: Path, *, version: int) -> str:
