@@ -88,6 +88,17 @@ def perceptual_loss(feats_out: Sequence[Tensor], feats_ref: Sequence[Tensor],
     return total
 
 
+def structural_loss(output: Tensor, reference: Tensor) -> Tensor:
+    """L1 + (1 - SSIM) between (B, 3, H, W) images in [-1, 1] (SSIM: pytorch-msssim, 11x11 Gaussian
+    window; H, W >= 11). The offline default of the perceptual term: it keeps the target's structure
+    and colour without a feature network that could also carry identity."""
+    from pytorch_msssim import ssim
+
+    assert output.shape == reference.shape, f"{tuple(output.shape)} vs {tuple(reference.shape)}"
+    s = ssim((output.float() + 1) * 0.5, (reference.float() + 1) * 0.5, data_range=1.0, size_average=True)
+    return F.l1_loss(output, reference) + (1.0 - s)
+
+
 # --------------------------------------------------------------------------- embeddings
 def identity_loss(emb_out: Tensor, emb_src: Tensor) -> Tensor:
     """1 - cos(Eid(I_o), Eid(I_s)) averaged over the batch (eq. 11). Embeddings (B, D)."""

@@ -11,6 +11,7 @@ generator.safetensors with the EMA weights + bundle.json with align size / templ
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from faceswap_models.training.runs import (
     train_in_worker,
 )
 from faceswap_models.training.steps import SwapAux, SwapTask
+from faceswap_models.training.validation import SwapValidator
 from stages.pretrain_mae import MODEL_NAME as MAE_NAME
 from stages.train_aux import WEIGHTS as AUX_WEIGHTS
 from stages.train_aux import load_aux_regressor
@@ -42,6 +44,7 @@ from stages.train_shape import MODEL_NAME as SHAPE_NAME
 from stages.train_shape import load_dshape
 
 STAGE = "train_swap"
+log = logging.getLogger(__name__)
 
 
 def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
@@ -79,7 +82,7 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
     scfg = swap_config(cfg, MAEConfig.from_dict(doc["mae"]))
     regressor, crop_size = load_aux_regressor(aux_dir)
     identity = build_identity_encoder(cfg.identity_encoder, cfg.identity_weights, cfg.aux_cache_dir)
-    perceptual = (None if cfg.perceptual == "shared"
+    perceptual = (cfg.perceptual if cfg.perceptual in ("ssim", "shared")
                   else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
     aux = SwapAux(identity=identity, perceptual=perceptual, regressor=regressor, dshape=load_dshape(shape_dir),
                   contour=ContourProjector.load(threedmm_model), crop_size=crop_size)
@@ -96,6 +99,19 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
                     betas=cfg.betas, flow_start_step=cfg.flow_start_step, stats_every=stats_every)
 
 
+def make_validator(cfg: SwapStageConfig, data: DataPaths, seed: int) -> SwapValidator | None:
+    """The in-training val evaluation (`val_every` > 0), or None when off or the val split cannot
+    make pairs (fewer than 2 identities: said once, training goes on without it)."""
+    if cfg.val_every <= 0 or cfg.val_pairs <= 0:
+        return None
+    try:
+        return SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model, cfg.image_size,
+                             pairs=cfg.val_pairs, seed=seed)
+    except ValueError as e:
+        log.warning("%s: no in-training validation: %s", STAGE, e)
+        return None
+
+
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     cfg: SwapStageConfig = spec["cfg"]
     tcfg: TrainConfig = spec["train"]
@@ -106,7 +122,13 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
                       threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"),
                       stats_every=tcfg.log_every)
-    result = train_in_worker(spec, ctx, task, dataset, STAGE)
+    validator = make_validator(cfg, data, tcfg.seed) if ctx.rank == 0 else None
+    try:
+        result = train_in_worker(spec, ctx, task, dataset, STAGE, validate=validator,
+                                 val_every=cfg.val_every if validator else 0)
+    finally:
+        if validator is not None:
+            validator.close()
     if ctx.rank != 0:
         return None
     gen = averaged(task.modules["gen"], result, "gen").cpu()

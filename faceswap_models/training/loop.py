@@ -16,6 +16,7 @@ in DDP; otherwise it is a plain single-process loop. Only rank 0 logs, samples a
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -123,7 +124,8 @@ def _trim_jsonl(path: Path, max_step: int) -> None:
 def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *, ckpt_dir: str | os.PathLike,
           device: torch.device | str = "cpu", config: Mapping[str, Any] | None = None,
           sink: MetricsSink | None = None, progress: bool = True, desc: str = "train",
-          stop_after: int | None = None, on_checkpoint: Callable[[int], None] | None = None) -> LoopResult:
+          stop_after: int | None = None, on_checkpoint: Callable[[int], None] | None = None,
+          validate: Callable[[nn.Module], Mapping[str, float]] | None = None, val_every: int = 0) -> LoopResult:
     """Train `task` on `dataset` up to `cfg.steps`, resuming from the latest checkpoint in `ckpt_dir`.
 
     Args:
@@ -131,6 +133,9 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
         sink: rank-0 metrics / image sink (None: JSONL file only).
         stop_after: stop (without error) once this step is reached, e.g. to test resume.
         on_checkpoint: called with the step after each checkpoint is written (rank 0).
+        validate: rank 0, every `val_every` steps and at the end: called with a copy of the task's
+            `validate_module` holding its EMA weights (what would be exported); the metrics it returns
+            ('val/...') go to the JSONL and the sink at that step.
     """
     device = torch.device(device)
     rank, world = _distributed()
@@ -189,16 +194,23 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
             steps_since_log += 1
             if rank == 0:
                 bar.update(1)
+                row: dict[str, float] = {}
                 if step % cfg.log_every == 0 or step == end:
                     now = time.perf_counter()
                     rate = steps_since_log * samples_per_step / max(now - t_log, 1e-9)
                     t_log, steps_since_log = now, 0
-                    last = {**logs, "samples_per_s": rate, "nonfinite": float(nonfinite)}
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": step, **last}) + "\n")
-                    sink.log_metrics(last, step)
+                    row = last = {**logs, "samples_per_s": rate, "nonfinite": float(nonfinite)}
                     bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()
                                      if k != "nonfinite" and "/w_" not in k and "/gn_" not in k}, refresh=False)
+                if validate is not None and val_every > 0 and (step % val_every == 0 or step == end):
+                    t_val = time.perf_counter()
+                    vals = {**validate(_exported(task, emas)), "val/seconds": time.perf_counter() - t_val}
+                    t_log += vals["val/seconds"]  # validation time is not training time
+                    row, last = {**row, **vals}, {**last, **vals}
+                if row:
+                    with open(metrics_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"step": step, **row}) + "\n")
+                    sink.log_metrics(row, step)
                 if cfg.sample_every and (step % cfg.sample_every == 0 or step == end):
                     try:
                         sink.log_image(sample_grid(task.samples(micro[0])).numpy(), f"samples/step_{step:08d}.png")
@@ -226,6 +238,17 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
                       ema=emas)
 
 
+def _exported(task: TrainTask, emas: Mapping[str, EMA]) -> nn.Module:
+    """A copy of the task's `validate_module` with the weights training would export (EMA if kept)."""
+    name = task.validate_module
+    if name is None:
+        raise ValueError(f"{type(task).__name__} has no validate_module")
+    module = copy.deepcopy(unwrap(task.modules[name]))
+    if name in emas:
+        emas[name].copy_to(module)
+    return module.eval()
+
+
 def _to(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -241,6 +264,7 @@ def _run_step(task: TrainTask, micro: list[Any], step: int, cfg: LoopConfig, sca
     skipped = False
     n = len(micro)
     for phase in task.phases(step):
+        t_phase = time.perf_counter()
         opt = task.optimizers[phase.optimizer]
         params = [p for g in opt.param_groups for p in g["params"]]
         module = task.modules[phase.optimizer]
@@ -264,6 +288,7 @@ def _run_step(task: TrainTask, micro: list[Any], step: int, cfg: LoopConfig, sca
         else:
             opt.zero_grad(set_to_none=True)
             skipped = True
+        logs[f"time/{phase.name}_s"] = time.perf_counter() - t_phase  # where a step's time goes
     scaler.update()
     return logs, skipped
 

@@ -187,10 +187,11 @@ def load_stage_params(params_path: str | os.PathLike, stage: str, checkpoint_roo
     return params, tcfg, params[stage]
 
 
-def train_in_worker(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str) -> Any:
-    """The loop with the stage's spec (checkpoint folder, run key, rank-0 MLflow sink); returns LoopResult."""
+def train_in_worker(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str, **loop_kw: Any) -> Any:
+    """The loop with the stage's spec (checkpoint folder, run key, rank-0 MLflow sink); returns LoopResult.
+    `loop_kw` go to the loop (e.g. validate / val_every)."""
     from faceswap_models.training.loop import train
 
     cfg, tcfg = spec["cfg"], spec["train"]
     return train(task, dataset, tcfg.loop(steps=cfg.steps, batch_size=cfg.batch_size), ckpt_dir=spec["ckpt_dir"],
-                 device=ctx.device, config=spec["key"], sink=worker_sink(spec, ctx.rank), desc=desc)
+                 device=ctx.device, config=spec["key"], sink=worker_sink(spec, ctx.rank), desc=desc, **loop_kw)

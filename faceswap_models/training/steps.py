@@ -24,7 +24,7 @@ from faceswap_models.config import ShapeLossWeights, SwapLossWeights
 from faceswap_models.losses import (
     discriminator_loss, expression_loss, flow_loss, g_hinge_loss, identity_loss, landmark_loss,
     landmark_mse, perceptual_loss, r1_penalty, reconstruction_loss, shape_generator_loss,
-    swap_generator_loss,
+    structural_loss, swap_generator_loss,
 )
 from faceswap_models.layers import patchify, unpatchify
 from faceswap_models.mae import FaceMAE
@@ -54,6 +54,7 @@ class TrainTask:
     modules: dict[str, nn.Module]
     optimizers: dict[str, torch.optim.Optimizer]
     ema: tuple[str, ...] = ()
+    validate_module: str | None = None  # the module a validator scores (the loop's `validate`)
 
     def phases(self, step: int) -> list[Phase]:
         raise NotImplementedError
@@ -200,13 +201,16 @@ class ShapeTask(TrainTask):
 class SwapAux:
     """Frozen networks inside Fswa's losses.
 
-    identity: encoder (B, 3, S, S) -> (B, D) [, features]; perceptual: None = use the identity
-    encoder's first `perceptual_layers` feature maps (the offline default, one pass for both);
-    regressor: FaceAttributeRegressor; dshape: frozen ShapeDiscriminator; contour: 3DMM contour.
+    identity: encoder (B, 3, S, S) -> (B, D) [, features]; perceptual: what the perceptual term
+    compares with the target: "ssim" (L1 + 1 - SSIM on pixels, the offline default, no network),
+    "shared" (the identity encoder's first `perceptual_layers` feature maps) or a feature network
+    (e.g. VGG16 with user weights: its last two taps, relu3_3 and relu4_3; the paper uses "the final
+    two convolutional layers"); regressor: FaceAttributeRegressor; dshape: frozen
+    ShapeDiscriminator; contour: 3DMM contour.
     """
 
     identity: nn.Module
-    perceptual: nn.Module | None
+    perceptual: nn.Module | str | None
     regressor: nn.Module
     dshape: nn.Module
     contour: ContourProjector
@@ -214,13 +218,24 @@ class SwapAux:
     perceptual_layers: int = 4
 
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.identity, self.perceptual, self.regressor, self.dshape, self.contour) if m is not None]
+        return [m for m in (self.identity, self.perceptual, self.regressor, self.dshape, self.contour)
+                if isinstance(m, nn.Module)]
 
-    def identity_and_features(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        if self.perceptual is None:
+    def identity_and_features(self, x: Tensor, features: bool = True) -> tuple[Tensor, list[Tensor]]:
+        """Identity embedding (B, D) and, when `features` and the perceptual term uses features,
+        the perceptual feature maps of x (else [])."""
+        if not features or isinstance(self.perceptual, str) and self.perceptual == "ssim":
+            return self.identity(x), []
+        if self.perceptual is None or self.perceptual == "shared":
             emb, feats = self.identity(x, return_features=True)
             return emb, list(feats[: self.perceptual_layers])
-        return self.identity(x), list(self.perceptual(x))
+        return self.identity(x), self.features(x)
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Perceptual feature maps of x alone (no identity pass unless they are the identity encoder's)."""
+        if self.perceptual is None or self.perceptual == "shared":
+            return self.identity_and_features(x)[1]
+        return list(self.perceptual(x))[-2:]  # a feature network (VGG16): its last two taps, as the paper
 
 
 def swap_flow(aux: SwapAux, pred: Mapping[str, Tensor], source: Batch) -> Tensor:
@@ -252,20 +267,35 @@ def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: B
     src, tgt = batch["source"], batch["target"]
     out = gen(src["image"], tgt["image"])  # (B, 3, S, S)
     size = out.shape[-1]
-    emb_o, feats_o = aux.identity_and_features(out)
-    with torch.no_grad():
-        emb_s, _ = aux.identity_and_features(src["image"])
-        _, feats_t = aux.identity_and_features(tgt["image"])
-        exp_t = aux.regressor.expression_embedding(tgt["image"])  # (B, n_exp)
-    pred = aux.regressor(out)
-    terms = {
-        "adv": g_hinge_loss(disc(out)),
-        "rec": reconstruction_loss(out, tgt["image"], batch["same_identity"].bool()),
-        "id": identity_loss(emb_o.float(), emb_s.float()),
-        "exp": expression_loss(pred["expression"].float(), exp_t.float()),
-        "ldmk": landmark_loss(pred["landmarks"].float(), tgt["landmarks68"].float(), size),
-        "perc": perceptual_loss([f.float() for f in feats_o], [f.float() for f in feats_t]),
-    }
+    w = weights
+    ssim = isinstance(aux.perceptual, str) and aux.perceptual == "ssim"
+    feat_perc = w.perc != 0 and not ssim
+    terms: Terms = {}  # a term whose weight is 0 is not computed (no network pass for it)
+    if w.adv != 0:
+        terms["adv"] = g_hinge_loss(disc(out))
+    if w.rec != 0:
+        terms["rec"] = reconstruction_loss(out, tgt["image"], batch["same_identity"].bool())
+    feats_o: list[Tensor] = []
+    if w.id != 0:
+        emb_o, feats_o = aux.identity_and_features(out, features=feat_perc)
+        with torch.no_grad():
+            emb_s = aux.identity(src["image"])
+        terms["id"] = identity_loss(emb_o.float(), emb_s.float())
+    elif feat_perc:
+        feats_o = aux.features(out)
+    if feat_perc:
+        with torch.no_grad():
+            feats_t = aux.features(tgt["image"])
+        terms["perc"] = perceptual_loss([f.float() for f in feats_o], [f.float() for f in feats_t])
+    elif w.perc != 0:
+        terms["perc"] = structural_loss(out, tgt["image"])
+    pred = aux.regressor(out) if (w.exp != 0 or w.ldmk != 0 or use_flow) else None
+    if w.exp != 0:
+        with torch.no_grad():
+            exp_t = aux.regressor.expression_embedding(tgt["image"])  # (B, n_exp)
+        terms["exp"] = expression_loss(pred["expression"].float(), exp_t.float())
+    if w.ldmk != 0:
+        terms["ldmk"] = landmark_loss(pred["landmarks"].float(), tgt["landmarks68"].float(), size)
     if use_flow:
         terms["flow"] = flow_loss(swap_flow(aux, pred, src).float())
     res = swap_generator_loss(terms, weights)
@@ -284,6 +314,7 @@ class SwapTask(TrainTask):
         self.modules = {"gen": gen, "disc": disc}
         self.optimizers = {"gen": adam(gen.parameters(), lr, betas), "disc": adam(disc.parameters(), lr, betas)}
         self.ema = ("gen",)
+        self.validate_module = "gen"
         self.aux, self.weights, self.flow_start_step = aux, weights, flow_start_step
         self.stats_every = int(stats_every)
 

@@ -120,3 +120,14 @@ def test_shape_total_and_discriminator_total() -> None:
     d = L.discriminator_loss(torch.ones(2), -torch.ones(2), r1=torch.tensor(2.0), r1_weight=0.5)
     assert d["adv"].item() == 0.0 and d["total"].item() == pytest.approx(1.0)
     assert math.isclose(L.discriminator_loss(torch.zeros(2), torch.zeros(2))["total"].item(), 2.0)
+
+
+def test_structural_loss_ranks_noise_worst() -> None:
+    """L1 + (1 - SSIM): 0 for a copy, small for a slight blur, large for noise of the same colours."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # some structure
+    blur = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    noise = x[..., torch.randperm(32)][..., torch.randperm(32), :]  # same pixels, shuffled
+    assert L.structural_loss(x, x).item() == pytest.approx(0.0, abs=1e-5)
+    assert L.structural_loss(blur, x).item() < 0.5 * L.structural_loss(noise, x).item()

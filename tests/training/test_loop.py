@@ -114,3 +114,29 @@ def test_paper_switch_replaces_only_training_sections():
 
     a, b, p = yaml.safe_load(merged), yaml.safe_load(base), yaml.safe_load((ROOT / "params-paper.yaml").read_text())
     assert all(a[k] == p[k] for k in p) and all(a[k] == b[k] for k in b if k not in p)
+
+
+def test_validate_runs_every_val_every_steps_on_the_exported_weights(train_records, train_tables, tmp_path):
+    """The loop calls `validate` at every val_every-th step and at the end, with a copy of the
+    generator holding the EMA weights (what is exported), and logs its metrics at that step."""
+    task = swap_task(train_tables["threedmm_model"])
+    ds = PairDataset(train_records, SIZE, seed=0)
+    seen: list[tuple[int, torch.Tensor, bool]] = []
+
+    def validate(gen):
+        w = next(p for n, p in gen.named_parameters() if n.startswith("decoder")).detach().clone()
+        seen.append((len(seen), w, gen is task.modules["gen"]))
+        return {"val/score": float(len(seen))}
+
+    cfg = LoopConfig(steps=5, batch_size=4, checkpoint_every=100, sample_every=0, log_every=1, ema_decay=0.9)
+    res = train(task, ds, cfg, ckpt_dir=tmp_path / "ck", progress=False, validate=validate, val_every=2)
+    assert len(seen) == 3  # steps 2, 4 and the last (5)
+    assert not any(same for _, _, same in seen)  # a copy, never the training module itself
+    ema_w = res.ema["gen"].shadow[next(k for k in res.ema["gen"].shadow if k.startswith("decoder"))]
+    assert torch.equal(seen[-1][1], ema_w)  # the EMA weights, not the raw ones
+    raw_w = next(p for n, p in task.modules["gen"].named_parameters() if n.startswith("decoder"))
+    assert not torch.equal(seen[-1][1], raw_w.detach())
+    rows = [json.loads(ln) for ln in (tmp_path / "ck" / "metrics.jsonl").read_text().splitlines()]
+    val_rows = {r["step"]: r["val/score"] for r in rows if "val/score" in r}
+    assert val_rows == {2: 1.0, 4: 2.0, 5: 3.0}
+    assert len(rows) == 5  # merged into the step's log line, not an extra row

@@ -140,3 +140,41 @@ def test_sample_grids(face_batch, pair_batch, train_tables):
     assert grid.shape == (4 * SIZE, 4 * SIZE, 3) and grid.dtype == torch.uint8
     rgb = flow_to_rgb(torch.zeros(1, 2, 4, 4))
     assert torch.allclose(rgb, torch.full_like(rgb, -1.0))  # no flow = black
+
+
+def test_zero_weight_terms_cost_nothing(pair_batch, train_tables):
+    """A term whose weight is 0 is neither in the terms nor computed: its network is never called."""
+    import dataclasses
+
+    task = swap_task(train_tables["threedmm_model"], flow_start_step=0)
+
+    class Refuse(torch.nn.Module):
+        def forward(self, *a, **k):
+            raise AssertionError("called for a zero-weight term")
+
+        def expression_embedding(self, *a, **k):
+            raise AssertionError("called for a zero-weight term")
+
+    task.aux.identity = Refuse()
+    task.aux.regressor = Refuse()
+    task.weights = dataclasses.replace(task.weights, id=0.0, exp=0.0, ldmk=0.0, flow=0.0, perc=0.0)
+    terms = next(p for p in task.phases(10) if p.name == "g").loss(pair_batch)
+    assert set(terms) == {"adv", "rec", "total"}
+
+
+def test_ssim_perceptual_needs_no_feature_network(pair_batch, train_tables):
+    """perceptual='ssim': the perc term is L1 + 1 - SSIM of output vs target, and the identity
+    encoder is asked for its embedding only (no feature maps)."""
+    from faceswap_models.losses import structural_loss
+
+    task = swap_task(train_tables["threedmm_model"], flow_start_step=0)
+    task.aux.perceptual = "ssim"
+    calls = []
+    ident = task.aux.identity
+    task.aux.identity = lambda x, return_features=False: calls.append(return_features) or ident(x, return_features)
+    torch.manual_seed(0)
+    terms = next(p for p in task.phases(0) if p.name == "g").loss(pair_batch)
+    with torch.no_grad():
+        out = task.modules["gen"](pair_batch["source"]["image"], pair_batch["target"]["image"])
+    assert float(terms["perc"].detach()) == pytest.approx(float(structural_loss(out, pair_batch["target"]["image"])), rel=1e-5)
+    assert calls and not any(calls)
