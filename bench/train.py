@@ -182,8 +182,38 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     return out
 
 
+def val_curve(steps_csv: str | Path) -> list[dict[str, float]]:
+    """The in-training validation rows (val/*) of a train_swap run's steps CSV (metrics/train_swap_steps.csv)."""
+    import csv
+
+    path = Path(steps_csv)
+    if not path.is_file():
+        return []
+    keys = ("val/detection_rate", "val/id_top1", "val/id_margin", "val/pose_error_deg")
+    out = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/detection_rate") not in (None, ""):
+                out.append({"step": int(float(row["step"])),
+                            **{k: float(row[k]) if row.get(k) not in (None, "") else float("nan") for k in keys}})
+    return out
+
+
+def print_val_curve(rows: list[dict[str, float]], source: str) -> None:
+    if not rows:
+        print(f"\nno in-training validation rows in {source} (run `make demo` first)")
+        return
+    print(f"\ntrain_swap validation curve ({source}; EMA weights, 32 val pairs):")
+    print(f"{'step':>6}  {'detection':>9}  {'ID top-1':>8}  {'ID margin':>9}  {'pose err':>8}")
+    for r in rows:
+        print(f"{r['step']:>6}  {r['val/detection_rate']:>9.2f}  {r['val/id_top1']:>8.2f}  "
+              f"{r['val/id_margin']:>9.3f}  {r['val/pose_error_deg']:>8.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps-csv", default=str(REPO / "metrics" / "train_swap_steps.csv"),
+                   help="the demo run's train_swap steps CSV: its validation curve is printed")
     p.add_argument("--data", default="data")
     p.add_argument("--params", default=str(REPO / "params.yaml"))
     p.add_argument("--steps", type=int, default=60)
@@ -226,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("GPU section", "skipped (no CUDA device)", ""))
     width = max(len(x[0]) for x in rows)
     print("\n".join(f"{k:<{width}}  {v:>28}  {goal}" for k, v, goal in rows))
+    res["val_curve"] = val_curve(a.steps_csv)
+    Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+    print_val_curve(res["val_curve"], a.steps_csv)
     return 0
 
 

@@ -2,8 +2,11 @@
 Dshape and Fswa losses, trained on the precomputed tables of the training split's faces.
 
 A small supervised CNN (faceswap_models/auxiliary/regressor.py), so it trains in-process with
-`train_regressor` (no Ray, no GAN machinery). Outputs (`--out-dir`, default models/aux/):
-`regressor.safetensors` + `regressor.json` ({"regressor": RegressorConfig, "crop_size", "meta"}).
+`train_regressor` (no Ray, no GAN machinery): standardised targets, augmentation that moves the
+landmark / camera / roll targets with the pixels, AdamW + cosine, and the weights with the best val
+landmark NME (scored every `eval_every` steps) are kept. Outputs (`--out-dir`, default models/aux/):
+`regressor.safetensors` (weights + target statistics) + `regressor.json` ({"regressor":
+RegressorConfig, "crop_size", "meta"}; meta holds the val figures of the kept weights).
 """
 from __future__ import annotations
 
@@ -49,13 +52,19 @@ def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         subset = Path(tmp) / "aligned_train.parquet"
         write_table(rows, subset, ALIGNED)
-        m = train_regressor(subset, data.aligned_dir, data.threedmm, rcfg, steps=cfg.steps,
-                            batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, out_path=out / WEIGHTS)
+        val = None
         if val_rows:  # held-out quality: is the regressor better than predicting the mean?
             val = Path(tmp) / "aligned_val.parquet"
             write_table(val_rows, val, ALIGNED)
+        m = train_regressor(subset, data.aligned_dir, data.threedmm, rcfg, steps=cfg.steps,
+                            batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            head_weight_decay=cfg.head_weight_decay, warmup=cfg.warmup, seed=cfg.seed,
+                            augment=cfg.augment_config(), val_parquet=val, eval_every=cfg.eval_every,
+                            out_path=out / WEIGHTS)
+        if val is not None:
             model = load_regressor(out / WEIGHTS, rcfg)
-            m.update({f"val_{k}": v for k, v in evaluate_regressor(model, val, data.aligned_dir, data.threedmm).items()})
+            ev = evaluate_regressor(model, val, data.aligned_dir, data.threedmm)
+            m.update({f"val_{k}": v for k, v in ev.items()})
     crop_size = int(records.crop_size.max())
     doc = {"regressor": dataclasses.asdict(rcfg), "crop_size": crop_size, "meta": {"stage": STAGE, **m}}
     atomic_write_text(out / META, json.dumps(doc, indent=2, sort_keys=True) + "\n")
@@ -69,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="models/aux")
     a = p.parse_args(argv)
     m = run(data_paths(a), a.out_dir, a.params, metrics=a.metrics)
+    val = (f"; val (weights of step {int(m['best_step'])}): NME {m['val_landmark_nme_side']:.4f} of the side, "
+           f"shape R2 {m['val_shape_r2']:.3f}, expression R2 {m['val_expression_r2']:.3f}"
+           if "val_shape_r2" in m and "best_step" in m else "")
     print(f"{STAGE}: loss {m['initial_total']:.4f} -> {m['final_total']:.4f} in {int(m['steps'])} steps "
-          f"({m['seconds']:.1f} s, {int(m['n_rows'])} faces)")
+          f"({m['seconds']:.1f} s, {int(m['n_rows'])} faces){val}")
     return 0
 
 

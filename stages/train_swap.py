@@ -96,7 +96,8 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
                              "fine-tuning needs the same architecture (or train from scratch)")
         gen.load_state_dict(init.generator.state_dict())
     return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr,
-                    betas=cfg.betas, flow_start_step=cfg.flow_start_step, stats_every=stats_every)
+                    betas=cfg.betas, flow_start_step=cfg.flow_start_step, stats_every=stats_every,
+                    id_start_step=cfg.id_start_step)
 
 
 def make_validator(cfg: SwapStageConfig, data: DataPaths, seed: int) -> SwapValidator | None:

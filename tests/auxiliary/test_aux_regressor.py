@@ -159,3 +159,105 @@ def test_bad_weights_file(tmp_path: Path) -> None:
     save_safetensors_atomic(FaceAttributeRegressor(RegressorConfig(width=16)).state_dict(), other)
     with pytest.raises(WeightsError, match="paper.safetensors"):
         load_regressor(other, CFG)
+
+
+def _stats(cfg: RegressorConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-head (mean, std) in normalised units, like train_regressor computes from the rows."""
+    g = torch.Generator().manual_seed(5)
+    n = cfg.n_landmarks
+    return {"landmarks": (0.3 + 0.4 * torch.rand(n, 2, generator=g), torch.full((n, 2), 0.02)),
+            "shape": (torch.randn(cfg.n_shape, generator=g), 0.5 + torch.rand(cfg.n_shape, generator=g)),
+            "expression": (torch.randn(cfg.n_exp, generator=g), 0.5 + torch.rand(cfg.n_exp, generator=g)),
+            "pose": (torch.tensor([5.0, -3.0, 1.0]), torch.tensor([18.0, 10.0, 3.0])),
+            "camera": (torch.tensor([48.0, 0.5, 0.6]), torch.tensor([2.7, 0.01, 0.01]))}
+
+
+def test_outputs_are_destandardised_into_the_callers_units() -> None:
+    """Heads predict standardised values; forward returns landmarks / tx, ty in input pixels and the
+    rest in target units (the units of steps.regressed_contour, swap_flow and expression loss)."""
+    m = _model()
+    st = _stats(CFG)
+    m.set_target_stats(st)
+    with torch.no_grad():
+        for k in ("shape", "expression", "pose", "camera"):
+            getattr(m, f"head_{k}").weight.zero_()  # z = 0: every 3DMM head returns its mean
+    x = _x(b=2, s=48)
+    with torch.no_grad():
+        out, big = m(x), m(torch.nn.functional.interpolate(x, size=(96, 96), mode="bilinear", align_corners=False))
+    assert torch.allclose(out["shape"], st["shape"][0].expand(2, -1), atol=1e-5)
+    assert torch.allclose(out["pose"], st["pose"][0].expand(2, -1), atol=1e-5)
+    assert torch.allclose(out["camera"], (st["camera"][0] * torch.tensor([1.0, 48, 48])).expand(2, -1), atol=1e-4)
+    assert torch.allclose(m.expression_embedding(x), out["expression"], atol=1e-6)
+    # landmarks: the soft-argmax starts at the prior around the mean point (within a heatmap cell)
+    assert (out["landmarks"] / 48 - st["landmarks"][0]).abs().max() < 1 / 16
+    # twice the input size: pixel outputs double (same internal image), unit-free ones do not change
+    assert float((big["landmarks"] - 2 * out["landmarks"]).abs().mean()) < 1.0  # px of 96
+    assert torch.allclose(big["camera"][:, 1:], 2 * out["camera"][:, 1:], atol=1e-3)
+    assert torch.allclose(big["camera"][:, 0], out["camera"][:, 0], atol=1e-4)
+
+
+def test_loss_terms_start_near_one_when_predicting_the_mean() -> None:
+    """With the target std, a mean prediction scores each head about 1: no head dominates."""
+    st = _stats(CFG)
+    g = torch.Generator().manual_seed(0)
+    tgt = {k: m + s * torch.randn(512, *m.shape, generator=g) for k, (m, s) in st.items()}
+    pred = {k: m.expand_as(tgt[k]) for k, (m, _) in st.items()}
+    terms = regressor_loss(pred, tgt, image_size=1.0, std={k: s for k, (_, s) in st.items()})
+    for k in ("shape", "expression", "pose", "camera"):
+        assert 0.85 < float(terms[k]) < 1.15, (k, terms[k])
+    assert 1.1 < float(terms["landmarks"]) < 1.4  # mean of a 2-D standard normal's length: 1.25
+
+
+def test_augmentation_moves_3dmm_and_landmark_targets_with_the_pixels() -> None:
+    """Warping the crop and the targets together stays exact: the 3DMM projection with the new camera
+    and roll lands on the moved points, and a drawn dot moves to the moved landmark."""
+    from faceswap_common.threedmm import Coefficients, LinearFaceModel
+    from faceswap_models.auxiliary.regressor import RegressorAugment, _augment
+
+    rng = np.random.default_rng(0)
+    fm = LinearFaceModel(mean=rng.normal(size=(30, 3)), id_basis=0.05 * rng.normal(size=(3, 30, 3)),
+                         exp_basis=0.03 * rng.normal(size=(2, 30, 3)), contour_idx=np.arange(6))
+    side, b = 64.0, 4
+    cs = [Coefficients(shape=rng.normal(size=3), expression=rng.normal(size=2),
+                       pose=np.array([rng.uniform(-20, 20), rng.uniform(-10, 10), rng.uniform(-5, 5)]),
+                       camera=np.array([12.0, 30 + rng.normal(), 33 + rng.normal()])) for _ in range(b)]
+    pts = torch.tensor(np.stack([fm.project(c) for c in cs]), dtype=torch.float32) / side  # (B, 30, 2)
+    pts[:, 0] = torch.tensor([0.3, 0.6])  # one drawn dot, placed by hand
+    yy, xx = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    dot = torch.exp(-((xx - 0.3 * side) ** 2 + (yy - 0.6 * side) ** 2) / 8.0)
+    img = (2 * dot - 1).expand(b, 3, 64, 64).contiguous()
+    tgt = {"landmarks": pts, "pose": torch.tensor(np.stack([c.pose for c in cs]), dtype=torch.float32),
+           "camera": torch.tensor(np.stack([c.camera for c in cs]), dtype=torch.float32)
+           / torch.tensor([1, side, side]),
+           "shape": torch.zeros(b, 3), "expression": torch.zeros(b, 2)}
+    aug = RegressorAugment(scale=0.1, shift=0.05, rotate=10.0, brightness=0.0, contrast=0.0, saturation=0.0)
+    img2, t2 = _augment(img, tgt, aug, torch.Generator().manual_seed(3))
+    assert not torch.allclose(t2["landmarks"], tgt["landmarks"])
+    for i, c in enumerate(cs):
+        moved = c.replace(pose=t2["pose"][i].double().numpy(), camera=(t2["camera"][i].double() * torch.tensor(
+            [1, side, side], dtype=torch.float64)).numpy())
+        np.testing.assert_allclose(fm.project(moved)[1:], t2["landmarks"][i, 1:].double().numpy() * side, atol=1e-3)
+        w = (img2[i, 0] + 1) / 2
+        w = w / w.sum()
+        centre = torch.stack([(w * xx).sum(), (w * yy).sum()]) / side
+        assert torch.allclose(centre, t2["landmarks"][i, 0], atol=2e-3), (centre, t2["landmarks"][i, 0])
+
+
+def test_target_stats_travel_with_the_weights(table: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "regressor.safetensors"
+    train_regressor(*table, CFG, steps=2, batch_size=4, seed=0, out_path=out, device="cpu")
+    m = load_regressor(out, CFG)
+    ds = FaceTableDataset(*table)
+    cams = torch.stack([ds[i][1]["camera"] for i in range(len(ds))])
+    assert torch.allclose(m.camera_mean[0], cams[:, 0].mean(), atol=1e-5)
+    assert torch.allclose(m.camera_mean[1:], cams[:, 1:].mean(0) / 32, atol=1e-5)  # / crop side
+
+
+def test_params_yaml_augment_names_the_library_defaults() -> None:
+    import yaml
+
+    from faceswap_models.auxiliary.regressor import RegressorAugment
+
+    root = Path(__file__).resolve().parents[2]
+    aug = yaml.safe_load((root / "params.yaml").read_text())["train_aux"]["augment"]
+    assert aug == {k: v for k, v in RegressorAugment().__dict__.items()}

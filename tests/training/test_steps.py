@@ -178,3 +178,29 @@ def test_ssim_perceptual_needs_no_feature_network(pair_batch, train_tables):
         out = task.modules["gen"](pair_batch["source"]["image"], pair_batch["target"]["image"])
     assert float(terms["perc"].detach()) == pytest.approx(float(structural_loss(out, pair_batch["target"]["image"])), rel=1e-5)
     assert calls and not any(calls)
+
+
+def test_identity_warm_up_and_one_generator_pass_per_step(pair_batch, train_tables):
+    """Before id_start_step the identity network is not run (a reconstruction warm-up); every step
+    runs the generator once: the d phase learns from the g phase's detached output."""
+    task = swap_task(train_tables["threedmm_model"], flow_start_step=0)
+    task.id_start_step = 3
+    task.aux.perceptual = "ssim"  # ("shared" features would run the identity network for perc)
+    gen = task.modules["gen"]
+    calls = []
+    hook = gen.register_forward_hook(lambda m, i, o: calls.append(o.detach().clone()))
+    ident = task.aux.identity
+    seen = []
+    task.aux.identity = lambda x, return_features=False: seen.append(1) or ident(x, return_features)
+    try:
+        for step, want_id in ((0, False), (3, True)):
+            calls.clear()
+            seen.clear()
+            g, d = task.phases(step)
+            assert (g.name, d.name) == ("g", "d")
+            terms = g.loss(pair_batch)
+            assert ("id" in terms) is want_id and bool(seen) is want_id
+            d_terms = d.loss(pair_batch)
+            assert len(calls) == 1 and torch.isfinite(d_terms["total"])
+    finally:
+        hook.remove()
