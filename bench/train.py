@@ -182,6 +182,41 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     return out
 
 
+@torch.no_grad()
+def input_sensitivity(generator: Any, sources: Any, targets: Any, which: str = "source") -> float:
+    """mean |G(x') - G(x)| / mean |x' - x| when only the `which` input (source or target) is replaced by
+    the next pair's; (P, 3, S, S) inputs. Source: 0 = the output ignores the source (a copy of the
+    target), 1 = it follows it pixel for pixel (a paste of the source)."""
+    generator.eval()
+    base = generator(sources, targets)
+    if which == "source":
+        other = sources.roll(1, 0)
+        moved, changed = generator(other, targets) - base, other - sources
+    else:
+        other = targets.roll(1, 0)
+        moved, changed = generator(sources, other) - base, other - targets
+    return float(moved.abs().mean() / changed.abs().mean().clamp_min(1e-8))
+
+
+def bundle_sensitivity(bundle_dir: str | Path, data: DataPaths, n: int = 32) -> dict[str, float] | None:
+    """The trained bundle's sensitivity to its source and to its target on 2n val faces (None: no bundle)."""
+    import cv2
+
+    from faceswap_common.images import read_rgb
+    from faceswap_models.bundle import load_bundle
+    from faceswap_models.eval_features import to_tensor
+
+    if not (Path(bundle_dir) / "bundle.json").is_file():
+        return None
+    gen = load_bundle(bundle_dir).generator
+    size = gen.cfg.mae.img_size
+    paths = data.records("val").crop_paths[: 2 * n]
+    x = to_tensor([cv2.resize(read_rgb(p), (size, size), interpolation=cv2.INTER_AREA) for p in paths])
+    half = len(x) // 2
+    s, t = x[:half], x[half: 2 * half]
+    return {"source": input_sensitivity(gen, s, t, "source"), "target": input_sensitivity(gen, s, t, "target")}
+
+
 def val_curve(steps_csv: str | Path) -> list[dict[str, float]]:
     """The in-training validation rows (val/*) of a train_swap run's steps CSV (metrics/train_swap_steps.csv)."""
     import csv
@@ -257,8 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(x[0]) for x in rows)
     print("\n".join(f"{k:<{width}}  {v:>28}  {goal}" for k, v, goal in rows))
     res["val_curve"] = val_curve(a.steps_csv)
+    res["sensitivity"] = bundle_sensitivity(REPO / "models" / "swap", data)
     Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     print_val_curve(res["val_curve"], a.steps_csv)
+    if res["sensitivity"]:
+        print("trained bundle: output change / input change when only the source changes "
+              f"{res['sensitivity']['source']:.3f}, only the target {res['sensitivity']['target']:.3f} "
+              "(a swap needs both well above 0)")
     return 0
 
 

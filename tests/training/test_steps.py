@@ -204,3 +204,23 @@ def test_identity_warm_up_and_one_generator_pass_per_step(pair_batch, train_tabl
             assert len(calls) == 1 and torch.isfinite(d_terms["total"])
     finally:
         hook.remove()
+
+
+def test_input_sensitivity_tells_copy_from_paste():
+    """bench.train.input_sensitivity: a copy of the target ignores the source (0), a paste follows it (1)."""
+    from bench.train import input_sensitivity
+
+    torch.manual_seed(0)
+    s, t = torch.rand(6, 3, 8, 8) * 2 - 1, torch.rand(6, 3, 8, 8) * 2 - 1
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, which):
+            super().__init__()
+            self.which = which
+
+        def forward(self, a, b):
+            return b if self.which == "target" else a
+
+    assert input_sensitivity(Fixed("target"), s, t, "source") == 0.0
+    assert input_sensitivity(Fixed("source"), s, t, "source") == pytest.approx(1.0)
+    assert input_sensitivity(Fixed("target"), s, t, "target") == pytest.approx(1.0)
