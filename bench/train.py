@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         res["ray"] = ray_vs_plain(data, params, a.steps, a.warmup, Path(tmp) / "ray")
         res["loader"] = loader_headroom(data, params, max(a.warmup + 5, a.steps // 2), a.warmup, Path(tmp))
     res["gpu"] = gpu_figures(params)
+    res["val_curve"] = val_curve(a.steps_csv)
+    res["sensitivity"] = bundle_sensitivity(REPO / "models" / "swap", data)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     r, ld = res["ray"], res["loader"]
@@ -291,9 +293,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("GPU section", "skipped (no CUDA device)", ""))
     width = max(len(x[0]) for x in rows)
     print("\n".join(f"{k:<{width}}  {v:>28}  {goal}" for k, v, goal in rows))
-    res["val_curve"] = val_curve(a.steps_csv)
-    res["sensitivity"] = bundle_sensitivity(REPO / "models" / "swap", data)
-    Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
     print_val_curve(res["val_curve"], a.steps_csv)
     if res["sensitivity"]:
         print("trained bundle: output change / input change when only the source changes "

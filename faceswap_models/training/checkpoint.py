@@ -110,6 +110,14 @@ class EMA:
         target = unwrap(module).state_dict()
         unwrap(module).load_state_dict({k: v.to(target[k].dtype) for k, v in self.shadow.items()})
 
+    def averaged_copy(self, module: nn.Module) -> nn.Module:
+        """A copy of (unwrapped) `module` holding the averaged weights, in eval mode; `module` is untouched."""
+        import copy
+
+        out = copy.deepcopy(unwrap(module))
+        self.copy_to(out)
+        return out.eval()
+
 
 # ----------------------------------------------------------------------------- RNG
 

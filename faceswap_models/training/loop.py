@@ -243,10 +243,9 @@ def _exported(task: TrainTask, emas: Mapping[str, EMA]) -> nn.Module:
     name = task.validate_module
     if name is None:
         raise ValueError(f"{type(task).__name__} has no validate_module")
-    module = copy.deepcopy(unwrap(task.modules[name]))
     if name in emas:
-        emas[name].copy_to(module)
-    return module.eval()
+        return emas[name].averaged_copy(task.modules[name])
+    return copy.deepcopy(unwrap(task.modules[name])).eval()
 
 
 def _to(batch: Any, device: torch.device) -> Any:

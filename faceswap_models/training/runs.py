@@ -147,14 +147,8 @@ def worker_sink(spec: Mapping[str, Any], rank: int) -> Any:
 
 def averaged(module: Any, result: Any, name: str) -> Any:
     """A copy of `module` holding the EMA weights of `name` (the module itself when no EMA)."""
-    import copy
-
     ema = result.ema.get(name)
-    if ema is None:
-        return module
-    out = copy.deepcopy(module)
-    ema.copy_to(out)
-    return out.eval()
+    return module if ema is None else ema.averaged_copy(module)
 
 
 def loop_summary(result: Any) -> dict[str, Any]:

@@ -222,10 +222,15 @@ class SwapAux:
         return [m for m in (self.identity, self.perceptual, self.regressor, self.dshape, self.contour)
                 if isinstance(m, nn.Module)]
 
+    @property
+    def pixel_perceptual(self) -> bool:
+        """True when the perceptual term is the pixel SSIM + L1 term (no feature network)."""
+        return isinstance(self.perceptual, str) and self.perceptual == "ssim"
+
     def identity_and_features(self, x: Tensor, features: bool = True) -> tuple[Tensor, list[Tensor]]:
         """Identity embedding (B, D) and, when `features` and the perceptual term uses features,
         the perceptual feature maps of x (else [])."""
-        if not features or isinstance(self.perceptual, str) and self.perceptual == "ssim":
+        if not features or self.pixel_perceptual:
             return self.identity(x), []
         if self.perceptual is None or self.perceptual == "shared":
             emb, feats = self.identity(x, return_features=True)
@@ -274,8 +279,7 @@ def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: B
         keep["out"] = out.detach()
     size = out.shape[-1]
     w = weights
-    ssim = isinstance(aux.perceptual, str) and aux.perceptual == "ssim"
-    feat_perc = w.perc != 0 and not ssim
+    feat_perc = w.perc != 0 and not aux.pixel_perceptual
     terms: Terms = {}  # a term whose weight is 0 is not computed (no network pass for it)
     if w.adv != 0:
         terms["adv"] = g_hinge_loss(disc(out))

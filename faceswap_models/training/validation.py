@@ -1,6 +1,6 @@
 """Quick validation of a swap generator during training: the evaluation's referee on a few val pairs.
 
-`SwapValidator(records, ...)` fixes, once, a seeded set of (source, target) pairs of *val*
+`SwapValidator(...)` (or `.from_records(val, train, ...)`) fixes, once, a seeded set of (source, target) pairs of *val*
 identities and an identity gallery (every val crop + a few crops of each train identity as
 distractors). `validator(generator)` swaps those pairs and scores the outputs the way the evaluate
 stage does (mediapipe face mesh first, a miss counts as wrong; dlib identity from the output's own
@@ -11,7 +11,8 @@ detected points; pose from the mesh's 3DMM fit):
     val/id_margin       mean cos(out, source) - cos(out, target) over detected outputs
     val/pose_error_deg  mean |pose(out) - pose(target)| over detected outputs
 
-About 10 s for 32 pairs on 2 CPU cores, so the loop runs it every `val_every` steps (params `train`).
+Set-up ≈ 25 s (the gallery's detection and embedding), then ≈ 3–4 s for 32 pairs on 2 CPU cores;
+the loop runs it every `train_swap.val_every` steps and at the end.
 """
 from __future__ import annotations
 
