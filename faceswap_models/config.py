@@ -121,8 +121,14 @@ class FusionConfig(_FromDict):
     heads: int = 12  # paper silent; same as the encoder
     mlp_ratio: float = 4.0
     num_blocks: int = 2
+    # Not in the paper (0 = off): a learnable locality prior on the cross-attention logits,
+    # -a_h * (grid distance between target and source patch)^2 with a_h = position_prior at init,
+    # so on aligned faces a target patch starts by reading the source patch at its own place.
+    position_prior: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.position_prior < 0:
+            raise ConfigError(f"fusion position_prior must be >= 0, got {self.position_prior}")
         if self.dim % self.heads:
             raise ConfigError(f"fusion dim {self.dim} not divisible by heads {self.heads}")
 
@@ -166,8 +172,16 @@ class SwapConfig(_FromDict):
     fusion: FusionConfig = field(default_factory=FusionConfig.paper)
     decoder: DecoderConfig = field(default_factory=DecoderConfig.paper)
     freeze_encoder: bool = True  # paper: "we fix the MAE encoder"
+    # Not in the paper (0 = off, the paper's Fswa): the target's inner face is low-passed (average over
+    # k x k pixels, upsampled back) inside a fixed soft ellipse of the aligned crop before encoding,
+    # so its identity detail can only come from the source. See SwapGenerator.target_input.
+    target_face_lowpass: int = 0
+    face_ellipse: tuple[float, float, float, float] = (0.56, 0.5, 0.33, 0.26)  # centre y, x; radius y, x (/ side)
 
     def __post_init__(self) -> None:
+        if self.target_face_lowpass < 0 or (self.target_face_lowpass and self.mae.img_size % self.target_face_lowpass):
+            raise ConfigError(f"target_face_lowpass {self.target_face_lowpass} must be 0 or divide "
+                              f"img_size {self.mae.img_size}")
         if not (self.mae.dim == self.fusion.dim == self.decoder.in_dim):
             raise ConfigError(f"mae.dim ({self.mae.dim}), fusion.dim ({self.fusion.dim}) and "
                               f"decoder.in_dim ({self.decoder.in_dim}) must be equal")

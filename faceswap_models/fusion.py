@@ -6,8 +6,10 @@ transformer blocks. Attention maps can be returned for the paper's Figure 13 vis
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,7 +24,7 @@ class CrossAttention(nn.Module):
     Q_t = W_q t, K_s = W_k s, V_s = W_v s, V_t = W_v t.
     """
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, position_prior: float = 0.0) -> None:
         super().__init__()
         assert dim % heads == 0
         self.heads, self.head_dim = heads, dim // heads
@@ -30,6 +32,19 @@ class CrossAttention(nn.Module):
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
+        self.position_prior = float(position_prior)
+        # per-head log-scale of the locality prior (learned; only with position_prior > 0)
+        self.prior_log_scale = nn.Parameter(torch.zeros(heads)) if position_prior > 0 else None
+
+    def locality_bias(self, n: int) -> Optional[Tensor]:
+        """(heads, n, n) logit bias -a_h * squared grid distance on a sqrt(n) x sqrt(n) grid, or None."""
+        if self.prior_log_scale is None:
+            return None
+        g = math.isqrt(n)
+        assert g * g == n, f"locality prior needs a square token grid, got {n} tokens"
+        yx = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1).reshape(n, 2)
+        d2 = (yx[:, None, :] - yx[None, :, :]).pow(2).sum(-1).to(self.prior_log_scale)  # (n, n)
+        return -(self.position_prior * self.prior_log_scale.exp())[:, None, None] * d2
 
     def _split(self, x: Tensor) -> Tensor:
         B, N, D = x.shape
@@ -45,11 +60,13 @@ class CrossAttention(nn.Module):
         q_t, k_s = self._split(self.q(t)), self._split(self.k(s))  # (B, h, Nt, hd), (B, h, Ns, hd)
         v_s, v_t = self._split(self.v(s)), self._split(self.v(t))  # (B, h, Ns, hd), (B, h, Nt, hd)
         attn: Optional[Tensor] = None
+        bias = self.locality_bias(Nt) if self.prior_log_scale is not None and Nt == s.shape[1] else None
         if return_attn:
-            attn = (q_t @ k_s.transpose(-2, -1) * self.head_dim**-0.5).softmax(dim=-1)  # (B, h, Nt, Ns)
+            logits = q_t @ k_s.transpose(-2, -1) * self.head_dim**-0.5  # (B, h, Nt, Ns)
+            attn = (logits if bias is None else logits + bias.to(logits.dtype)).softmax(dim=-1)
             agg = attn @ v_s  # (B, h, Nt, hd)
         else:
-            agg = F.scaled_dot_product_attention(q_t, k_s, v_s)  # (B, h, Nt, hd)
+            agg = F.scaled_dot_product_attention(q_t, k_s, v_s, attn_mask=None if bias is None else bias.to(q_t.dtype))
         v_fu = agg + v_t  # eq. (3)
         return self.proj(v_fu.transpose(1, 2).reshape(B, Nt, D)), attn  # (B, Nt, D)
 
@@ -57,11 +74,11 @@ class CrossAttention(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """Pre-norm cross-attention block: x = e_t + CA(LN(e_t), LN(e_s)); e_fu = x + MLP(LN(x))."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, position_prior: float = 0.0) -> None:
         super().__init__()
         self.norm_t = nn.LayerNorm(dim)
         self.norm_s = nn.LayerNorm(dim)
-        self.attn = CrossAttention(dim, heads)
+        self.attn = CrossAttention(dim, heads, position_prior)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * mlp_ratio))
 
@@ -77,7 +94,7 @@ class CrossAttentionFusion(nn.Module):
     def __init__(self, cfg: FusionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.cross = CrossAttentionBlock(cfg.dim, cfg.heads, cfg.mlp_ratio)
+        self.cross = CrossAttentionBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.position_prior)
         self.blocks = nn.ModuleList(TransformerBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.num_blocks))
         self.norm = nn.LayerNorm(cfg.dim)
         init_vit_weights(self)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceswap_models.config import SwapConfig
@@ -33,6 +34,17 @@ class SwapGenerator(nn.Module):
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+        self.register_buffer("face_mask", face_ellipse_mask(cfg.mae.img_size, cfg.face_ellipse), persistent=False)
+
+    def target_input(self, target: Tensor) -> Tensor:
+        """What the encoder sees of the target: itself (paper), or with cfg.target_face_lowpass = k its
+        inner face (soft ellipse `face_mask`) replaced by a k x k-average low-pass, which keeps pose,
+        illumination and coarse expression but not the detail identity lives in. (B, 3, H, W)."""
+        k = self.cfg.target_face_lowpass
+        if not k:
+            return target
+        low = F.interpolate(F.avg_pool2d(target, k), size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return target + self.face_mask * (low - target)
 
     def train(self, mode: bool = True) -> SwapGenerator:
         super().train(mode)
@@ -64,9 +76,18 @@ class SwapGenerator(nn.Module):
         """
         assert source.shape == target.shape, f"source {tuple(source.shape)} vs target {tuple(target.shape)}"
         B = source.shape[0]
-        e = self.encode(torch.cat([source, target]))  # (2B, N, L), one encoder pass
+        e = self.encode(torch.cat([source, self.target_input(target)]))  # (2B, N, L), one encoder pass
         e_s, e_t = e[:B], e[B:]  # (B, N, L) each
         if return_attn:
             e_o, attn = self.fusion(e_s, e_t, return_attn=True)
             return self.decoder(e_o), attn
         return self.decoder(self.fusion(e_s, e_t))  # (B, 3, H, W)
+
+
+def face_ellipse_mask(size: int, ellipse: tuple[float, float, float, float], edge: float = 0.15) -> Tensor:
+    """(1, 1, size, size) soft ellipse in [0, 1]: 1 inside, 0 outside, a linear ramp over `edge` of the
+    radius. ellipse = (centre y, centre x, radius y, radius x) as fractions of the side."""
+    cy, cx, ry, rx = ellipse
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    r = (((c[:, None] - cy) / ry) ** 2 + ((c[None, :] - cx) / rx) ** 2).sqrt()  # (size, size), 1 on the ellipse
+    return ((1 + edge - r) / edge).clamp(0, 1)[None, None]

@@ -55,6 +55,7 @@ def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
         "mae": mae.to_dict(),
         "fusion": {**cfg.fusion, "dim": mae.dim},
         "decoder": {**cfg.decoder, "in_dim": mae.dim, "grid_size": mae.grid_size},
+        "target_face_lowpass": cfg.target_face_lowpass,
     })
 
 

@@ -179,3 +179,7 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     assert copy["val/detection_rate"] >= 0.9 and copy["val/id_top1"] <= 0.2 and copy["val/id_margin"] < 0
     assert paste["val/id_top1"] >= 0.6 and paste["val/id_margin"] > 0
     assert copy["val/pose_error_deg"] < paste["val/pose_error_deg"]
+    # reconstructions G(s, s): noise draws no identity; copy and paste both return the source there,
+    # so their ceiling is high while only paste transfers it
+    assert noise["val/id_top1_self"] <= 0.3
+    assert copy["val/id_top1_self"] >= 0.6 and paste["val/id_top1_self"] >= 0.6

@@ -95,16 +95,19 @@ class _StageCommon:
 class MAEStageConfig(_StageCommon):
     """pretrain_mae: face MAE on the aligned training faces (MAE recipe: AdamW, betas 0.9/0.95)."""
 
-    steps: int = 60
+    steps: int = 1500
     batch_size: int = 16
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.95
     weight_decay: float = 0.05
+    val_every: int = 100  # masked reconstruction loss on fixed val faces every N steps (val/mae_loss); 0 = off
     model: dict[str, Any] = field(default_factory=dict)  # MAEConfig fields; img_size = image_size
 
     def validate(self) -> None:
         self._check("pretrain_mae")
+        if self.val_every < 0:
+            raise ConfigError("pretrain_mae.val_every must be >= 0")
         self.mae_config()
 
     def mae_config(self) -> MAEConfig:
@@ -150,13 +153,18 @@ class AuxStageConfig:
 class ShapeStageConfig(_StageCommon):
     """train_shape: Dshape (Gres + warp) against Dres. num_landmarks comes from the 3DMM model."""
 
+    steps: int = 100
     same_identity_ratio: float = 0.0  # Dshape pairs: I1's shape onto I2, any identities
+    val_every: int = 20  # landmark objective on fixed val pairs every N steps (val/ldmk vs val/ldmk_unwarped); 0 = off
+    val_pairs: int = 32
     model: dict[str, Any] = field(default_factory=dict)  # ShapeConfig fields (img_size, num_landmarks set here)
     disc: dict[str, Any] = field(default_factory=dict)  # DiscriminatorConfig fields
     weights: dict[str, Any] = field(default_factory=dict)  # ShapeLossWeights fields
 
     def validate(self) -> None:
         self._check("train_shape")
+        if self.val_every < 0 or self.val_pairs < 0:
+            raise ConfigError("train_shape.val_every and val_pairs must be >= 0")
         self.shape_config(17), self.disc_config(), self.loss_weights()
 
     def shape_config(self, num_landmarks: int) -> ShapeConfig:
@@ -191,6 +199,7 @@ class SwapStageConfig(_StageCommon):
     perceptual: str = "ssim"  # ssim: L1 + 1 - SSIM (offline default); shared: the identity encoder's features; vgg16 + weights
     perceptual_weights: str | None = None
     aux_cache_dir: str | None = None  # converted FaceNet cache (default $FACESWAP_CACHE_DIR or ~/.cache/faceswap)
+    target_face_lowpass: int = 0  # SwapConfig.target_face_lowpass (0: the paper's Fswa)
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig fields except dim
     decoder: dict[str, Any] = field(default_factory=dict)  # DecoderConfig fields except in_dim/grid_size
     disc: dict[str, Any] = field(default_factory=dict)

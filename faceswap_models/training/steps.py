@@ -107,6 +107,7 @@ class MAETask(TrainTask):
         self.modules = {"mae": mae}
         self.optimizers = {"mae": adam(mae.parameters(), lr, betas, weight_decay)}
         self.ema = ("mae",)
+        self.validate_module = "mae"
 
     def phases(self, step: int) -> list[Phase]:
         return [Phase("mae", "mae", lambda b: mae_terms(self.modules["mae"], b["image"]))]
@@ -169,6 +170,7 @@ class ShapeTask(TrainTask):
         self.modules = {"dshape": dshape, "dres": dres}
         self.optimizers = {"dshape": adam(dshape.parameters(), lr, betas), "dres": adam(dres.parameters(), lr, betas)}
         self.ema = ("dshape",)
+        self.validate_module = "dshape"
         self.aux, self.weights = aux, weights
 
     def to(self, device: torch.device) -> ShapeTask:
@@ -298,7 +300,12 @@ def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: B
             feats_t = aux.features(tgt["image"])
         terms["perc"] = perceptual_loss([f.float() for f in feats_o], [f.float() for f in feats_t])
     elif w.perc != 0:
-        terms["perc"] = structural_loss(out, tgt["image"])
+        # compared with what Fswa keeps of the target: all of it (paper); with target_face_lowpass,
+        # on cross-identity pairs only the inner face's low frequencies, so the term does not pull
+        # identity detail back to the target's (reconstruction pairs: all of it, the target is the answer)
+        keep = unwrap(gen).target_input
+        whole = batch["same_identity"].bool()[:, None, None, None]  # (B, 1, 1, 1)
+        terms["perc"] = structural_loss(torch.where(whole, out, keep(out)), torch.where(whole, tgt["image"], keep(tgt["image"])))
     pred = aux.regressor(out) if (w.exp != 0 or w.ldmk != 0 or use_flow) else None
     if w.exp != 0:
         with torch.no_grad():

@@ -10,8 +10,10 @@ detected points; pose from the mesh's 3DMM fit):
     val/id_top1         share whose nearest gallery identity (centres) is the source's
     val/id_margin       mean cos(out, source) - cos(out, target) over detected outputs
     val/pose_error_deg  mean |pose(out) - pose(target)| over detected outputs
+    val/id_top1_self    id_top1 of the reconstructions G(source, source): how much identity the
+                        generator can draw at all, the ceiling of val/id_top1
 
-Set-up ≈ 25 s (the gallery's detection and embedding), then ≈ 3–4 s for 32 pairs on 2 CPU cores;
+Set-up ≈ 25 s (the gallery's detection and embedding), then ≈ 6–8 s for 32 pairs (swaps and reconstructions) on 2 CPU cores;
 the loop runs it every `train_swap.val_every` steps and at the end.
 """
 from __future__ import annotations
@@ -80,21 +82,27 @@ class SwapValidator:
                    image_size, distractor_paths=d_paths, distractor_identities=d_ids, pairs=pairs, seed=seed)
 
     @torch.no_grad()
-    def outputs(self, generator: torch.nn.Module, batch_size: int = 16) -> np.ndarray:
-        """(P, S, S, 3) uint8 generator outputs, upsampled to the crop size as the evaluation does."""
+    def outputs(self, generator: torch.nn.Module, batch_size: int = 16, self_pairs: bool = False) -> np.ndarray:
+        """(P, S, S, 3) uint8 generator outputs, upsampled to the crop size as the evaluation does;
+        self_pairs: G(source, source) instead of G(source, target)."""
         device = next(generator.parameters()).device
         was_training = generator.training
         generator.eval()
         out = []
         for i in range(0, len(self.src), batch_size):
-            o = generator(self.source_t[i:i + batch_size].to(device), self.target_t[i:i + batch_size].to(device))
+            src = self.source_t[i:i + batch_size].to(device)
+            o = generator(src, src if self_pairs else self.target_t[i:i + batch_size].to(device))
             out.extend(cv2.resize(x, (self.crop_size,) * 2, interpolation=cv2.INTER_CUBIC) for x in to_uint8(o))
         generator.train(was_training)
         return np.stack(out)
 
     def __call__(self, generator: torch.nn.Module) -> dict[str, float]:
-        made = self.outputs(generator)
-        readings = [self.attr.read(c, fit=True) for c in made]
+        res = self._score(self.outputs(generator), fit=True)
+        own = self._score(self.outputs(generator, self_pairs=True), fit=False)  # reconstructions G(s, s)
+        return {**res, "val/id_top1_self": own["val/id_top1"]}
+
+    def _score(self, made: np.ndarray, fit: bool) -> dict[str, float]:
+        readings = [self.attr.read(c, fit=fit) for c in made]
         det = np.array([r is not None for r in readings], bool)
         n = len(made)
         rank = np.full(n, -1)
@@ -107,11 +115,79 @@ class SwapValidator:
             rank[idx] = E.retrieve_centres(emb, self.src_label[idx], self.gallery, self.gallery_labels,
                                            exclude=exclude).rank
             margin[idx] = E.id_margin(emb, self.gallery[self.src_gal[idx]], self.gallery[self.tgt_gal[idx]])
-            pose = np.array([readings[i].coeffs.pose for i in idx])
-            pose_err[idx] = E.pose_error(pose, self.target_pose[idx])
+            if fit:
+                pose = np.array([readings[i].coeffs.pose for i in idx])
+                pose_err[idx] = E.pose_error(pose, self.target_pose[idx])
         res: dict[str, Any] = {"val/detection_rate": float(det.mean()), "val/id_top1": E.top_k_rate(rank, 1),
                                "val/id_margin": E.nan_mean(margin), "val/pose_error_deg": E.nan_mean(pose_err)}
         return {k: float("nan") if v is None else float(v) for k, v in res.items()}
 
     def close(self) -> None:
         self.attr.close()
+
+
+class MAEValidator:
+    """Masked reconstruction loss of a FaceMAE on fixed val faces and fixed masks (`val/mae_loss`,
+    the pretraining objective: normalised-pixel MSE on the masked patches), so its curve shows when
+    pretraining plateaus. About 0.1 s for 64 faces at the demo size."""
+
+    def __init__(self, images: torch.Tensor, seed: int = 0) -> None:
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(f"MAEValidator needs (N, 3, S, S) images, got {tuple(images.shape)}")
+        self.images, self.seed = images, seed  # (N, 3, S, S) in [-1, 1]
+
+    @classmethod
+    def from_records(cls, val: FaceRecords, image_size: int, max_images: int = 64, seed: int = 0) -> MAEValidator:
+        from faceswap_models.training.data import FaceDataset
+        ds = FaceDataset(val, image_size)
+        n = min(max_images, len(ds))
+        if n == 0:
+            raise ValueError("MAEValidator: the val split has no faces")
+        return cls(torch.stack([ds[i]["image"] for i in range(n)]), seed)
+
+    @torch.no_grad()
+    def __call__(self, mae: torch.nn.Module) -> dict[str, float]:
+        was = mae.training
+        mae.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # the same masks every call
+            loss, _, _ = mae(self.images.to(next(mae.parameters()).device))
+        mae.train(was)
+        return {"val/mae_loss": float(loss)}
+
+
+class ShapeValidator:
+    """Dshape's landmark objective on fixed val pairs: `val/ldmk` = MSE (crop-side units²) between
+    the regressed contour of Gres(I2) and P12 (source shape, target pose), next to `val/ldmk_unwarped`,
+    the same for I2 itself (what doing nothing scores). A Dshape that learned to warp falls below it."""
+
+    def __init__(self, batch: dict, aux: Any) -> None:
+        self.batch, self.aux = batch, aux  # a collated PairDataset batch with p12; steps.ShapeAux
+        self.unwarped = self._ldmk(batch["target"]["image"])
+
+    @classmethod
+    def from_records(cls, val: FaceRecords, image_size: int, threedmm_model: str, aux: Any, pairs: int = 32,
+                     seed: int = 0) -> ShapeValidator:
+        from faceswap_models.training.data import PairDataset
+        ds = PairDataset(val, image_size, same_identity_ratio=0.0, seed=seed, threedmm_model=threedmm_model)
+        n = min(pairs, len(ds))
+        if n == 0:
+            raise ValueError("ShapeValidator: the val split has no pairs")
+        return cls(torch.utils.data.default_collate([ds[i] for i in range(n)]), aux)
+
+    @torch.no_grad()
+    def _ldmk(self, images: torch.Tensor) -> float:
+        from faceswap_models.losses import landmark_mse
+        from faceswap_models.training.steps import regressed_contour
+        lm, _ = regressed_contour(self.aux.regressor, self.aux.contour, images, self.aux.crop_size)  # (B, K, 2)
+        p12 = self.batch["p12"]
+        return float(landmark_mse(lm.to(p12.dtype), p12, images.shape[-1]))
+
+    @torch.no_grad()
+    def __call__(self, dshape: torch.nn.Module) -> dict[str, float]:
+        was = dshape.training
+        dshape.eval()
+        tgt = self.batch["target"]
+        i2_res, _ = dshape(tgt["image"], self.batch["p12"], tgt["contour"], tgt["parsing"])  # (B, 3, S, S)
+        dshape.train(was)
+        return {"val/ldmk": self._ldmk(i2_res), "val/ldmk_unwarped": self.unwarped}

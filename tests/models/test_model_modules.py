@@ -152,3 +152,49 @@ def test_patchify_roundtrip() -> None:
     from faceswap_models.layers import patchify, unpatchify
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(unpatchify(patchify(x, 8), 8), x)
+
+
+def test_target_face_lowpass_hides_inner_face_detail_only() -> None:
+    """target_face_lowpass = k: detail inside the face ellipse does not reach the encoder, detail
+    outside and the k x k means do; 0 (the paper) passes the target through untouched."""
+    import dataclasses
+
+    from faceswap_models.swap import face_ellipse_mask
+
+    mask = face_ellipse_mask(S, CFG.swap.face_ellipse)[0, 0]  # (S, S)
+    assert mask[int(0.56 * S), S // 2] == 1 and mask[0, 0] == 0 and mask[-1, -1] == 0
+    inner_blocks = -torch.nn.functional.max_pool2d(-mask[None, None], 4)[0, 0] == 1  # (S/4, S/4) blocks all inside
+    inner = inner_blocks.repeat_interleave(4, 0).repeat_interleave(4, 1)  # (S, S)
+    outer = mask == 0
+    assert inner.sum() >= 64
+    torch.manual_seed(0)
+    off = SwapGenerator(CFG.swap)
+    t = _imgs()
+    assert off.target_input(t) is t
+    on = SwapGenerator(dataclasses.replace(CFG.swap, target_face_lowpass=4))
+    # zero-mean detail in every 4 x 4 block, placed inside the face, then outside it
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(S // 2, S // 2) * 0.3  # (S, S)
+    inside = on.target_input(t + checker * inner) - on.target_input(t)
+    torch.testing.assert_close(inside, torch.zeros_like(inside), atol=1e-5, rtol=0)
+    outside = on.target_input(t + checker * outer) - on.target_input(t)
+    assert (outside.abs() * outer).amax() == pytest.approx(0.3)
+    with pytest.raises(Exception, match="target_face_lowpass"):
+        dataclasses.replace(CFG.swap, target_face_lowpass=5)
+
+
+def test_cafm_position_prior_starts_local_and_learns() -> None:
+    """fusion.position_prior > 0: at init a target patch attends mostly to the source patch at its own
+    place (nothing like that without it, the paper's CAFM, which has no prior parameter at all)."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    e_s, e_t = torch.randn(2, N, D), torch.randn(2, N, D)
+    plain = CrossAttentionFusion(CFG.swap.fusion)
+    assert plain.cross.attn.prior_log_scale is None
+    local = CrossAttentionFusion(dataclasses.replace(CFG.swap.fusion, position_prior=2.0))
+    own = lambda f: f(e_s, e_t, return_attn=True)[1].diagonal(dim1=-2, dim2=-1).mean().item()  # noqa: E731
+    assert own(local) > 0.4 > 2 / N > own(plain) - 0.1
+    out, _ = local(e_s, e_t, return_attn=True)
+    torch.testing.assert_close(out, local(e_s, e_t), rtol=1e-5, atol=1e-5)  # both attention paths use it
+    local(e_s, e_t).pow(2).mean().backward()
+    assert local.cross.attn.prior_log_scale.grad.abs().sum() > 0

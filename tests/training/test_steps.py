@@ -65,6 +65,43 @@ def test_mae_step_reduces_loss(face_batch):
     assert after < 0.8 * before, (before, after)
 
 
+def test_mae_validator_fixed_masks_and_tells_trained_from_init(face_batch, train_records):
+    from faceswap_models.training.validation import MAEValidator
+
+    val = MAEValidator.from_records(train_records, SIZE, max_images=8)
+    assert val.images.shape == (8, 3, SIZE, SIZE)
+    task = mae_task()
+    mae = task.modules["mae"]
+    init = val(mae)["val/mae_loss"]
+    assert val(mae)["val/mae_loss"] == init  # the same masks every call
+    assert mae.training  # left as it was
+    run_steps(task, face_batch, 25)
+    assert val(mae)["val/mae_loss"] < 0.8 * init
+    with pytest.raises(ValueError, match="images"):
+        MAEValidator(torch.zeros(0, 3, SIZE, SIZE))
+
+
+def test_shape_validator_scores_the_warp_against_doing_nothing(train_records, train_tables):
+    from faceswap_models.training.validation import ShapeValidator
+
+    task = shape_task(train_tables["threedmm_model"])
+    val = ShapeValidator.from_records(train_records, SIZE, train_tables["threedmm_model"], task.aux, pairs=4)
+
+    class Identity(torch.nn.Module):  # a Dshape that leaves I2 as it is
+        def forward(self, i2, p12, contour, parsing):
+            return i2, torch.zeros(i2.shape[0], 2, *i2.shape[2:])
+
+    class Blank(Identity):  # one that erases the face
+        def forward(self, i2, p12, contour, parsing):
+            return torch.zeros_like(i2), torch.zeros(i2.shape[0], 2, *i2.shape[2:])
+
+    same = val(Identity())
+    assert same["val/ldmk"] == pytest.approx(same["val/ldmk_unwarped"]) and same["val/ldmk_unwarped"] > 0
+    assert val(Blank())["val/ldmk"] != pytest.approx(same["val/ldmk_unwarped"])
+    m = val(task.modules["dshape"])
+    assert np.isfinite(m["val/ldmk"]) and task.modules["dshape"].training
+
+
 def test_shape_generator_loss_falls_and_d_phase_leaves_gres_alone(pair_batch, train_tables):
     task = shape_task(train_tables["threedmm_model"])
     before = phase_total(task, "g", pair_batch)
@@ -224,3 +261,37 @@ def test_input_sensitivity_tells_copy_from_paste():
     assert input_sensitivity(Fixed("target"), s, t, "source") == 0.0
     assert input_sensitivity(Fixed("source"), s, t, "source") == pytest.approx(1.0)
     assert input_sensitivity(Fixed("target"), s, t, "target") == pytest.approx(1.0)
+
+
+def test_ssim_term_ignores_inner_face_detail_when_fswa_lowpasses_the_target(pair_batch):
+    """With target_face_lowpass the structural term compares, on cross-identity pairs, only what Fswa
+    keeps of the target: detail added inside the face ellipse does not change it, detail outside
+    does; on reconstruction pairs (the target is the answer) all of it counts."""
+    import dataclasses
+
+    from faceswap_models.config import SwapConfig, SwapLossWeights
+    from faceswap_models.swap import SwapGenerator
+    from faceswap_models.training.steps import SwapAux, swap_generator_terms
+
+    class Fixed(SwapGenerator):  # outputs a given image, keeps SwapGenerator.target_input
+        def forward(self, source, target):
+            return self.out
+
+    aux = SwapAux(identity=None, perceptual="ssim", regressor=None, dshape=None, contour=None, crop_size=64)
+    w = SwapLossWeights(adv=0, rec=0, id=0, exp=0, ldmk=0, perc=1, flow=0)
+    tgt = pair_batch["target"]["image"]
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(SIZE // 2, SIZE // 2) * 0.2  # zero mean per 4x4
+
+    def perc(k: int, detail: torch.Tensor, same: bool = False) -> float:
+        g = Fixed(dataclasses.replace(SwapConfig.tiny(), target_face_lowpass=k))
+        g.out = tgt + detail
+        batch = {**pair_batch, "same_identity": torch.full((len(tgt),), same)}
+        return float(swap_generator_terms(g, None, aux, batch, w, use_flow=False)["perc"])
+
+    m = Fixed(dataclasses.replace(SwapConfig.tiny(), target_face_lowpass=4)).face_mask[0, 0]
+    inner_blocks = -torch.nn.functional.max_pool2d(-m[None, None], 4)[0, 0] == 1
+    inner = inner_blocks.repeat_interleave(4, 0).repeat_interleave(4, 1).float()
+    assert perc(4, 0 * checker) == pytest.approx(0, abs=1e-6)
+    assert perc(4, checker * inner) == pytest.approx(0, abs=1e-5)  # inner detail: not the target's to keep
+    assert perc(4, checker * (m == 0)) > 0.01 and perc(0, checker * inner) > 0.01  # outside / paper: counted
+    assert perc(4, checker * inner, same=True) > 0.01  # reconstruction pairs: counted
