@@ -60,7 +60,7 @@ class CrossAttention(nn.Module):
         q_t, k_s = self._split(self.q(t)), self._split(self.k(s))  # (B, h, Nt, hd), (B, h, Ns, hd)
         v_s, v_t = self._split(self.v(s)), self._split(self.v(t))  # (B, h, Ns, hd), (B, h, Nt, hd)
         attn: Optional[Tensor] = None
-        bias = self.locality_bias(Nt) if self.prior_log_scale is not None and Nt == s.shape[1] else None
+        bias = self.locality_bias(Nt) if Nt == s.shape[1] else None  # (h, Nt, Ns) or None
         if return_attn:
             logits = q_t @ k_s.transpose(-2, -1) * self.head_dim**-0.5  # (B, h, Nt, Ns)
             attn = (logits if bias is None else logits + bias.to(logits.dtype)).softmax(dim=-1)

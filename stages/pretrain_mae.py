@@ -6,7 +6,6 @@ Runs under Ray Train (params `train`) and resumes from `<train.checkpoint_root>/
 """
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,30 +19,18 @@ from faceswap_models.training.data import FaceDataset
 from faceswap_models.training.ray_runner import WorkerContext
 from faceswap_models.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
-    save_module_json, train_in_worker,
+    save_module_json, train_validated,
 )
 from faceswap_models.training.steps import MAETask
 from faceswap_models.training.validation import MAEValidator
 
 STAGE = "pretrain_mae"
 MODEL_NAME = "mae"
-log = logging.getLogger(__name__)
 
 
 def build_task(cfg: MAEStageConfig, seed: int) -> MAETask:
     torch.manual_seed(seed)  # identical initial weights on every rank
     return MAETask(FaceMAE(cfg.mae_config()), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-
-def make_validator(cfg: MAEStageConfig, data: DataPaths) -> MAEValidator | None:
-    """The val reconstruction curve (`val_every` > 0), or None when off or the val split is empty."""
-    if cfg.val_every <= 0:
-        return None
-    try:
-        return MAEValidator.from_records(data.records("val"), cfg.image_size)
-    except ValueError as e:
-        log.warning("%s: no in-training validation: %s", STAGE, e)
-        return None
 
 
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
@@ -53,9 +40,8 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     data: DataPaths = spec["data"]
     dataset = FaceDataset(data.records("train"), cfg.image_size, augment=cfg.augment_config(), seed=tcfg.seed)
     task = build_task(cfg, tcfg.seed)
-    validator = make_validator(cfg, data) if ctx.rank == 0 else None
-    result = train_in_worker(spec, ctx, task, dataset, STAGE, validate=validator,
-                             val_every=cfg.val_every if validator else 0)
+    result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every,  # the val reconstruction curve
+                             lambda: MAEValidator.from_records(data.records("val"), cfg.image_size))
     if ctx.rank != 0:
         return None
     mae = averaged(task.modules["mae"], result, "mae").cpu()

@@ -11,7 +11,6 @@ Outputs (`--out-dir`, default models/shape/): `dshape.safetensors` (EMA weights)
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from faceswap_models.training.data import PairDataset
 from faceswap_models.training.ray_runner import WorkerContext
 from faceswap_models.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
-    save_module_json, train_in_worker,
+    save_module_json, train_validated,
 )
 from faceswap_models.training.steps import ShapeAux, ShapeTask
 from faceswap_models.training.validation import ShapeValidator
@@ -39,7 +38,6 @@ from stages.train_aux import load_aux_regressor
 
 STAGE = "train_shape"
 MODEL_NAME = "dshape"
-log = logging.getLogger(__name__)
 
 
 def load_dshape(model_dir: str | Path) -> ShapeDiscriminator:
@@ -58,18 +56,6 @@ def build_task(cfg: ShapeStageConfig, contour: ContourProjector, aux_dir: str | 
                      lr=cfg.lr, betas=cfg.betas)
 
 
-def make_validator(cfg: ShapeStageConfig, data: DataPaths, task: ShapeTask) -> ShapeValidator | None:
-    """Dshape's val landmark curve (`val_every` > 0), or None when off or the val split is empty."""
-    if cfg.val_every <= 0:
-        return None
-    try:
-        return ShapeValidator.from_records(data.records("val"), cfg.image_size, data.threedmm_model, task.aux,
-                                           pairs=cfg.val_pairs, seed=0)
-    except ValueError as e:
-        log.warning("%s: no in-training validation: %s", STAGE, e)
-        return None
-
-
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     cfg: ShapeStageConfig = spec["cfg"]
     tcfg: TrainConfig = spec["train"]
@@ -77,9 +63,9 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
                           seed=tcfg.seed, augment=cfg.augment_config(), threedmm_model=data.threedmm_model)
     task = build_task(cfg, ContourProjector.load(data.threedmm_model), spec["aux_dir"], tcfg.seed)
-    validator = make_validator(cfg, data, task) if ctx.rank == 0 else None
-    result = train_in_worker(spec, ctx, task, dataset, STAGE, validate=validator,
-                             val_every=cfg.val_every if validator else 0)
+    result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every,  # Dshape's val landmark curve
+                             lambda: ShapeValidator.from_records(data.records("val"), cfg.image_size,
+                                                                 data.threedmm_model, task.aux, pairs=cfg.val_pairs))
     if ctx.rank != 0:
         return None
     net = averaged(task.modules["dshape"], result, "dshape").cpu()

@@ -11,7 +11,6 @@ generator.safetensors with the EMA weights + bundle.json with align size / templ
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from faceswap_models.training.data import PairDataset
 from faceswap_models.training.ray_runner import WorkerContext
 from faceswap_models.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
-    train_in_worker,
+    train_validated,
 )
 from faceswap_models.training.steps import SwapAux, SwapTask
 from faceswap_models.training.validation import SwapValidator
@@ -44,7 +43,6 @@ from stages.train_shape import MODEL_NAME as SHAPE_NAME
 from stages.train_shape import load_dshape
 
 STAGE = "train_swap"
-log = logging.getLogger(__name__)
 
 
 def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
@@ -101,19 +99,6 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
                     id_start_step=cfg.id_start_step)
 
 
-def make_validator(cfg: SwapStageConfig, data: DataPaths, seed: int) -> SwapValidator | None:
-    """The in-training val evaluation (`val_every` > 0), or None when off or the val split cannot
-    make pairs (fewer than 2 identities: said once, training goes on without it)."""
-    if cfg.val_every <= 0 or cfg.val_pairs <= 0:
-        return None
-    try:
-        return SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model, cfg.image_size,
-                             pairs=cfg.val_pairs, seed=seed)
-    except ValueError as e:
-        log.warning("%s: no in-training validation: %s", STAGE, e)
-        return None
-
-
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     cfg: SwapStageConfig = spec["cfg"]
     tcfg: TrainConfig = spec["train"]
@@ -124,13 +109,11 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
                       threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"),
                       stats_every=tcfg.log_every)
-    validator = make_validator(cfg, data, tcfg.seed) if ctx.rank == 0 else None
-    try:
-        result = train_in_worker(spec, ctx, task, dataset, STAGE, validate=validator,
-                                 val_every=cfg.val_every if validator else 0)
-    finally:
-        if validator is not None:
-            validator.close()
+    # the in-training val evaluation; a val split with fewer than 2 identities: said once, no validation
+    result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0,
+                             lambda: SwapValidator.from_records(data.records("val"), data.records("train"),
+                                                                data.threedmm_model, cfg.image_size,
+                                                                pairs=cfg.val_pairs, seed=tcfg.seed))
     if ctx.rank != 0:
         return None
     gen = averaged(task.modules["gen"], result, "gen").cpu()

@@ -12,10 +12,11 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from faceswap_common.cli import write_metrics
 from faceswap_common.io import absolute_tracking_uri, atomic_write_text, fingerprint, sha256_file
@@ -24,6 +25,8 @@ from faceswap_models.training.config import TrainConfig
 from faceswap_models.training.data import FaceRecords
 from faceswap_models.training.loop import METRICS_FILE
 from faceswap_models.training.ray_runner import run_workers
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,25 @@ def load_stage_params(params_path: str | os.PathLike, stage: str, checkpoint_roo
     if checkpoint_root:
         tcfg = dataclasses.replace(tcfg, checkpoint_root=checkpoint_root)
     return params, tcfg, params[stage]
+
+
+def train_validated(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str, val_every: int,
+                    build_validator: Callable[[], Any]) -> Any:
+    """`train_in_worker` with an in-training validator on rank 0 every `val_every` steps (0 = none).
+    `build_validator()` makes it; a ValueError from it (e.g. a val split too small) is logged once and
+    training goes on without. The validator's `close()`, if it has one, runs when the loop ends."""
+    validator = None
+    if ctx.rank == 0 and val_every > 0:
+        try:
+            validator = build_validator()
+        except ValueError as e:
+            log.warning("%s: no in-training validation: %s", desc, e)
+    try:
+        return train_in_worker(spec, ctx, task, dataset, desc, validate=validator,
+                               val_every=val_every if validator is not None else 0)
+    finally:
+        if hasattr(validator, "close"):
+            validator.close()
 
 
 def train_in_worker(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str, **loop_kw: Any) -> Any:

@@ -28,7 +28,9 @@ from faceswap_common.images import read_rgb
 from faceswap_common.threedmm import LinearFaceModel
 from faceswap_models import evaluation as E
 from faceswap_models.eval_features import DlibRecogniser, FaceAttributes, to_tensor, to_uint8
-from faceswap_models.training.data import FaceRecords
+from faceswap_models.losses import landmark_mse
+from faceswap_models.training.data import FaceDataset, FaceRecords, PairDataset
+from faceswap_models.training.steps import regressed_contour
 
 
 class SwapValidator:
@@ -138,7 +140,6 @@ class MAEValidator:
 
     @classmethod
     def from_records(cls, val: FaceRecords, image_size: int, max_images: int = 64, seed: int = 0) -> MAEValidator:
-        from faceswap_models.training.data import FaceDataset
         ds = FaceDataset(val, image_size)
         n = min(max_images, len(ds))
         if n == 0:
@@ -168,7 +169,6 @@ class ShapeValidator:
     @classmethod
     def from_records(cls, val: FaceRecords, image_size: int, threedmm_model: str, aux: Any, pairs: int = 32,
                      seed: int = 0) -> ShapeValidator:
-        from faceswap_models.training.data import PairDataset
         ds = PairDataset(val, image_size, same_identity_ratio=0.0, seed=seed, threedmm_model=threedmm_model)
         n = min(pairs, len(ds))
         if n == 0:
@@ -177,8 +177,6 @@ class ShapeValidator:
 
     @torch.no_grad()
     def _ldmk(self, images: torch.Tensor) -> float:
-        from faceswap_models.losses import landmark_mse
-        from faceswap_models.training.steps import regressed_contour
         lm, _ = regressed_contour(self.aux.regressor, self.aux.contour, images, self.aux.crop_size)  # (B, K, 2)
         p12 = self.batch["p12"]
         return float(landmark_mse(lm.to(p12.dtype), p12, images.shape[-1]))
