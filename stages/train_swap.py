@@ -84,7 +84,8 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
     perceptual = (cfg.perceptual if cfg.perceptual in ("ssim", "shared")
                   else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
     aux = SwapAux(identity=identity, perceptual=perceptual, regressor=regressor, dshape=load_dshape(shape_dir),
-                  contour=ContourProjector.load(threedmm_model), crop_size=crop_size)
+                  contour=ContourProjector.load(threedmm_model), crop_size=crop_size,
+                  source_cache_size=cfg.source_embedding_cache)
     torch.manual_seed(seed)  # identical initial weights on every rank
     gen = SwapGenerator(scfg)
     gen.load_encoder_state(read_state_dict(Path(mae_dir) / f"{MAE_NAME}.safetensors"))

@@ -199,6 +199,7 @@ class SwapStageConfig(_StageCommon):
     perceptual: str = "ssim"  # ssim: L1 + 1 - SSIM (offline default); shared: the identity encoder's features; vgg16 + weights
     perceptual_weights: str | None = None
     aux_cache_dir: str | None = None  # converted FaceNet cache (default $FACESWAP_CACHE_DIR or ~/.cache/faceswap)
+    source_embedding_cache: int = 100000  # faces whose source identity embedding is computed once and kept; 0 = off
     target_face_lowpass: int = 0  # SwapConfig.target_face_lowpass (0: the paper's Fswa)
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig fields except dim
     decoder: dict[str, Any] = field(default_factory=dict)  # DecoderConfig fields except in_dim/grid_size
@@ -207,8 +208,9 @@ class SwapStageConfig(_StageCommon):
 
     def validate(self) -> None:
         self._check("train_swap")
-        if self.flow_start_step < 0 or self.id_start_step < 0 or self.val_every < 0 or self.val_pairs < 0:
-            raise ConfigError("train_swap.flow_start_step, id_start_step, val_every and val_pairs must be >= 0")
+        if min(self.flow_start_step, self.id_start_step, self.val_every, self.val_pairs, self.source_embedding_cache) < 0:
+            raise ConfigError("train_swap.flow_start_step, id_start_step, val_every, val_pairs and "
+                              "source_embedding_cache must be >= 0")
         if self.reconstruction_pairs not in ("same_image", "same_identity"):
             raise ConfigError(f"train_swap.reconstruction_pairs: expected same_image or same_identity, "
                               f"got {self.reconstruction_pairs!r}")

@@ -14,7 +14,7 @@ PairDataset items {'source': face, 'target': face, 'same_identity', 'p12'} or Fa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
@@ -219,6 +219,8 @@ class SwapAux:
     contour: ContourProjector
     crop_size: int
     perceptual_layers: int = 4
+    source_cache_size: int = 0  # faces whose source embedding is kept (0: embed every source every step)
+    _source_cache: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.identity, self.perceptual, self.regressor, self.dshape, self.contour)
@@ -238,6 +240,24 @@ class SwapAux:
             emb, feats = self.identity(x, return_features=True)
             return emb, list(feats[: self.perceptual_layers])
         return self.identity(x), self.features(x)
+
+    @torch.no_grad()
+    def source_identity(self, images: Tensor, index: Tensor | None = None) -> Tensor:
+        """Identity embeddings (B, D) of the source faces `images` (B, 3, S, S). With a cache and the
+        faces' dataset rows `index` (B,), each face is embedded once (its first-seen augmented view;
+        FaceNet prewhitens, so colour jitter barely moves it) and reused: a fixed target per face."""
+        if self.source_cache_size <= 0 or index is None:
+            return self.identity(images)
+        keys = [int(i) for i in index]
+        miss = [j for j, k in enumerate(keys) if k not in self._source_cache]
+        if miss:
+            emb = self.identity(images[miss])  # (M, D)
+            for j, e in zip(miss, emb):
+                if len(self._source_cache) < self.source_cache_size:
+                    self._source_cache.setdefault(keys[j], e.detach().float().cpu())
+        fresh = dict(zip(miss, emb.float())) if miss else {}
+        return torch.stack([fresh[j] if j in fresh else self._source_cache[k].to(images.device)
+                            for j, k in enumerate(keys)])  # (B, D) float32
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Perceptual feature maps of x alone (no identity pass unless they are the identity encoder's)."""
@@ -290,8 +310,7 @@ def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: B
     feats_o: list[Tensor] = []
     if w.id != 0 and use_id:
         emb_o, feats_o = aux.identity_and_features(out, features=feat_perc)
-        with torch.no_grad():
-            emb_s = aux.identity(src["image"])
+        emb_s = aux.source_identity(src["image"], src.get("index"))
         terms["id"] = identity_loss(emb_o.float(), emb_s.float())
     elif feat_perc:
         feats_o = aux.features(out)

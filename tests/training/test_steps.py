@@ -295,3 +295,32 @@ def test_ssim_term_ignores_inner_face_detail_when_fswa_lowpasses_the_target(pair
     assert perc(4, checker * inner) == pytest.approx(0, abs=1e-5)  # inner detail: not the target's to keep
     assert perc(4, checker * (m == 0)) > 0.01 and perc(0, checker * inner) > 0.01  # outside / paper: counted
     assert perc(4, checker * inner, same=True) > 0.01  # reconstruction pairs: counted
+
+
+def test_source_embeddings_are_computed_once_per_face():
+    """With a cache, a face's source embedding is computed on its first sight and reused (the network
+    sees only the misses); without one, or without row indices, every call embeds every image."""
+    from faceswap_models.training.steps import SwapAux
+
+    seen = []
+
+    def identity(x):
+        seen.append(len(x))
+        return torch.nn.functional.normalize(x.flatten(1)[:, :8], dim=1)
+
+    torch.manual_seed(0)
+    imgs = torch.rand(4, 3, 8, 8) * 2 - 1
+    aux = SwapAux(identity=identity, perceptual="ssim", regressor=None, dshape=None, contour=None,
+                  crop_size=8, source_cache_size=10)
+    first = aux.source_identity(imgs, torch.tensor([0, 1, 2, 0]))
+    assert seen == [4]  # the first call embeds its misses (row 0 twice in one batch: both computed)
+    torch.testing.assert_close(first, identity(imgs))
+    seen.clear()
+    again = aux.source_identity(-imgs, torch.tensor([2, 1, 5, 0]))  # new pixels, rows 0-2 cached
+    assert seen == [1]  # only row 5 is new
+    torch.testing.assert_close(again[[0, 1, 3]], first[[2, 1, 0]])  # cached: the first views' embeddings
+    torch.testing.assert_close(again[2], identity(-imgs)[2])
+    off = SwapAux(identity=identity, perceptual="ssim", regressor=None, dshape=None, contour=None, crop_size=8)
+    seen.clear()
+    off.source_identity(imgs, torch.tensor([0, 1, 2, 3])), off.source_identity(imgs, torch.tensor([0, 1, 2, 3]))
+    assert seen == [4, 4]
