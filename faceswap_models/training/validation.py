@@ -10,8 +10,12 @@ detected points; pose from the mesh's 3DMM fit):
     val/id_top1         share whose nearest gallery identity (centres) is the source's
     val/id_margin       mean cos(out, source) - cos(out, target) over detected outputs
     val/pose_error_deg  mean |pose(out) - pose(target)| over detected outputs
+    val/expression_error  mean ||expression(out) - expression(target)|| (3DMM coefficients), when the
+                        target expressions are given (from_records does)
     val/id_top1_self    id_top1 of the reconstructions G(source, source): how much identity the
                         generator can draw at all, the ceiling of val/id_top1
+    val/expression_error_self  expression error of G(source, source) against the source: what the
+                        generator's fidelity alone costs the expression reading (the floor of val/expression_error)
 
 Set-up ≈ 25 s (the gallery's detection and embedding), then ≈ 6–8 s for 32 pairs (swaps and reconstructions) on 2 CPU cores;
 the loop runs it every `train_swap.val_every` steps and at the end.
@@ -36,11 +40,13 @@ from faceswap_models.training.steps import regressed_contour
 class SwapValidator:
     """Seeded val pairs + gallery, scored with the evaluation's detector and recogniser."""
 
-    def __init__(self, crop_paths: Sequence[str], identities: Sequence[str], target_pose: np.ndarray,
+    def __init__(self, crop_paths: Sequence[str], identities: Sequence[str], poses: np.ndarray,
                  threedmm_model: str, image_size: int, *, distractor_paths: Sequence[str] = (),
-                 distractor_identities: Sequence[str] = (), pairs: int = 32, seed: int = 0) -> None:
-        """crop_paths / identities / target_pose (N, 3): the val crops, their labels and 3DMM poses
-        (the threedmm stage's); distractor_*: extra gallery crops of other identities."""
+                 distractor_identities: Sequence[str] = (), pairs: int = 32, seed: int = 0,
+                 expressions: np.ndarray | None = None) -> None:
+        """crop_paths / identities / poses (N, 3) / expressions (N, E): the val crops, their
+        labels and 3DMM poses and expressions (the threedmm stage's); distractor_*: extra gallery crops
+        of other identities."""
         if len(set(identities)) < 2:
             raise ValueError(f"validation needs >= 2 val identities, got {len(set(identities))}")
         self.image_size = image_size
@@ -63,7 +69,8 @@ class SwapValidator:
         self.src, self.tgt = np.array(val_ok)[src], np.array(val_ok)[tgt]  # indices into the val rows
         self.src_gal, self.tgt_gal = src, tgt  # val rows come first in the gallery, in val_ok order
         self.src_label = ids[src]
-        self.target_pose = np.asarray(target_pose, np.float64)[self.tgt]  # (P, 3)
+        self.pose = np.asarray(poses, np.float64)  # (N, 3) of every val row
+        self.expression = None if expressions is None else np.asarray(expressions, np.float64)  # (N, E)
         small = [cv2.resize(c, (image_size,) * 2, interpolation=cv2.INTER_AREA) for c in crops]
         self.source_t = to_tensor([small[i] for i in self.src])  # (P, 3, s, s)
         self.target_t = to_tensor([small[i] for i in self.tgt])
@@ -81,7 +88,8 @@ class SwapValidator:
                     d_paths.append(train.crop_paths[i])
                     d_ids.append(name)
         return cls(val.crop_paths, [val.identities[i] for i in val.identity_index], val.pose, threedmm_model,
-                   image_size, distractor_paths=d_paths, distractor_identities=d_ids, pairs=pairs, seed=seed)
+                   image_size, distractor_paths=d_paths, distractor_identities=d_ids, pairs=pairs, seed=seed,
+                   expressions=val.expression)
 
     @torch.no_grad()
     def outputs(self, generator: torch.nn.Module, batch_size: int = 16, self_pairs: bool = False) -> np.ndarray:
@@ -100,16 +108,20 @@ class SwapValidator:
 
     def __call__(self, generator: torch.nn.Module) -> dict[str, float]:
         res = self._score(self.outputs(generator), fit=True)
-        own = self._score(self.outputs(generator, self_pairs=True), fit=False)  # reconstructions G(s, s)
-        return {**res, "val/id_top1_self": own["val/id_top1"]}
+        own = self._score(self.outputs(generator, self_pairs=True), fit=True, self_pairs=True)  # G(s, s)
+        return {**res, "val/id_top1_self": own["val/id_top1"],
+                **({"val/expression_error_self": own["val/expression_error"]} if "val/expression_error" in own else {})}
 
-    def _score(self, made: np.ndarray, fit: bool) -> dict[str, float]:
+    def _score(self, made: np.ndarray, fit: bool, self_pairs: bool = False) -> dict[str, float]:
+        """Scores of outputs for the pairs; self_pairs: they are G(s, s), so pose and expression are
+        compared with the source's."""
         readings = [self.attr.read(c, fit=fit) for c in made]
         det = np.array([r is not None for r in readings], bool)
         n = len(made)
         rank = np.full(n, -1)
         margin = np.full(n, np.nan)
         pose_err = np.full(n, np.nan)
+        exp_err = np.full(n, np.nan)
         if det.any():
             idx = np.flatnonzero(det)
             emb = self.rec.embed([made[i] for i in idx], [readings[i].landmarks5 for i in idx])
@@ -118,10 +130,16 @@ class SwapValidator:
                                            exclude=exclude).rank
             margin[idx] = E.id_margin(emb, self.gallery[self.src_gal[idx]], self.gallery[self.tgt_gal[idx]])
             if fit:
+                ref = self.src if self_pairs else self.tgt
                 pose = np.array([readings[i].coeffs.pose for i in idx])
-                pose_err[idx] = E.pose_error(pose, self.target_pose[idx])
+                pose_err[idx] = E.pose_error(pose, self.pose[ref[idx]])
+                if self.expression is not None:
+                    expr = np.array([readings[i].coeffs.expression for i in idx])
+                    exp_err[idx] = E.coeff_error(expr, self.expression[ref[idx]])
         res: dict[str, Any] = {"val/detection_rate": float(det.mean()), "val/id_top1": E.top_k_rate(rank, 1),
                                "val/id_margin": E.nan_mean(margin), "val/pose_error_deg": E.nan_mean(pose_err)}
+        if fit and self.expression is not None:
+            res["val/expression_error"] = E.nan_mean(exp_err)
         return {k: float("nan") if v is None else float(v) for k, v in res.items()}
 
     def close(self) -> None:
