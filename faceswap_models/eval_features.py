@@ -33,6 +33,16 @@ _DLIB_BOX = (1.65, 0.9, 1.3)
 # mediapipe FaceMesh indices of the 5 alignment points, in the ArcFace template's order (image-left
 # eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner).
 _MESH_EYE_LEFT, _MESH_EYE_RIGHT, _MESH_NOSE, _MESH_MOUTH = (33, 133), (362, 263), 1, (61, 291)
+# Face-oval point pairs (image-left, image-right) of the lower face: mandible angles, below them, mouth level.
+_MESH_JAW_PAIRS = ((172, 397), (136, 365), (58, 288))
+
+
+def mesh_jaw_width(mesh: np.ndarray) -> float:
+    """(468, 3) face-mesh points -> lower-face width (mean over `_MESH_JAW_PAIRS`) in units of the
+    outer-eye-corner distance, so it compares faces of any crop scale."""
+    m = np.asarray(mesh, np.float64)[:, :2]
+    width = np.mean([np.linalg.norm(m[a] - m[b]) for a, b in _MESH_JAW_PAIRS])
+    return float(width / max(np.linalg.norm(m[_MESH_EYE_LEFT[0]] - m[_MESH_EYE_RIGHT[1]]), 1e-6))
 
 
 def mesh_landmarks5(mesh: np.ndarray) -> np.ndarray:
@@ -167,6 +177,7 @@ class FaceReading:
 
     landmarks5: np.ndarray  # (5, 2) crop pixels, from the face mesh
     coeffs: Coefficients | None  # 3DMM fit of the mesh (None when not asked for)
+    jaw_width: float = float("nan")  # mesh_jaw_width: lower-face width / outer-eye-corner distance
 
 
 class FaceAttributes:
@@ -182,7 +193,7 @@ class FaceAttributes:
         mesh = self.landmarker(np.ascontiguousarray(crop))
         if mesh is None:
             return None
-        return FaceReading(mesh_landmarks5(mesh), self.model.fit(mesh) if fit else None)
+        return FaceReading(mesh_landmarks5(mesh), self.model.fit(mesh) if fit else None, mesh_jaw_width(mesh))
 
     def __call__(self, crop: np.ndarray) -> Coefficients | None:
         """(H, W, 3) uint8 -> coefficients, or None when the face mesh finds no face."""

@@ -167,6 +167,17 @@ def coeff_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)
 
 
+def jaw_shift(out: np.ndarray, source: np.ndarray, target: np.ndarray, min_gap: float,
+              wider: bool = True) -> np.ndarray:
+    """Share of the source-target jaw-width gap the output covers, (out - target) / (source - target),
+    on pairs whose source is wider (`wider`; else narrower) than the target by more than `min_gap`
+    (other pairs NaN): 0 = the target's contour, 1 = the source's. (N,) x3 -> (N,)."""
+    out, source, target = (np.asarray(x, np.float64) for x in (out, source, target))
+    gap = source - target
+    use = gap > min_gap if wider else gap < -min_gap
+    return np.where(use, (out - target) / np.where(use, gap, 1.0), np.nan)
+
+
 def pose_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """L2 of the (yaw, pitch, roll) difference in degrees, angles wrapped to [-180, 180); (N, 3) -> (N,)."""
     diff = (np.asarray(a, np.float64) - np.asarray(b, np.float64) + 180.0) % 360.0 - 180.0

@@ -64,6 +64,7 @@ class EvaluateConfig:
     inception_weights: str | None = None  # local torchvision inception_v3 weights -> FID; else offline substitute only
     hopenet_weights: str | None = None  # local Hopenet weights -> pose error from Hopenet; else from the 3DMM fit
     grid_rows: int = 8
+    jaw_min_gap: float = 0.05  # shape story: pairs whose source jaw is wider than the target's by more than this
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -206,12 +207,14 @@ def embed_detected(rec: Recogniser, crops: Sequence[np.ndarray | None], readings
 
 def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.ndarray, src: np.ndarray,
                    tgt: np.ndarray, refs: list[Coefficients], real_emb: np.ndarray, incep_real: np.ndarray | None,
-                   realism_name: str, hopenet_real: np.ndarray | None, n_boot: int, seed: int) -> tuple[dict, list[dict]]:
+                   realism_name: str, hopenet_real: np.ndarray | None, n_boot: int, seed: int,
+                   real_jaw: np.ndarray | None = None, jaw_min_gap: float = 0.05) -> tuple[dict, list[dict]]:
     """Summary metrics and per-pair rows of one method.
 
     gal_ids (G,), gallery (G, D): the retrieval gallery; src / tgt index both the gallery and refs
     (the test rows come first in the gallery). real_emb (T, D): embeddings of the real test crops
-    (the gallery's first T rows), the references of the ID margin.
+    (the gallery's first T rows), the references of the ID margin. real_jaw (T,): the real test
+    crops' jaw widths (`mesh_jaw_width`), the references of the shape story (`E.jaw_shift`).
     """
     det = out.detected  # (P,)
     n_pairs = len(src)
@@ -240,6 +243,13 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
     else:
         pose_err = E.pose_error(pose, np.array([refs[t].pose for t in tgt]))
     n_ids = len(np.unique(gal_ids))
+    jaw = {}
+    if real_jaw is not None:  # the shape story: does the jaw move toward a wider source's?
+        out_jaw = np.array([r.jaw_width if r is not None else np.nan for r in out.readings])
+        for side, wider in (("wider", True), ("narrower", False)):
+            shift = E.jaw_shift(out_jaw, real_jaw[src], real_jaw[tgt], jaw_min_gap, wider=wider)
+            jaw[f"jaw_shift_{side}_source"] = E.nan_mean(shift)
+            jaw[f"jaw_pairs_{side}"] = int(np.isfinite(shift).sum())
     summary = {
         "detection_rate": float(det.mean()), "detected": int(det.sum()), "misses": int(n_pairs - det.sum()),
         "id_top1": E.top_k_rate(rank_c, 1), "id_top5": E.top_k_rate(rank_c, 5),
@@ -247,7 +257,7 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
         "id_margin": E.nan_mean(margin), "id_margin_ci95_low": _f(lo), "id_margin_ci95_high": _f(hi),
         "shape_error": E.nan_mean(shape_err), "expression_error": E.nan_mean(exp_err), "pose_error_deg": E.nan_mean(pose_err),
         f"fid_{realism_name}": _f(E.fid_from_features(real_emb, out.emb[det])),
-        "gallery_identities": n_ids, "chance_top1": E.chance_top_k(n_ids, 1),
+        "gallery_identities": n_ids, "chance_top1": E.chance_top_k(n_ids, 1), **jaw,
     }
     if out.inception is not None and incep_real is not None:  # realism of everything produced, faces or not
         summary["fid_inception"] = _f(E.fid_from_features(incep_real, out.inception))
@@ -287,7 +297,8 @@ def grid_image(rows: list[list[np.ndarray | None]], cell: int = 128) -> np.ndarr
 
 HIGHER = {"detection_rate", "detected", "id_top1", "id_top5", "id_top1_all", "id_top5_all", "id_margin",
           "id_margin_ci95_low", "id_margin_ci95_high"}
-NEUTRAL = {"gallery_identities", "chance_top1"}
+NEUTRAL = {"gallery_identities", "chance_top1", "jaw_pairs_wider", "jaw_pairs_narrower", "jaw_shift_wider_source",
+           "jaw_shift_narrower_source"}  # 0 = the target's jaw, 1 = the source's: FlowFace++ aims toward 1 with the target's pose
 
 
 def report_markdown(m: dict) -> str:
@@ -324,6 +335,11 @@ def report_markdown(m: dict) -> str:
         "- id_top1/id_top5: nearest per-identity centre; *_all: nearest single gallery image. id_margin: mean "
         "cos(out, source) - cos(out, target) in the recogniser's space over detected outputs, with a bootstrap "
         "95 % interval (ci95_low / ci95_high).",
+        "- jaw_shift_wider_source / _narrower_source (the shape story): on the jaw_pairs_wider (narrower) pairs whose "
+        "source's lower face is wider (narrower) than the target's (face-mesh jaw width over the outer-eye-corner "
+        "distance), the share of that gap the output's jaw covers: 0 = the target's contour (copy_target), 1 = the "
+        "source's (paste_source). A real shape transfer moves both toward 1; an output that merely reads wider "
+        "(e.g. a blurred contour) scores high on the first and negative on the second.",
     ]
     if g["identities"] < MIN_GALLERY_IDENTITIES:
         lines.append(f"- Only {g['identities']} gallery identities (< {MIN_GALLERY_IDENTITIES}): retrieval says little.")
@@ -420,7 +436,9 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
     summaries, table = {}, []
     for name, out in outputs.items():
         summaries[name], prs = method_metrics(name, out, gal_ids, gallery, src, tgt, refs, real_emb, incep_real,
-                                              realism, hope_real, cfg.bootstrap, cfg.seed)
+                                              realism, hope_real, cfg.bootstrap, cfg.seed,
+                                              real_jaw=np.array([r.jaw_width for r in real_read[:n_test]]),
+                                              jaw_min_gap=cfg.jaw_min_gap)
         for r in prs:
             r["source_sha256"], r["target_sha256"] = rows[src[r["pair"]]]["sha256"], rows[tgt[r["pair"]]]["sha256"]
         table += prs

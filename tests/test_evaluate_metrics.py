@@ -162,6 +162,20 @@ def test_fid_self_zero_grows_with_noise_and_matches_closed_form():
     assert E.fid_from_features(a, b) == pytest.approx(cov, rel=1e-6)
 
 
+def test_jaw_shift_known_values():
+    """Share of the jaw gap covered, only where the source is wider by more than the gap threshold."""
+    out = np.array([1.0, 1.2, 1.1, 0.9, np.nan])
+    src = np.array([1.2, 1.2, 1.2, 1.0, 1.2])
+    tgt = np.array([1.0, 1.0, 1.0, 1.0, 1.0])
+    shift = E.jaw_shift(out, src, tgt, min_gap=0.05)
+    np.testing.assert_allclose(shift[:3], [0.0, 1.0, 0.5])
+    assert np.isnan(shift[3]) and np.isnan(shift[4])  # no gap / output without a face
+    assert np.isnan(E.jaw_shift(np.array([1.3]), np.array([1.04]), np.array([1.0]), 0.05)[0])
+    narrow = E.jaw_shift(np.array([1.1, 0.9]), np.array([0.8, 0.8]), np.array([1.0, 1.0]), 0.05, wider=False)
+    np.testing.assert_allclose(narrow, [-0.5, 0.5])  # wider than the target: away from the narrower source
+    assert np.isnan(E.jaw_shift(out, src, tgt, 0.05, wider=False)).all()
+
+
 def test_pose_and_coeff_errors():
     assert E.pose_error(np.array([[179.0, 0, 0]]), np.array([[-179.0, 0, 0]]))[0] == pytest.approx(2.0)
     assert E.pose_error(np.array([[3.0, 4.0, 0]]), np.zeros((1, 3)))[0] == pytest.approx(5.0)

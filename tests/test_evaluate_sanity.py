@@ -100,6 +100,10 @@ def test_baselines_on_real_faces_behave_as_defined(evaluated):
     assert paste["id_margin_ci95_low"] > 0 > copy["id_margin_ci95_high"]
     # pose / expression: copying the target matches them far better than pasting the source
     assert copy["pose_error_deg"] < paste["pose_error_deg"] and copy["expression_error"] < paste["expression_error"]
+    # the shape story: on pairs with a wider source, copying keeps the target's jaw, pasting has the source's
+    for side in ("wider", "narrower"):
+        assert copy[f"jaw_pairs_{side}"] >= 5 and paste[f"jaw_pairs_{side}"] == copy[f"jaw_pairs_{side}"]
+        assert abs(copy[f"jaw_shift_{side}_source"]) < 0.35 and abs(paste[f"jaw_shift_{side}_source"] - 1) < 0.35
 
 
 def test_random_init_bundle_scores_low_detection_and_fails_the_gate(evaluated):
