@@ -35,16 +35,19 @@ class CrossAttention(nn.Module):
         self.position_prior = float(position_prior)
         # per-head log-scale of the locality prior (learned; only with position_prior > 0)
         self.prior_log_scale = nn.Parameter(torch.zeros(heads)) if position_prior > 0 else None
+        # squared grid distances (n, n), built on first use for the token count seen (not saved)
+        self.register_buffer("grid_d2", torch.zeros(0, 0), persistent=False)
 
     def locality_bias(self, n: int) -> Optional[Tensor]:
         """(heads, n, n) logit bias -a_h * squared grid distance on a sqrt(n) x sqrt(n) grid, or None."""
         if self.prior_log_scale is None:
             return None
-        g = math.isqrt(n)
-        assert g * g == n, f"locality prior needs a square token grid, got {n} tokens"
-        yx = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1).reshape(n, 2)
-        d2 = (yx[:, None, :] - yx[None, :, :]).pow(2).sum(-1).to(self.prior_log_scale)  # (n, n)
-        return -(self.position_prior * self.prior_log_scale.exp())[:, None, None] * d2
+        if self.grid_d2.shape[0] != n:
+            g = math.isqrt(n)
+            assert g * g == n, f"locality prior needs a square token grid, got {n} tokens"
+            yx = torch.stack(torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij"), -1).reshape(n, 2)
+            self.grid_d2 = (yx[:, None, :] - yx[None, :, :]).pow(2).sum(-1).to(self.prior_log_scale)  # (n, n)
+        return -(self.position_prior * self.prior_log_scale.exp())[:, None, None] * self.grid_d2
 
     def _split(self, x: Tensor) -> Tensor:
         B, N, D = x.shape

@@ -433,12 +433,12 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
 
     realism = rec.name
     real_emb = gallery[:n_test]
+    real_jaw = np.array([r.jaw_width for r in real_read[:n_test]])  # (T,) the shape story's references
     summaries, table = {}, []
     for name, out in outputs.items():
         summaries[name], prs = method_metrics(name, out, gal_ids, gallery, src, tgt, refs, real_emb, incep_real,
                                               realism, hope_real, cfg.bootstrap, cfg.seed,
-                                              real_jaw=np.array([r.jaw_width for r in real_read[:n_test]]),
-                                              jaw_min_gap=cfg.jaw_min_gap)
+                                              real_jaw=real_jaw, jaw_min_gap=cfg.jaw_min_gap)
         for r in prs:
             r["source_sha256"], r["target_sha256"] = rows[src[r["pair"]]]["sha256"], rows[tgt[r["pair"]]]["sha256"]
         table += prs
