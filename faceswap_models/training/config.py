@@ -10,7 +10,9 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Mapping
+
+import yaml
 
 from faceswap_common.config import AlignConfig, ConfigError, from_dict, load_params
 from faceswap_models.auxiliary.regressor import RegressorAugment, RegressorConfig
@@ -235,12 +237,16 @@ STAGE_CONFIGS: dict[str, type] = {
 
 def load_training_params(params_path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
     """{'train': TrainConfig, 'align': AlignConfig, <stage>: <StageConfig>...} from one params file."""
-    params = load_params(Path(params_path))
+    return training_configs(load_params(Path(params_path)), str(params_path))
+
+
+def training_configs(params: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The typed training configs of a parsed params mapping (`where` names it in errors)."""
     out: dict[str, Any] = {"train": from_dict(TrainConfig, params.get("train", {}), "train"),
                            "align": from_dict(AlignConfig, params.get("align", {}), "align")}
     for name, cls in STAGE_CONFIGS.items():
         if name not in params:
-            raise ConfigError(f"{params_path}: no section {name!r}")
+            raise ConfigError(f"{where}: no section {name!r}")
         out[name] = from_dict(cls, params[name], name)
     return out
 
@@ -280,22 +286,23 @@ def overlay_sections(base_text: str, overlay_text: str, sections: tuple[str, ...
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m faceswap_models.training.config --paper [--params params.yaml]`: switch to the paper recipe."""
+    """`python -m faceswap_models.training.config --paper | --recipe FILE [--params params.yaml]`: replace the
+    training sections of params.yaml by those of a recipe file (`--paper` = `--recipe params-paper.yaml`)."""
     import argparse
 
     from faceswap_common.io import atomic_write_text
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("--paper", action="store_true", help="copy the training sections of params-paper.yaml")
-    p.add_argument("--from", dest="src", default="params-paper.yaml")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--paper", action="store_true", help="the paper recipe, params-paper.yaml")
+    g.add_argument("--recipe", help="a recipe file holding the training sections (e.g. params-cpu.yaml)")
     p.add_argument("--params", default="params.yaml")
     a = p.parse_args(argv)
-    if not a.paper:
-        p.error("nothing to do (use --paper)")
-    text = overlay_sections(Path(a.params).read_text("utf-8"), Path(a.src).read_text("utf-8"))
+    src = "params-paper.yaml" if a.paper else a.recipe
+    text = overlay_sections(Path(a.params).read_text("utf-8"), Path(src).read_text("utf-8"))
+    training_configs(yaml.safe_load(text), f"{a.params} with {src}")  # validated before anything is written
     atomic_write_text(a.params, text)
-    load_training_params(a.params)  # validate
-    print(f"{a.params}: training sections replaced by those of {a.src}")
+    print(f"{a.params}: training sections replaced by those of {src}")
     return 0
 
 

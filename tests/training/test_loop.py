@@ -116,6 +116,26 @@ def test_paper_switch_replaces_only_training_sections():
     assert all(a[k] == p[k] for k in p) and all(a[k] == b[k] for k in b if k not in p)
 
 
+def test_recipe_switch_cli_rewrites_training_sections_and_refuses_a_bad_recipe(tmp_path):
+    """`--recipe FILE` puts FILE's training sections into params.yaml; an invalid recipe leaves it untouched."""
+    import yaml
+
+    from faceswap_models.training.config import main as config_main
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    recipe = tmp_path / "recipe.yaml"
+    text = (ROOT / "params-paper.yaml").read_text()
+    recipe.write_text(text)
+    assert config_main(["--recipe", str(recipe), "--params", str(params)]) == 0
+    assert yaml.safe_load(params.read_text())["train_swap"] == yaml.safe_load(text)["train_swap"]
+    before = params.read_text()
+    recipe.write_text(text.replace("  steps: 640000", "  steps: -5"))
+    with pytest.raises(Exception, match="steps"):
+        config_main(["--recipe", str(recipe), "--params", str(params)])
+    assert params.read_text() == before
+
+
 def test_validate_runs_every_val_every_steps_on_the_exported_weights(train_records, train_tables, tmp_path):
     """The loop calls `validate` at every val_every-th step and at the end, with a copy of the
     generator holding the EMA weights (what is exported), and logs its metrics at that step."""
