@@ -116,6 +116,19 @@ def test_paper_switch_replaces_only_training_sections():
     assert all(a[k] == p[k] for k in p) and all(a[k] == b[k] for k in b if k not in p)
 
 
+def test_cpu_recipe_differs_from_the_demo_only_where_its_header_says():
+    """params-cpu.yaml = params.yaml's training sections with a longer, faster Fswa run (docs/training.md)."""
+    import yaml
+
+    from faceswap_models.training.config import TRAINING_SECTIONS
+
+    base, cpu = (yaml.safe_load((ROOT / f).read_text()) for f in ("params.yaml", "params-cpu.yaml"))
+    assert set(cpu) == set(TRAINING_SECTIONS)
+    assert all(cpu[k] == base[k] for k in TRAINING_SECTIONS if k != "train_swap")
+    diff = {k: cpu["train_swap"][k] for k in cpu["train_swap"] if cpu["train_swap"][k] != base["train_swap"].get(k)}
+    assert diff == {"steps": 4000, "lr": 0.001, "beta1": 0.9, "same_identity_ratio": 0.8, "val_every": 500}
+
+
 def test_recipe_switch_cli_rewrites_training_sections_and_refuses_a_bad_recipe(tmp_path):
     """`--recipe FILE` puts FILE's training sections into params.yaml; an invalid recipe leaves it untouched."""
     import yaml
