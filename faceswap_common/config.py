@@ -22,10 +22,14 @@ class ConfigError(ValueError):
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    return parse_params(Path(path).read_text(encoding="utf-8"), str(path))
+
+
+def parse_params(text: str, where: str) -> dict[str, Any]:
+    """params YAML text -> its top-level mapping (`where` names the text in errors)."""
+    data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+        raise ConfigError(f"{where}: top level must be a mapping")
     return data
 
 

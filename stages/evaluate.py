@@ -208,7 +208,7 @@ def embed_detected(rec: Recogniser, crops: Sequence[np.ndarray | None], readings
 def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.ndarray, src: np.ndarray,
                    tgt: np.ndarray, refs: list[Coefficients], real_emb: np.ndarray, incep_real: np.ndarray | None,
                    realism_name: str, hopenet_real: np.ndarray | None, n_boot: int, seed: int,
-                   real_jaw: np.ndarray | None = None, jaw_min_gap: float = 0.05) -> tuple[dict, list[dict]]:
+                   *, real_jaw: np.ndarray, jaw_min_gap: float) -> tuple[dict, list[dict]]:
     """Summary metrics and per-pair rows of one method.
 
     gal_ids (G,), gallery (G, D): the retrieval gallery; src / tgt index both the gallery and refs
@@ -243,13 +243,12 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
     else:
         pose_err = E.pose_error(pose, np.array([refs[t].pose for t in tgt]))
     n_ids = len(np.unique(gal_ids))
-    jaw = {}
-    if real_jaw is not None:  # the shape story: does the jaw move toward a wider source's?
-        out_jaw = np.array([r.jaw_width if r is not None else np.nan for r in out.readings])
-        for side, wider in (("wider", True), ("narrower", False)):
-            shift = E.jaw_shift(out_jaw, real_jaw[src], real_jaw[tgt], jaw_min_gap, wider=wider)
-            jaw[f"jaw_shift_{side}_source"] = E.nan_mean(shift)
-            jaw[f"jaw_pairs_{side}"] = int(np.isfinite(shift).sum())
+    jaw = {}  # the shape story: does the jaw move toward a wider (narrower) source's?
+    out_jaw = np.array([r.jaw_width if r is not None else np.nan for r in out.readings])
+    for side, wider in (("wider", True), ("narrower", False)):
+        shift = E.jaw_shift(out_jaw, real_jaw[src], real_jaw[tgt], jaw_min_gap, wider=wider)
+        jaw[f"jaw_shift_{side}_source"] = E.nan_mean(shift)
+        jaw[f"jaw_pairs_{side}"] = int(np.isfinite(shift).sum())
     summary = {
         "detection_rate": float(det.mean()), "detected": int(det.sum()), "misses": int(n_pairs - det.sum()),
         "id_top1": E.top_k_rate(rank_c, 1), "id_top5": E.top_k_rate(rank_c, 5),

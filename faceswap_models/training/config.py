@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
-import yaml
-
-from faceswap_common.config import AlignConfig, ConfigError, from_dict, load_params
+from faceswap_common.config import AlignConfig, ConfigError, from_dict, load_params, parse_params
 from faceswap_models.auxiliary.regressor import RegressorAugment, RegressorConfig
 from faceswap_models.config import (
     DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, ShapeConfig, ShapeLossWeights, SwapLossWeights,
@@ -300,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     src = "params-paper.yaml" if a.paper else a.recipe
     text = overlay_sections(Path(a.params).read_text("utf-8"), Path(src).read_text("utf-8"))
-    training_configs(yaml.safe_load(text), f"{a.params} with {src}")  # validated before anything is written
+    where = f"{a.params} with {src}"
+    training_configs(parse_params(text, where), where)  # validated before anything is written
     atomic_write_text(a.params, text)
     print(f"{a.params}: training sections replaced by those of {src}")
     return 0
