@@ -177,8 +177,24 @@ class SwapConfig(_FromDict):
     # so its identity detail can only come from the source. See SwapGenerator.target_input.
     target_face_lowpass: int = 0
     face_ellipse: tuple[float, float, float, float] = (0.56, 0.5, 0.33, 0.26)  # centre y, x; radius y, x (/ side)
+    # With target_face_lowpass: soft ellipses (centre y, x, radius y, x / side; e.g. eyes and mouth of the
+    # aligned crop) low-passed over only target_spare_lowpass pixels (0: kept sharp), so the target's
+    # expression reaches the encoder while the rest of its inner face stays coarse.
+    target_face_spare: tuple[tuple[float, float, float, float], ...] = ()
+    target_spare_lowpass: int = 0
 
     def __post_init__(self) -> None:
+        try:
+            spare = tuple(tuple(float(v) for v in e) for e in self.target_face_spare)
+        except (TypeError, ValueError):
+            spare = ((),)
+        if any(len(e) != 4 for e in spare):
+            raise ConfigError(f"target_face_spare: expected a list of [centre y, centre x, radius y, radius x], "
+                              f"got {self.target_face_spare!r}")
+        object.__setattr__(self, "target_face_spare", spare)
+        if self.target_spare_lowpass < 0 or (self.target_spare_lowpass and self.mae.img_size % self.target_spare_lowpass):
+            raise ConfigError(f"target_spare_lowpass {self.target_spare_lowpass} must be 0 or divide "
+                              f"img_size {self.mae.img_size}")
         if self.target_face_lowpass < 0 or (self.target_face_lowpass and self.mae.img_size % self.target_face_lowpass):
             raise ConfigError(f"target_face_lowpass {self.target_face_lowpass} must be 0 or divide "
                               f"img_size {self.mae.img_size}")

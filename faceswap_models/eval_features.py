@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from faceswap_common.faces import align_face
 from faceswap_common.threedmm import Coefficients, LinearFaceModel, MeshLandmarker
@@ -43,6 +43,38 @@ def mesh_jaw_width(mesh: np.ndarray) -> float:
     m = np.asarray(mesh, np.float64)[:, :2]
     width = np.mean([np.linalg.norm(m[a] - m[b]) for a, b in _MESH_JAW_PAIRS])
     return float(width / max(np.linalg.norm(m[_MESH_EYE_LEFT[0]] - m[_MESH_EYE_RIGHT[1]]), 1e-6))
+
+
+# mediapipe FaceMesh indices of the expression measures: inner-lip centres (upper, lower), mouth corners
+# (image-left, image-right), eyelid centres (upper, lower) of each eye, brow points above each eye.
+_MESH_INNER_LIPS = (13, 14)
+_MESH_LIDS = ((159, 145), (386, 374))
+_MESH_BROWS = (105, 334)
+EXPRESSION_MEASURES = ("mouth_open", "mouth_width", "corner_lift", "eye_open_left", "eye_open_right",
+                       "brow_left", "brow_right")
+
+
+def mesh_expression(mesh: np.ndarray) -> np.ndarray:
+    """(468, 3) face-mesh points -> (7,) geometric expression measures (`EXPRESSION_MEASURES`) in units
+    of the outer-eye-corner distance, in the frame whose x axis is the eye line (so in-plane rotation,
+    translation and scale do not change them): mouth opening, mouth width, lift of the mouth corners
+    above the upper lip's centre (a smile; unchanged when only the jaw opens), each eye's opening,
+    each brow's height above its upper lid."""
+    m = np.asarray(mesh, np.float64)[:, :2]
+    left, right = m[_MESH_EYE_LEFT[0]], m[_MESH_EYE_RIGHT[1]]
+    d = max(float(np.linalg.norm(right - left)), 1e-6)
+    u = (right - left) / d  # eye line
+    v = np.array([-u[1], u[0]])  # perpendicular, pointing down the face (image y) for an upright face
+    p = (m - (left + right) / 2) @ np.stack([u, v], 1) / d  # (468, 2) in the eye-line frame
+    up, low = _MESH_INNER_LIPS
+    c0, c1 = _MESH_MOUTH
+    return np.array([
+        p[low, 1] - p[up, 1],
+        p[c1, 0] - p[c0, 0],
+        p[up, 1] - (p[c0, 1] + p[c1, 1]) / 2,
+        *(p[lo, 1] - p[hi, 1] for hi, lo in _MESH_LIDS),
+        *(p[lid, 1] - p[brow, 1] for brow, (lid, _) in zip(_MESH_BROWS, _MESH_LIDS)),
+    ])
 
 
 def mesh_landmarks5(mesh: np.ndarray) -> np.ndarray:
@@ -178,6 +210,7 @@ class FaceReading:
     landmarks5: np.ndarray  # (5, 2) crop pixels, from the face mesh
     coeffs: Coefficients | None  # 3DMM fit of the mesh (None when not asked for)
     jaw_width: float = float("nan")  # mesh_jaw_width: lower-face width / outer-eye-corner distance
+    expression: np.ndarray = field(default_factory=lambda: np.full(len(EXPRESSION_MEASURES), np.nan))  # (7,) mesh_expression
 
 
 class FaceAttributes:
@@ -193,7 +226,8 @@ class FaceAttributes:
         mesh = self.landmarker(np.ascontiguousarray(crop))
         if mesh is None:
             return None
-        return FaceReading(mesh_landmarks5(mesh), self.model.fit(mesh) if fit else None, mesh_jaw_width(mesh))
+        return FaceReading(mesh_landmarks5(mesh), self.model.fit(mesh) if fit else None, mesh_jaw_width(mesh),
+                           mesh_expression(mesh))
 
     def __call__(self, crop: np.ndarray) -> Coefficients | None:
         """(H, W, 3) uint8 -> coefficients, or None when the face mesh finds no face."""

@@ -167,6 +167,13 @@ def coeff_error(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=-1)
 
 
+def expression_geometry_error(out: np.ndarray, target: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """RMS over measures of (out - target) / scale: (N, K) x (N, K) x (K,) -> (N,); NaN rows stay NaN.
+    With scale = the real faces' std per measure, 1 is one standard deviation of the data's expressions."""
+    z = (np.asarray(out, np.float64) - np.asarray(target, np.float64)) / np.maximum(np.asarray(scale, np.float64), 1e-9)
+    return np.sqrt(np.mean(z**2, axis=-1))
+
+
 def jaw_shift(out: np.ndarray, source: np.ndarray, target: np.ndarray, min_gap: float,
               wider: bool = True) -> np.ndarray:
     """Share of the source-target jaw-width gap the output covers, (out - target) / (source - target),

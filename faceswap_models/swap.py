@@ -35,16 +35,23 @@ class SwapGenerator(nn.Module):
             self.encoder.requires_grad_(False)
             self.encoder.eval()
         self.register_buffer("face_mask", face_ellipse_mask(cfg.mae.img_size, cfg.face_ellipse), persistent=False)
+        spare = torch.zeros(1, 1, cfg.mae.img_size, cfg.mae.img_size)
+        for ellipse in cfg.target_face_spare:
+            spare = torch.maximum(spare, face_ellipse_mask(cfg.mae.img_size, ellipse, edge=0.3))
+        self.register_buffer("spare_mask", spare * self.face_mask, persistent=False)  # (1, 1, H, W)
 
     def target_input(self, target: Tensor) -> Tensor:
         """What the encoder sees of the target: itself (paper), or with cfg.target_face_lowpass = k its
         inner face (soft ellipse `face_mask`) replaced by a k x k-average low-pass, which keeps pose,
-        illumination and coarse expression but not the detail identity lives in. (B, 3, H, W)."""
+        illumination and coarse expression but not the detail identity lives in; inside `spare_mask`
+        (cfg.target_face_spare: eyes, mouth) only a cfg.target_spare_lowpass one. (B, 3, H, W)."""
         k = self.cfg.target_face_lowpass
         if not k:
             return target
-        low = F.interpolate(F.avg_pool2d(target, k), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        return target + self.face_mask * (low - target)
+        out = target + self.face_mask * (lowpass(target, k) - target)
+        if self.cfg.target_face_spare:
+            out = out + self.spare_mask * (lowpass(target, self.cfg.target_spare_lowpass) - out)
+        return out
 
     def train(self, mode: bool = True) -> SwapGenerator:
         super().train(mode)
@@ -82,6 +89,13 @@ class SwapGenerator(nn.Module):
             e_o, attn = self.fusion(e_s, e_t, return_attn=True)
             return self.decoder(e_o), attn
         return self.decoder(self.fusion(e_s, e_t))  # (B, 3, H, W)
+
+
+def lowpass(img: Tensor, k: int) -> Tensor:
+    """(B, C, H, W) averaged over k x k blocks and upsampled back bilinearly (k = 0 or 1: unchanged)."""
+    if k <= 1:
+        return img
+    return F.interpolate(F.avg_pool2d(img, k), size=img.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def face_ellipse_mask(size: int, ellipse: tuple[float, float, float, float], edge: float = 0.15) -> Tensor:

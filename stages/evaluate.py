@@ -208,13 +208,15 @@ def embed_detected(rec: Recogniser, crops: Sequence[np.ndarray | None], readings
 def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.ndarray, src: np.ndarray,
                    tgt: np.ndarray, refs: list[Coefficients], real_emb: np.ndarray, incep_real: np.ndarray | None,
                    realism_name: str, hopenet_real: np.ndarray | None, n_boot: int, seed: int,
-                   *, real_jaw: np.ndarray, jaw_min_gap: float) -> tuple[dict, list[dict]]:
+                   *, real_jaw: np.ndarray, jaw_min_gap: float, real_expression: np.ndarray) -> tuple[dict, list[dict]]:
     """Summary metrics and per-pair rows of one method.
 
     gal_ids (G,), gallery (G, D): the retrieval gallery; src / tgt index both the gallery and refs
     (the test rows come first in the gallery). real_emb (T, D): embeddings of the real test crops
     (the gallery's first T rows), the references of the ID margin. real_jaw (T,): the real test
     crops' jaw widths (`mesh_jaw_width`), the references of the shape story (`E.jaw_shift`).
+    real_expression (T, 7): the real test crops' geometric expression measures (`mesh_expression`),
+    the references of `expression_geometry_error` (scaled by their std over the T crops).
     """
     det = out.detected  # (P,)
     n_pairs = len(src)
@@ -242,6 +244,9 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
         pose_err = E.pose_error(pose, hopenet_real[tgt])
     else:
         pose_err = E.pose_error(pose, np.array([refs[t].pose for t in tgt]))
+    out_geo = np.array([r.expression if r is not None else np.full(real_expression.shape[1], np.nan)
+                        for r in out.readings]).reshape(n_pairs, real_expression.shape[1])
+    geo_err = E.expression_geometry_error(out_geo, real_expression[tgt], real_expression.std(0))
     n_ids = len(np.unique(gal_ids))
     jaw = {}  # the shape story: does the jaw move toward a wider (narrower) source's?
     out_jaw = np.array([r.jaw_width if r is not None else np.nan for r in out.readings])
@@ -255,6 +260,7 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
         "id_top1_all": E.top_k_rate(rank_a, 1), "id_top5_all": E.top_k_rate(rank_a, 5),
         "id_margin": E.nan_mean(margin), "id_margin_ci95_low": _f(lo), "id_margin_ci95_high": _f(hi),
         "shape_error": E.nan_mean(shape_err), "expression_error": E.nan_mean(exp_err), "pose_error_deg": E.nan_mean(pose_err),
+        "expression_geometry_error": E.nan_mean(geo_err),
         f"fid_{realism_name}": _f(E.fid_from_features(real_emb, out.emb[det])),
         "gallery_identities": n_ids, "chance_top1": E.chance_top_k(n_ids, 1), **jaw,
     }
@@ -270,6 +276,7 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
             "rank_all": int(rank_a[p]), "predicted_all": None if pred_a[p] is None else str(pred_a[p]),
             "id_margin": _f(margin[p]),
             "shape_error": _f(shape_err[p]), "expression_error": _f(exp_err[p]), "pose_error_deg": _f(pose_err[p]),
+            "expression_geometry_error": _f(geo_err[p]),
             "pose": None if not det[p] else pose[p].astype(np.float32).tolist(),
             "status": "ok" if det[p] else ("no_output" if fail else "no_face"),
             "detail": None if det[p] else (fail or "the evaluation's face detector (mediapipe face mesh) found no "
@@ -331,6 +338,10 @@ def report_markdown(m: dict) -> str:
         "- A model that only copies the target scores like `copy_target` (low pose/expression error, poor identity); "
         "one that pastes the source scores like `paste_source` (good identity and shape, large pose/expression error). "
         "A useful swap needs identity near `paste_source` *and* pose/expression near `copy_target`.",
+        "- expression_error: L2 of the learned 3DMM's expression coefficients; expression_geometry_error: RMS over "
+        "seven face-mesh measures (mouth opening, width and corner lift, eye openings, brow heights; eye-line frame, "
+        "units of the eye distance), each divided by its std over the real test crops, so 1 is one std of the data's "
+        "expressions (docs/evaluation.md says what each one sees).",
         "- id_top1/id_top5: nearest per-identity centre; *_all: nearest single gallery image. id_margin: mean "
         "cos(out, source) - cos(out, target) in the recogniser's space over detected outputs, with a bootstrap "
         "95 % interval (ci95_low / ci95_high).",
@@ -433,11 +444,13 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
     realism = rec.name
     real_emb = gallery[:n_test]
     real_jaw = np.array([r.jaw_width for r in real_read[:n_test]])  # (T,) the shape story's references
+    real_expression = np.stack([r.expression for r in real_read[:n_test]])  # (T, 7) geometric expression refs
     summaries, table = {}, []
     for name, out in outputs.items():
         summaries[name], prs = method_metrics(name, out, gal_ids, gallery, src, tgt, refs, real_emb, incep_real,
                                               realism, hope_real, cfg.bootstrap, cfg.seed,
-                                              real_jaw=real_jaw, jaw_min_gap=cfg.jaw_min_gap)
+                                              real_jaw=real_jaw, jaw_min_gap=cfg.jaw_min_gap,
+                                              real_expression=real_expression)
         for r in prs:
             r["source_sha256"], r["target_sha256"] = rows[src[r["pair"]]]["sha256"], rows[tgt[r["pair"]]]["sha256"]
         table += prs

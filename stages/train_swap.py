@@ -54,6 +54,8 @@ def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
         "fusion": {**cfg.fusion, "dim": mae.dim},
         "decoder": {**cfg.decoder, "in_dim": mae.dim, "grid_size": mae.grid_size},
         "target_face_lowpass": cfg.target_face_lowpass,
+        "target_face_spare": cfg.target_face_spare,
+        "target_spare_lowpass": cfg.target_spare_lowpass,
     })
 
 

@@ -355,3 +355,43 @@ def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
     save_bundle(tmp_path / "swap_wrong", b.generator, align_size=256, template_scale=SCALE)
     with pytest.raises(ValueError, match="256px"):
         _run(tmp_path, tmp_path / "swap_wrong", EvaluateConfig(pairs=2, blended=False))
+
+
+def _toy_mesh() -> np.ndarray:
+    """(468, 3) mesh with the points `mesh_expression` reads placed on an upright face (eye distance 2)."""
+    from faceswap_models import eval_features as F
+
+    m = np.zeros((468, 3))
+    m[F._MESH_EYE_LEFT[0], :2], m[F._MESH_EYE_RIGHT[1], :2] = (-1, 0), (1, 0)
+    m[13, :2], m[14, :2] = (0, 1.5), (0, 1.6)  # inner lips: opening 0.1
+    m[61, :2], m[291, :2] = (-0.5, 1.45), (0.5, 1.45)  # mouth corners, 0.05 above the upper lip
+    m[159, :2], m[145, :2], m[386, :2], m[374, :2] = (-0.6, -0.1), (-0.6, 0.1), (0.6, -0.1), (0.6, 0.1)  # lids
+    m[105, :2], m[334, :2] = (-0.6, -0.5), (0.6, -0.5)  # brows
+    return m
+
+
+def test_mesh_expression_reads_mouth_eyes_and_brows_whatever_the_face_placement() -> None:
+    """The seven measures in eye-distance units; in-plane rotation, scale and shift change nothing;
+    opening the mouth changes mouth_open alone, by the amount opened."""
+    from faceswap_models.eval_features import EXPRESSION_MEASURES, mesh_expression
+
+    m = _toy_mesh()
+    e = dict(zip(EXPRESSION_MEASURES, mesh_expression(m)))
+    assert e == pytest.approx({"mouth_open": 0.05, "mouth_width": 0.5, "corner_lift": 0.025, "eye_open_left": 0.1,
+                               "eye_open_right": 0.1, "brow_left": 0.2, "brow_right": 0.2})
+    a = np.deg2rad(25)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    moved = m.copy()
+    moved[:, :2] = 3.0 * m[:, :2] @ rot.T + (40, 17)
+    np.testing.assert_allclose(mesh_expression(moved), mesh_expression(m), atol=1e-12)
+    opened = m.copy()
+    opened[14, 1] += 0.4  # lower lip down by 0.2 eye distances
+    d = mesh_expression(opened) - mesh_expression(m)
+    assert d[0] == pytest.approx(0.2) and np.abs(d[1:]).max() < 1e-12
+
+
+def test_expression_geometry_error_is_rms_of_scaled_differences() -> None:
+    out = np.array([[1.0, 2.0], [np.nan, np.nan], [0.0, 0.0]])
+    tgt = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    err = E.expression_geometry_error(out, tgt, np.array([1.0, 2.0]))
+    assert err[0] == pytest.approx(np.sqrt(0.5)) and np.isnan(err[1]) and err[2] == 0

@@ -100,6 +100,7 @@ def test_baselines_on_real_faces_behave_as_defined(evaluated):
     assert paste["id_margin_ci95_low"] > 0 > copy["id_margin_ci95_high"]
     # pose / expression: copying the target matches them far better than pasting the source
     assert copy["pose_error_deg"] < paste["pose_error_deg"] and copy["expression_error"] < paste["expression_error"]
+    assert copy["expression_geometry_error"] < 0.6 * paste["expression_geometry_error"]
     # the shape story: on pairs with a wider source, copying keeps the target's jaw, pasting has the source's
     for side in ("wider", "narrower"):
         assert copy[f"jaw_pairs_{side}"] >= 5 and paste[f"jaw_pairs_{side}"] == copy[f"jaw_pairs_{side}"]
@@ -185,6 +186,7 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     assert paste["val/id_top1"] >= 0.6 and paste["val/id_margin"] > 0
     assert copy["val/pose_error_deg"] < paste["val/pose_error_deg"]
     assert copy["val/expression_error"] < paste["val/expression_error"]
+    assert copy["val/expression_geometry_error"] < 0.6 * paste["val/expression_geometry_error"]
     # G(s, s) = s for both: their expression floor is the real crop's own reading through 64 px
     assert paste["val/expression_error_self"] == pytest.approx(copy["val/expression_error"], abs=0.5)
     assert paste["val/expression_error_self"] < paste["val/expression_error"]

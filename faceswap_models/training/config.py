@@ -201,6 +201,8 @@ class SwapStageConfig(_StageCommon):
     aux_cache_dir: str | None = None  # converted FaceNet cache (default $FACESWAP_CACHE_DIR or ~/.cache/faceswap)
     source_embedding_cache: int = 100000  # faces whose source identity embedding is computed once and kept; 0 = off
     target_face_lowpass: int = 8  # SwapConfig.target_face_lowpass (0: the paper's Fswa)
+    target_face_spare: list[list[float]] = field(default_factory=list)  # SwapConfig.target_face_spare
+    target_spare_lowpass: int = 0  # SwapConfig.target_spare_lowpass
     fusion: dict[str, Any] = field(default_factory=dict)  # FusionConfig fields except dim
     decoder: dict[str, Any] = field(default_factory=dict)  # DecoderConfig fields except in_dim/grid_size
     disc: dict[str, Any] = field(default_factory=dict)

@@ -12,6 +12,8 @@ detected points; pose from the mesh's 3DMM fit):
     val/pose_error_deg  mean |pose(out) - pose(target)| over detected outputs
     val/expression_error  mean ||expression(out) - expression(target)|| (3DMM coefficients), when the
                         target expressions are given (from_records does)
+    val/expression_geometry_error  mean RMS of the face-mesh expression measures (mouth, eyes, brows;
+                        `mesh_expression`), output vs target, each over its std on the val crops
     val/id_top1_self    id_top1 of the reconstructions G(source, source): how much identity the
                         generator can draw at all, the ceiling of val/id_top1
     val/expression_error_self  expression error of G(source, source) against the source: what the
@@ -31,7 +33,7 @@ import torch
 from faceswap_common.images import read_rgb
 from faceswap_common.threedmm import LinearFaceModel
 from faceswap_models import evaluation as E
-from faceswap_models.eval_features import DlibRecogniser, FaceAttributes, to_tensor, to_uint8
+from faceswap_models.eval_features import EXPRESSION_MEASURES, DlibRecogniser, FaceAttributes, to_tensor, to_uint8
 from faceswap_models.losses import landmark_mse
 from faceswap_models.training.data import FaceDataset, FaceRecords, PairDataset
 from faceswap_models.training.steps import regressed_contour
@@ -70,6 +72,9 @@ class SwapValidator:
         self.src_gal, self.tgt_gal = src, tgt  # val rows come first in the gallery, in val_ok order
         self.src_label = ids[src]
         self.pose = np.asarray(poses, np.float64)  # (N, 3) of every val row
+        self.geometry = np.stack([r.expression if r is not None else np.full(len(EXPRESSION_MEASURES), np.nan)
+                                  for r in readings[: len(crops)]])  # (N, 7) mesh_expression of every val row
+        self.geometry_scale = np.nanstd(self.geometry[val_ok], axis=0)  # (7,)
         self.expression = None if expressions is None else np.asarray(expressions, np.float64)  # (N, E)
         small = [cv2.resize(c, (image_size,) * 2, interpolation=cv2.INTER_AREA) for c in crops]
         self.source_t = to_tensor([small[i] for i in self.src])  # (P, 3, s, s)
@@ -110,6 +115,7 @@ class SwapValidator:
         res = self._score(self.outputs(generator), fit=True)
         own = self._score(self.outputs(generator, self_pairs=True), fit=True, self_pairs=True)  # G(s, s)
         return {**res, "val/id_top1_self": own["val/id_top1"],
+                "val/expression_geometry_error_self": own["val/expression_geometry_error"],
                 **({"val/expression_error_self": own["val/expression_error"]} if "val/expression_error" in own else {})}
 
     def _score(self, made: np.ndarray, fit: bool, self_pairs: bool = False) -> dict[str, float]:
@@ -122,6 +128,7 @@ class SwapValidator:
         margin = np.full(n, np.nan)
         pose_err = np.full(n, np.nan)
         exp_err = np.full(n, np.nan)
+        geo_err = np.full(n, np.nan)
         if det.any():
             idx = np.flatnonzero(det)
             emb = self.rec.embed([made[i] for i in idx], [readings[i].landmarks5 for i in idx])
@@ -129,15 +136,18 @@ class SwapValidator:
             rank[idx] = E.retrieve_centres(emb, self.src_label[idx], self.gallery, self.gallery_labels,
                                            exclude=exclude).rank
             margin[idx] = E.id_margin(emb, self.gallery[self.src_gal[idx]], self.gallery[self.tgt_gal[idx]])
+            ref = self.src if self_pairs else self.tgt
+            geo_err[idx] = E.expression_geometry_error(np.array([readings[i].expression for i in idx]),
+                                                       self.geometry[ref[idx]], self.geometry_scale)
             if fit:
-                ref = self.src if self_pairs else self.tgt
                 pose = np.array([readings[i].coeffs.pose for i in idx])
                 pose_err[idx] = E.pose_error(pose, self.pose[ref[idx]])
                 if self.expression is not None:
                     expr = np.array([readings[i].coeffs.expression for i in idx])
                     exp_err[idx] = E.coeff_error(expr, self.expression[ref[idx]])
         res: dict[str, Any] = {"val/detection_rate": float(det.mean()), "val/id_top1": E.top_k_rate(rank, 1),
-                               "val/id_margin": E.nan_mean(margin), "val/pose_error_deg": E.nan_mean(pose_err)}
+                               "val/id_margin": E.nan_mean(margin), "val/pose_error_deg": E.nan_mean(pose_err),
+                               "val/expression_geometry_error": E.nan_mean(geo_err)}
         if fit and self.expression is not None:
             res["val/expression_error"] = E.nan_mean(exp_err)
         return {k: float("nan") if v is None else float(v) for k, v in res.items()}

@@ -182,6 +182,34 @@ def test_target_face_lowpass_hides_inner_face_detail_only() -> None:
         dataclasses.replace(CFG.swap, target_face_lowpass=5)
 
 
+def test_target_face_spare_lets_detail_through_only_inside_its_ellipses() -> None:
+    """target_face_spare: inside the spared ellipses (eyes, mouth) the target reaches the encoder
+    low-passed over target_spare_lowpass pixels only (0: sharp); elsewhere in the face the k x k
+    low-pass still removes detail. Malformed ellipses and non-dividing sizes are refused."""
+    import dataclasses
+
+    spare = ((0.72, 0.5, 0.1, 0.16),)  # a mouth ellipse (centre y, x, radius y, x)
+    cfg = dataclasses.replace(CFG.swap, target_face_lowpass=4, target_face_spare=[list(spare[0])])
+    assert cfg.target_face_spare == spare  # lists from YAML / JSON become tuples (bundle configs compare equal)
+    g = SwapGenerator(cfg)
+    sp = g.spare_mask[0, 0]  # (S, S)
+    assert sp[int(0.72 * S), S // 2] == 1 and sp[int(0.3 * S), S // 2] == 0
+    t = _imgs()
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(S // 2, S // 2) * 0.3  # (S, S), zero-mean per 2 x 2
+    diff = g.target_input(t + checker) - g.target_input(t)  # (B, 3, S, S)
+    assert diff[..., int(0.72 * S), S // 2].abs().min() == pytest.approx(0.3)  # spared: sharp
+    assert diff[..., int(0.45 * S), S // 2].abs().max() < 1e-5  # nose between eyes and mouth: low-passed
+    g2 = SwapGenerator(dataclasses.replace(cfg, target_spare_lowpass=2))
+    diff2 = g2.target_input(t + checker) - g2.target_input(t)
+    assert diff2[..., int(0.72 * S), S // 2].abs().max() < 1e-5  # 2 x 2 detail gone, 2 x 2 means kept
+    from faceswap_models.swap import lowpass
+    torch.testing.assert_close(g2.target_input(t)[..., int(0.72 * S), S // 2], lowpass(t, 2)[..., int(0.72 * S), S // 2])
+    with pytest.raises(Exception, match="target_face_spare"):
+        dataclasses.replace(cfg, target_face_spare=[[0.5, 0.5, 0.1]])
+    with pytest.raises(Exception, match="target_spare_lowpass"):
+        dataclasses.replace(cfg, target_spare_lowpass=3)
+
+
 def test_cafm_position_prior_starts_local_and_learns() -> None:
     """fusion.position_prior > 0: at init a target patch attends mostly to the source patch at its own
     place (nothing like that without it, the paper's CAFM, which has no prior parameter at all)."""

@@ -126,7 +126,8 @@ def test_cpu_recipe_differs_from_the_demo_only_where_its_header_says():
     assert set(cpu) == set(TRAINING_SECTIONS)
     assert all(cpu[k] == base[k] for k in TRAINING_SECTIONS if k != "train_swap")
     diff = {k: cpu["train_swap"][k] for k in cpu["train_swap"] if cpu["train_swap"][k] != base["train_swap"].get(k)}
-    assert diff == {"steps": 4000, "lr": 0.001, "beta1": 0.9, "same_identity_ratio": 0.8, "val_every": 500}
+    assert diff == {"steps": 4000, "lr": 0.001, "beta1": 0.9, "same_identity_ratio": 0.8, "val_every": 500,
+                    "target_face_spare": [[0.473, 0.387, 0.05, 0.075], [0.471, 0.605, 0.05, 0.075], [0.726, 0.493, 0.08, 0.13]]}
 
 
 def test_recipe_switch_cli_rewrites_training_sections_and_refuses_a_bad_recipe(tmp_path):
