@@ -22,6 +22,22 @@ def test_bundle_roundtrip(tmp_path):
         assert torch.equal(gen(x, x.flip(0)), b.generator(x, x.flip(0)))
 
 
+def test_bundle_keeps_the_target_low_pass_and_spared_regions(tmp_path):
+    """A bundle's SwapConfig (low-pass + eyes / mouth spared) comes back equal, so inference sees the
+    target exactly as training did."""
+    import dataclasses
+
+    cfg = dataclasses.replace(SwapConfig.tiny(), target_face_lowpass=4, target_spare_lowpass=2,
+                              target_face_spare=[[0.47, 0.39, 0.05, 0.075], [0.73, 0.49, 0.08, 0.13]])
+    torch.manual_seed(0)
+    gen = SwapGenerator(cfg)
+    save_bundle(tmp_path / "b", gen, align_size=32, template_scale=1.4)
+    b = load_bundle(tmp_path / "b")
+    assert b.swap == cfg and b.swap.target_face_spare[1] == (0.73, 0.49, 0.08, 0.13)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(b.generator.target_input(x), gen.target_input(x))
+
+
 def test_bundle_errors(tmp_path):
     with pytest.raises(WeightsError, match="not a swap-model bundle"):
         load_bundle(tmp_path)
