@@ -192,12 +192,10 @@ class SwapConfig(_FromDict):
             raise ConfigError(f"target_face_spare: expected a list of [centre y, centre x, radius y, radius x], "
                               f"got {self.target_face_spare!r}")
         object.__setattr__(self, "target_face_spare", spare)
-        if self.target_spare_lowpass < 0 or (self.target_spare_lowpass and self.mae.img_size % self.target_spare_lowpass):
-            raise ConfigError(f"target_spare_lowpass {self.target_spare_lowpass} must be 0 or divide "
-                              f"img_size {self.mae.img_size}")
-        if self.target_face_lowpass < 0 or (self.target_face_lowpass and self.mae.img_size % self.target_face_lowpass):
-            raise ConfigError(f"target_face_lowpass {self.target_face_lowpass} must be 0 or divide "
-                              f"img_size {self.mae.img_size}")
+        for name in ("target_face_lowpass", "target_spare_lowpass"):
+            k = getattr(self, name)
+            if k < 0 or (k and self.mae.img_size % k):
+                raise ConfigError(f"{name} {k} must be 0 or divide img_size {self.mae.img_size}")
         if not (self.mae.dim == self.fusion.dim == self.decoder.in_dim):
             raise ConfigError(f"mae.dim ({self.mae.dim}), fusion.dim ({self.fusion.dim}) and "
                               f"decoder.in_dim ({self.decoder.in_dim}) must be equal")
