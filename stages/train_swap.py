@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from faceswap_common.cli import parser
-from faceswap_common.config import AlignConfig
+from faceswap_common.config import AlignConfig, from_dict, load_params
 from faceswap_common.io import sha256_file
 from faceswap_common.weights import read_state_dict
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
@@ -34,9 +34,11 @@ from faceswap_models.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
     train_validated,
 )
+from faceswap_models.training.loop import load_best_state
 from faceswap_models.training.steps import SwapAux, SwapTask
-from faceswap_models.training.validation import SwapValidator
+from faceswap_models.training.validation import GateSelector, SwapValidator
 from stages.pretrain_mae import MODEL_NAME as MAE_NAME
+from stages.register import RegisterConfig
 from stages.train_aux import WEIGHTS as AUX_WEIGHTS
 from stages.train_aux import load_aux_regressor
 from stages.train_shape import MODEL_NAME as SHAPE_NAME
@@ -113,18 +115,26 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
                       threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"),
                       stats_every=tcfg.log_every)
     # the in-training val evaluation; a val split with fewer than 2 identities: said once, no validation
+    # export: best_val keeps the snapshot that passes most of the registry's gates on val
+    gate = spec["select"]
     result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0,
                              lambda: SwapValidator.from_records(data.records("val"), data.records("train"),
                                                                 data.threedmm_model, cfg.image_size,
-                                                                pairs=cfg.val_pairs, seed=tcfg.seed))
+                                                                pairs=cfg.val_pairs, seed=tcfg.seed),
+                             (lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))
+                             if cfg.export == "best_val" else None)
     if ctx.rank != 0:
         return None
     gen = averaged(task.modules["gen"], result, "gen").cpu()
+    selected = result.steps
+    if cfg.export == "best_val" and result.best is not None:
+        gen.load_state_dict(load_best_state(result.best))
+        selected = result.best["step"]
     align: AlignConfig = spec["align"]
     save_bundle(spec["out_dir"], gen, align_size=align.size, template_scale=align.template_scale,
-                meta={"stage": STAGE, "steps": result.steps, "image_size": cfg.image_size, "ema": True,
-                      "data_fingerprint": spec["key"]["data"]})
-    return loop_summary(result)
+                meta={"stage": STAGE, "steps": result.steps, "selected_step": selected, "export": cfg.export,
+                      "image_size": cfg.image_size, "ema": True, "data_fingerprint": spec["key"]["data"]})
+    return {**loop_summary(result), "selected_step": selected}
 
 
 def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path, out_dir: str | Path,
@@ -144,8 +154,12 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
             raise ValueError(f"init bundle {init_bundle}: {why}; fine-tuning needs the same architecture "
                              "(or train from scratch)")
         dirs["init_bundle"] = str(Path(init_bundle).resolve())
+    # export: best_val ranks val snapshots by the registry's gates (a params file without them: by ID top-1)
+    raw = load_params(params_path)
+    reg = from_dict(RegisterConfig, raw["register"], "register") if "register" in raw else RegisterConfig()
+    select = {"gates": reg.gates, "primary_metric": reg.primary_metric, "higher_is_better": reg.higher_is_better}
     return run_stage(STAGE, entry="stages.train_swap:worker",
-                     spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], **dirs},
+                     spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], "select": select, **dirs},
                      train_cfg=tcfg, key=key,
                      out_dir=out_dir, metrics_path=metrics, plots_path=plots)
 

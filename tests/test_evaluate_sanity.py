@@ -163,7 +163,7 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     the target is a face with the wrong identity; pasting the source is retrieved as the source."""
     from bench.evaluate import demo_bundle
     from faceswap_models.bundle import load_bundle
-    from faceswap_models.training.validation import SwapValidator
+    from faceswap_models.training.validation import GateSelector, SwapValidator
 
     work = prepared
     split = {r["sha256"]: r["split"] for r in read_table(work / "splits.parquet", SPLITS).to_pylist()}
@@ -179,8 +179,20 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     try:
         noise = v(load_bundle(demo_bundle(work / "rand", load_params(REPO / "params.yaml"))).generator)
         copy, paste = v(_Fixed("target")), v(_Fixed("source"))
+        reg = load_params(REPO / "params.yaml")["register"]
+        select = GateSelector(v, reg["gates"], reg["primary_metric"], reg["higher_is_better"])
+        keys = {name: select(vals) for name, vals in (("noise", noise), ("copy", copy), ("paste", paste))}
+        baselines = v.baselines()
     finally:
         v.close()
+    # export: best_val ranks snapshots by the registry's gates on val; each known-bad output fails some
+    n_gates = 1 + sum(len(b) if isinstance(b, list) else 1 for rule in reg["gates"].values() for b in rule.values())
+    assert all(k[0] < n_gates for k in keys.values())
+    assert baselines["copy_target"]["id_top1"] == pytest.approx(copy["val/id_top1"])
+    assert baselines["paste_source"]["expression_geometry_error"] == pytest.approx(
+        paste["val/expression_geometry_error"])
+    perfect = {**copy, "val/id_top1": 1.0, "val/id_margin": 0.2}  # the target's pose and expression, the source's identity
+    assert select(perfect)[0] == n_gates and select(perfect) > max(keys.values())
     assert noise["val/detection_rate"] <= 0.3 and noise["val/id_top1"] <= noise["val/detection_rate"]
     assert copy["val/detection_rate"] >= 0.9 and copy["val/id_top1"] <= 0.2 and copy["val/id_margin"] < 0
     assert paste["val/id_top1"] >= 0.6 and paste["val/id_margin"] > 0

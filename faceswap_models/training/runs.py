@@ -185,10 +185,11 @@ def load_stage_params(params_path: str | os.PathLike, stage: str, checkpoint_roo
 
 
 def train_validated(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str, val_every: int,
-                    build_validator: Callable[[], Any]) -> Any:
+                    build_validator: Callable[[], Any], build_select: Callable[[Any], Any] | None = None) -> Any:
     """`train_in_worker` with an in-training validator on rank 0 every `val_every` steps (0 = none).
     `build_validator()` makes it; a ValueError from it (e.g. a val split too small) is logged once and
-    training goes on without. The validator's `close()`, if it has one, runs when the loop ends."""
+    training goes on without. The validator's `close()`, if it has one, runs when the loop ends.
+    `build_select(validator)`: the loop's `select` (which validated snapshot to keep), when validating."""
     validator = None
     if ctx.rank == 0 and val_every > 0:
         try:
@@ -196,8 +197,9 @@ def train_validated(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, 
         except ValueError as e:
             log.warning("%s: no in-training validation: %s", desc, e)
     try:
+        select = build_select(validator) if validator is not None and build_select is not None else None
         return train_in_worker(spec, ctx, task, dataset, desc, validate=validator,
-                               val_every=val_every if validator is not None else 0)
+                               val_every=val_every if validator is not None else 0, select=select)
     finally:
         if hasattr(validator, "close"):
             validator.close()

@@ -24,12 +24,14 @@ the loop runs it every `train_swap.val_every` steps and at the end.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 
+from faceswap_common.gates import check_gates
 from faceswap_common.images import read_rgb
 from faceswap_common.threedmm import LinearFaceModel
 from faceswap_models import evaluation as E
@@ -80,6 +82,7 @@ class SwapValidator:
         self.source_t = to_tensor([small[i] for i in self.src])  # (P, 3, s, s)
         self.target_t = to_tensor([small[i] for i in self.tgt])
         self.chance_top1 = E.chance_top_k(len(np.unique(self.gallery_labels)), 1)
+        self._baselines: dict[str, dict[str, float]] | None = None
 
     @classmethod
     def from_records(cls, val: FaceRecords, train: FaceRecords | None, threedmm_model: str, image_size: int, *,
@@ -118,6 +121,22 @@ class SwapValidator:
                 "val/expression_geometry_error_self": own["val/expression_geometry_error"],
                 **({"val/expression_error_self": own["val/expression_error"]} if "val/expression_error" in own else {})}
 
+    def baselines(self) -> dict[str, dict[str, float]]:
+        """Scores of the evaluation's two sanity baselines on the val pairs, computed once: copy_target
+        (the target) and paste_source (the source), both through the model's size as its outputs are."""
+        if self._baselines is None:
+            def up(t: torch.Tensor) -> np.ndarray:
+                return np.stack([cv2.resize(x, (self.crop_size,) * 2, interpolation=cv2.INTER_CUBIC) for x in to_uint8(t)])
+            self._baselines = {name: {k.removeprefix("val/"): v for k, v in self._score(up(t), fit=True).items()}
+                               for name, t in (("copy_target", self.target_t), ("paste_source", self.source_t))}
+        return self._baselines
+
+    def eval_doc(self, vals: Mapping[str, float]) -> dict[str, Any]:
+        """`vals` (what a call returned) shaped like the evaluate stage's eval.json — model, baselines,
+        gallery — so the registry's gates (faceswap_common.gates) apply to val as they do to test."""
+        return {"model": {k.removeprefix("val/"): v for k, v in vals.items() if k.startswith("val/")},
+                "baselines": self.baselines(), "gallery": {"chance_top1": self.chance_top1}}
+
     def _score(self, made: np.ndarray, fit: bool, self_pairs: bool = False) -> dict[str, float]:
         """Scores of outputs for the pairs; self_pairs: they are G(s, s), so pose and expression are
         compared with the source's."""
@@ -154,6 +173,24 @@ class SwapValidator:
 
     def close(self) -> None:
         self.attr.close()
+
+
+class GateSelector:
+    """Ranks the val evaluations of one run by the registry's gates applied to val: the key is (gates
+    passed, primary metric signed so that larger is better); train_swap exports the snapshot with the
+    largest key (`train_swap.export: best_val`). Val identities are disjoint from test's, so the test
+    set that the registry judges stays unseen."""
+
+    def __init__(self, validator: SwapValidator, gates: Mapping[str, Any], primary_metric: str,
+                 higher_is_better: bool = True) -> None:
+        self.validator, self.gates, self.primary = validator, dict(gates), primary_metric
+        self.sign = 1.0 if higher_is_better else -1.0
+
+    def __call__(self, vals: Mapping[str, float]) -> tuple[float, float]:
+        results = check_gates(self.validator.eval_doc(vals), self.gates, self.primary)
+        value = results[0]["value"]  # the primary metric's implicit `finite` gate comes first
+        ranked = self.sign * value if results[0]["passed"] else -math.inf
+        return float(sum(r["passed"] for r in results)), ranked
 
 
 class MAEValidator:

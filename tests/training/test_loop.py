@@ -174,3 +174,42 @@ def test_validate_runs_every_val_every_steps_on_the_exported_weights(train_recor
     val_rows = {r["step"]: r["val/score"] for r in rows if "val/score" in r}
     assert val_rows == {2: 1.0, 4: 2.0, 5: 3.0}
     assert len(rows) == 5  # merged into the step's log line, not an extra row
+
+
+def test_select_keeps_the_best_validated_snapshot_across_resume(train_records, train_tables, tmp_path):
+    """With `select`, the validated weights with the largest key are kept in best_val.pt (a tie keeps
+    the earlier); a resumed run keeps ranking against it, and one from before a kept snapshot's step drops it."""
+    from faceswap_models.training.loop import BEST_FILE, load_best_state
+
+    task = swap_task(train_tables["threedmm_model"])
+    ds = PairDataset(train_records, SIZE, seed=0)
+    keys = {2: (1.0, 0.1), 4: (2.0, 0.0), 6: (2.0, 0.0), 8: (1.0, 9.0)}  # step -> key: best at step 4
+    weights: dict[int, torch.Tensor] = {}
+    step_of = iter(sorted(keys))
+
+    def validate(gen):
+        s = next(step_of)
+        weights[s] = next(p for n, p in gen.named_parameters() if n.startswith("decoder")).detach().clone()
+        return {"val/step": float(s)}
+
+    def select(vals):
+        return keys[int(vals["val/step"])]
+
+    cfg = LoopConfig(steps=8, batch_size=4, checkpoint_every=2, sample_every=0, log_every=1, ema_decay=0.9)
+    ck = tmp_path / "ck"
+    first = train(task, ds, cfg, ckpt_dir=ck, progress=False, validate=validate, val_every=2, select=select,
+                  stop_after=4)  # validated at 2 and 4, checkpoint at 4
+    assert first.best["step"] == 4
+    task2 = swap_task(train_tables["threedmm_model"])
+    res = train(task2, ds, cfg, ckpt_dir=ck, progress=False, validate=validate, val_every=2, select=select)
+    assert res.start_step == 4 and res.best["step"] == 4  # 6 ties, 8 passes fewer gates
+    name = next(k for k in load_best_state(res.best) if k.startswith("decoder"))
+    assert torch.equal(load_best_state(res.best)[name], weights[4])
+    assert not torch.equal(weights[4], weights[8])
+    rows = [json.loads(ln) for ln in (ck / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"]: r["val/best_step"] for r in rows if "val/best_step" in r} == {2: 2.0, 4: 4.0, 6: 4.0, 8: 4.0}
+    # a kept snapshot from after the checkpoint a run resumes from is dropped (those steps run again)
+    torch.save({"step": 99, "key": [9.0, 9.0], "state_dict": {}}, ck / BEST_FILE)
+    again = train(swap_task(train_tables["threedmm_model"]), ds, cfg, ckpt_dir=ck, progress=False,
+                  validate=validate, val_every=2, select=select)  # resumes at 8: nothing left to run
+    assert again.start_step == 8 and again.best is None and not (ck / BEST_FILE).exists()
