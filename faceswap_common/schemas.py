@@ -99,6 +99,7 @@ EVAL_PAIRS = pa.schema([  # stages/evaluate.py: one row per (pair, method)
     ("shape_error", pa.float32()),  # L2 of 3DMM identity coefficients, output vs source; null when no mesh
     ("expression_error", pa.float32()),  # L2 of expression coefficients, output vs target
     ("expression_geometry_error", pa.float32()),  # RMS of z-scored mesh expression measures, output vs target
+    ("expression_deviation_error", pa.float32()),  # the same as deviations from each person's mean (identity-relative)
     ("pose_error_deg", pa.float32()),  # L2 of (yaw, pitch, roll) output vs target, degrees
     ("pose", F32_LIST),  # (3,) output yaw, pitch, roll in degrees; null when no mesh
     ("status", pa.string()),  # ok | no_face (the evaluation's detector found none: a miss) | no_output

@@ -174,6 +174,33 @@ def expression_geometry_error(out: np.ndarray, target: np.ndarray, scale: np.nda
     return np.sqrt(np.mean(z**2, axis=-1))
 
 
+def identity_deviations(values: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-identity means of measures and the within-identity std: values (N, K), labels (N,) ->
+    (means (N, K): each row's identity mean, NaN rows ignored; within_std (K,): std of values - means)."""
+    values = np.asarray(values, np.float64)
+    labels = np.asarray(labels)
+    means = np.full_like(values, np.nan)
+    for lab in np.unique(labels):
+        rows = labels == lab
+        ok = rows & np.isfinite(values).all(1)
+        if ok.any():
+            means[rows] = values[ok].mean(0)
+    dev = values - means
+    return means, np.nanstd(dev[np.isfinite(dev).all(1)], axis=0)
+
+
+def expression_deviation_error(out: np.ndarray, out_identity_mean: np.ndarray, target: np.ndarray,
+                               target_identity_mean: np.ndarray, within_std: np.ndarray) -> np.ndarray:
+    """Identity-relative expression error: RMS over measures of ((out - mean of the identity out should
+    be) - (target - mean of the target's identity)) / within-identity std; (N, K) x4 x (K,) -> (N,).
+    Mouth, eye and brow geometry is mostly identity (ICC 0.5-0.9 on the demo corpus), so measuring the
+    output against the target's raw geometry rewards keeping the target's identity; measured as a
+    deviation from each person's own mean, an ideal swap (the source's geometry moved by the target's
+    expression) scores 0, pasting the source scores its expression gap, copying the target its identity gap."""
+    return expression_geometry_error(np.asarray(out, np.float64) - out_identity_mean,
+                                     np.asarray(target, np.float64) - target_identity_mean, within_std)
+
+
 def jaw_shift(out: np.ndarray, source: np.ndarray, target: np.ndarray, min_gap: float,
               wider: bool = True) -> np.ndarray:
     """Share of the source-target jaw-width gap the output covers, (out - target) / (source - target),

@@ -216,7 +216,9 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
     (the gallery's first T rows), the references of the ID margin. real_jaw (T,): the real test
     crops' jaw widths (`mesh_jaw_width`), the references of the shape story (`E.jaw_shift`).
     real_expression (T, 7): the real test crops' geometric expression measures (`mesh_expression`),
-    the references of `expression_geometry_error` (scaled by their std over the T crops).
+    the references of `expression_geometry_error` (scaled by their std over the T crops) and, as
+    deviations from each test identity's mean, of `expression_deviation_error` (scaled by the
+    within-identity std; the output is compared as the source's person).
     """
     det = out.detected  # (P,)
     n_pairs = len(src)
@@ -247,6 +249,8 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
     out_geo = np.array([r.expression if r is not None else np.full(real_expression.shape[1], np.nan)
                         for r in out.readings]).reshape(n_pairs, real_expression.shape[1])
     geo_err = E.expression_geometry_error(out_geo, real_expression[tgt], real_expression.std(0))
+    id_mean, within = E.identity_deviations(real_expression, gal_ids[: len(real_expression)])  # (T, 7), (7,)
+    dev_err = E.expression_deviation_error(out_geo, id_mean[src], real_expression[tgt], id_mean[tgt], within)
     n_ids = len(np.unique(gal_ids))
     jaw = {}  # the shape story: does the jaw move toward a wider (narrower) source's?
     out_jaw = np.array([r.jaw_width if r is not None else np.nan for r in out.readings])
@@ -260,7 +264,7 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
         "id_top1_all": E.top_k_rate(rank_a, 1), "id_top5_all": E.top_k_rate(rank_a, 5),
         "id_margin": E.nan_mean(margin), "id_margin_ci95_low": _f(lo), "id_margin_ci95_high": _f(hi),
         "shape_error": E.nan_mean(shape_err), "expression_error": E.nan_mean(exp_err), "pose_error_deg": E.nan_mean(pose_err),
-        "expression_geometry_error": E.nan_mean(geo_err),
+        "expression_geometry_error": E.nan_mean(geo_err), "expression_deviation_error": E.nan_mean(dev_err),
         f"fid_{realism_name}": _f(E.fid_from_features(real_emb, out.emb[det])),
         "gallery_identities": n_ids, "chance_top1": E.chance_top_k(n_ids, 1), **jaw,
     }
@@ -276,7 +280,7 @@ def method_metrics(name: str, out: Outputs, gal_ids: np.ndarray, gallery: np.nda
             "rank_all": int(rank_a[p]), "predicted_all": None if pred_a[p] is None else str(pred_a[p]),
             "id_margin": _f(margin[p]),
             "shape_error": _f(shape_err[p]), "expression_error": _f(exp_err[p]), "pose_error_deg": _f(pose_err[p]),
-            "expression_geometry_error": _f(geo_err[p]),
+            "expression_geometry_error": _f(geo_err[p]), "expression_deviation_error": _f(dev_err[p]),
             "pose": None if not det[p] else pose[p].astype(np.float32).tolist(),
             "status": "ok" if det[p] else ("no_output" if fail else "no_face"),
             "detail": None if det[p] else (fail or "the evaluation's face detector (mediapipe face mesh) found no "
@@ -341,7 +345,10 @@ def report_markdown(m: dict) -> str:
         "- expression_error: L2 of the learned 3DMM's expression coefficients; expression_geometry_error: RMS over "
         "seven face-mesh measures (mouth opening, width and corner lift, eye openings, brow heights; eye-line frame, "
         "units of the eye distance), each divided by its std over the real test crops, so 1 is one std of the data's "
-        "expressions (docs/evaluation.md says what each one sees).",
+        "expressions; expression_deviation_error (the gate): the same measures as deviations from each person's mean "
+        "over the test crops (the output as the source's person), divided by the within-person std — an ideal swap "
+        "scores 0, pasting the source its expression gap, copying the target its identity gap "
+        "(docs/evaluation.md says what each one sees).",
         "- id_top1/id_top5: nearest per-identity centre; *_all: nearest single gallery image. id_margin: mean "
         "cos(out, source) - cos(out, target) in the recogniser's space over detected outputs, with a bootstrap "
         "95 % interval (ci95_low / ci95_high).",

@@ -390,6 +390,27 @@ def test_mesh_expression_reads_mouth_eyes_and_brows_whatever_the_face_placement(
     assert d[0] == pytest.approx(0.2) and np.abs(d[1:]).max() < 1e-12
 
 
+def test_expression_deviation_error_scores_an_ideal_swap_zero_and_paste_copy_not() -> None:
+    """Identity-relative expression: two people whose measures differ mostly by identity (means 0 and
+    5) and a little by expression (±1). An ideal swap — the source's person with the target's
+    expression — scores 0; pasting the source scores its expression gap; copying the target, read as
+    the source's person, its identity gap."""
+    values = np.array([[0.0], [2.0], [5.0], [7.0], [np.nan]])  # (5, 1): person a = rows 0-1, b = 2-3 (+ a miss)
+    labels = np.array(["a", "a", "b", "b", "b"])
+    means, within = E.identity_deviations(values, labels)
+    np.testing.assert_allclose(means[:, 0], [1.0, 1.0, 6.0, 6.0, 6.0])
+    assert within[0] == pytest.approx(1.0)
+    src, tgt = np.array([0]), np.array([3])  # source a (expression -1), target b (expression +1)
+    ideal = np.array([[1.0 + 1.0]])  # a's mean moved by the target's expression
+    err = {name: E.expression_deviation_error(out, means[src], values[tgt], means[tgt], within)[0]
+           for name, out in (("ideal", ideal), ("paste", values[src]), ("copy", values[tgt]))}
+    assert err["ideal"] == pytest.approx(0.0) and err["paste"] == pytest.approx(2.0) and err["copy"] == pytest.approx(5.0)
+    # the raw geometric error ranks them the other way round: it rewards keeping the target's identity
+    plain = {k: E.expression_geometry_error(v, values[tgt], np.array([1.0]))[0]
+             for k, v in (("ideal", ideal), ("copy", values[tgt]))}
+    assert plain["copy"] < plain["ideal"]
+
+
 def test_expression_geometry_error_is_rms_of_scaled_differences() -> None:
     out = np.array([[1.0, 2.0], [np.nan, np.nan], [0.0, 0.0]])
     tgt = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])

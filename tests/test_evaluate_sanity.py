@@ -101,6 +101,9 @@ def test_baselines_on_real_faces_behave_as_defined(evaluated):
     # pose / expression: copying the target matches them far better than pasting the source
     assert copy["pose_error_deg"] < paste["pose_error_deg"] and copy["expression_error"] < paste["expression_error"]
     assert copy["expression_geometry_error"] < 0.6 * paste["expression_geometry_error"]
+    # measured from each person's own mean, both known-bad outputs are off: copy by the identity gap
+    # (the target's geometry read as the source's person), paste by the expression gap
+    assert copy["expression_deviation_error"] > 1.0 and paste["expression_deviation_error"] > 0.5
     # the shape story: on pairs with a wider source, copying keeps the target's jaw, pasting has the source's
     for side in ("wider", "narrower"):
         assert copy[f"jaw_pairs_{side}"] >= 5 and paste[f"jaw_pairs_{side}"] == copy[f"jaw_pairs_{side}"]
@@ -189,9 +192,10 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     n_gates = 1 + sum(len(b) if isinstance(b, list) else 1 for rule in reg["gates"].values() for b in rule.values())
     assert all(k[0] < n_gates for k in keys.values())
     assert baselines["copy_target"]["id_top1"] == pytest.approx(copy["val/id_top1"])
-    assert baselines["paste_source"]["expression_geometry_error"] == pytest.approx(
-        paste["val/expression_geometry_error"])
-    perfect = {**copy, "val/id_top1": 1.0, "val/id_margin": 0.2}  # the target's pose and expression, the source's identity
+    assert baselines["paste_source"]["expression_deviation_error"] == pytest.approx(
+        paste["val/expression_deviation_error"])
+    perfect = {**copy, "val/id_top1": 1.0, "val/id_margin": 0.2,  # the target's pose and expression, the source's identity
+               "val/expression_deviation_error": 0.0}
     assert select(perfect)[0] == n_gates and select(perfect) > max(keys.values())
     assert noise["val/detection_rate"] <= 0.3 and noise["val/id_top1"] <= noise["val/detection_rate"]
     assert copy["val/detection_rate"] >= 0.9 and copy["val/id_top1"] <= 0.2 and copy["val/id_margin"] < 0
@@ -199,6 +203,9 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     assert copy["val/pose_error_deg"] < paste["val/pose_error_deg"]
     assert copy["val/expression_error"] < paste["val/expression_error"]
     assert copy["val/expression_geometry_error"] < 0.6 * paste["val/expression_geometry_error"]
+    assert copy["val/expression_deviation_error"] > 1.0 and paste["val/expression_deviation_error"] > 0.5
+    # G(s, s) = s: the source through 64 px compared with itself, far closer than to the target
+    assert paste["val/expression_deviation_error_self"] < 0.7 * paste["val/expression_deviation_error"]
     # G(s, s) = s for both: their expression floor is the real crop's own reading through 64 px
     assert paste["val/expression_error_self"] == pytest.approx(copy["val/expression_error"], abs=0.5)
     assert paste["val/expression_error_self"] < paste["val/expression_error"]

@@ -117,19 +117,19 @@ def test_default_gates_fail_noise_copy_and_paste_and_pass_a_swap():
     from faceswap_common.config import load_section
 
     cfg = load_section(R.RegisterConfig, "register", Path(__file__).resolve().parents[1] / "params.yaml")
-    copy = {"detection_rate": 1.0, "id_top1": 0.02, "pose_error_deg": 1.5, "expression_geometry_error": 0.9}
-    paste = {"detection_rate": 1.0, "id_top1": 0.95, "pose_error_deg": 17.0, "expression_geometry_error": 1.8}
+    copy = {"detection_rate": 1.0, "id_top1": 0.02, "pose_error_deg": 1.5, "expression_deviation_error": 0.9}
+    paste = {"detection_rate": 1.0, "id_top1": 0.95, "pose_error_deg": 17.0, "expression_deviation_error": 1.8}
     base = {"baselines": {"copy_target": copy, "paste_source": paste}, "gallery": {"chance_top1": 1 / 60}}
 
     def failed(model: dict) -> set[str]:
         return {g["metric"] for g in R.check_gates({**base, "model": model}, cfg.gates, cfg.primary_metric)
                 if not g["passed"]}
 
-    noise = {"detection_rate": 0.0, "id_top1": 0.0, "pose_error_deg": None, "expression_geometry_error": None}
-    assert failed(noise) == {"model.detection_rate", "model.id_top1", "model.pose_error_deg", "model.expression_geometry_error"}
+    noise = {"detection_rate": 0.0, "id_top1": 0.0, "pose_error_deg": None, "expression_deviation_error": None}
+    assert failed(noise) == {"model.detection_rate", "model.id_top1", "model.pose_error_deg", "model.expression_deviation_error"}
     assert failed(copy) == {"model.id_top1"}
-    assert failed(paste) == {"model.pose_error_deg", "model.expression_geometry_error"}
-    assert failed({"detection_rate": 0.97, "id_top1": 0.5, "pose_error_deg": 6.0, "expression_geometry_error": 1.2}) == set()
+    assert failed(paste) == {"model.pose_error_deg", "model.expression_deviation_error"}
+    assert failed({"detection_rate": 0.97, "id_top1": 0.5, "pose_error_deg": 6.0, "expression_deviation_error": 1.2}) == set()
 
 
 def test_config_rejects_malformed_gates():

@@ -14,6 +14,8 @@ detected points; pose from the mesh's 3DMM fit):
                         target expressions are given (from_records does)
     val/expression_geometry_error  mean RMS of the face-mesh expression measures (mouth, eyes, brows;
                         `mesh_expression`), output vs target, each over its std on the val crops
+    val/expression_deviation_error  the same as deviations from each person's mean over the val crops
+                        (the output as the source's person), over the within-person std (the gate's error)
     val/id_top1_self    id_top1 of the reconstructions G(source, source): how much identity the
                         generator can draw at all, the ceiling of val/id_top1
     val/expression_error_self  expression error of G(source, source) against the source: what the
@@ -77,6 +79,8 @@ class SwapValidator:
         self.geometry = np.stack([r.expression if r is not None else np.full(len(EXPRESSION_MEASURES), np.nan)
                                   for r in readings[: len(crops)]])  # (N, 7) mesh_expression of every val row
         self.geometry_scale = np.nanstd(self.geometry[val_ok], axis=0)  # (7,)
+        self.geometry_mean, self.geometry_within = E.identity_deviations(  # (N, 7) per-person means, (7,)
+            self.geometry, np.array(labels[: len(crops)]))
         self.expression = None if expressions is None else np.asarray(expressions, np.float64)  # (N, E)
         small = [cv2.resize(c, (image_size,) * 2, interpolation=cv2.INTER_AREA) for c in crops]
         self.source_t = to_tensor([small[i] for i in self.src])  # (P, 3, s, s)
@@ -119,6 +123,7 @@ class SwapValidator:
         own = self._score(self.outputs(generator, self_pairs=True), fit=True, self_pairs=True)  # G(s, s)
         return {**res, "val/id_top1_self": own["val/id_top1"],
                 "val/expression_geometry_error_self": own["val/expression_geometry_error"],
+                "val/expression_deviation_error_self": own["val/expression_deviation_error"],
                 **({"val/expression_error_self": own["val/expression_error"]} if "val/expression_error" in own else {})}
 
     def baselines(self) -> dict[str, dict[str, float]]:
@@ -148,6 +153,7 @@ class SwapValidator:
         pose_err = np.full(n, np.nan)
         exp_err = np.full(n, np.nan)
         geo_err = np.full(n, np.nan)
+        dev_err = np.full(n, np.nan)
         if det.any():
             idx = np.flatnonzero(det)
             emb = self.rec.embed([made[i] for i in idx], [readings[i].landmarks5 for i in idx])
@@ -156,8 +162,11 @@ class SwapValidator:
                                            exclude=exclude).rank
             margin[idx] = E.id_margin(emb, self.gallery[self.src_gal[idx]], self.gallery[self.tgt_gal[idx]])
             ref = self.src if self_pairs else self.tgt
-            geo_err[idx] = E.expression_geometry_error(np.array([readings[i].expression for i in idx]),
-                                                       self.geometry[ref[idx]], self.geometry_scale)
+            out_geo = np.array([readings[i].expression for i in idx])  # (D, 7)
+            geo_err[idx] = E.expression_geometry_error(out_geo, self.geometry[ref[idx]], self.geometry_scale)
+            dev_err[idx] = E.expression_deviation_error(out_geo, self.geometry_mean[self.src[idx]],
+                                                        self.geometry[ref[idx]], self.geometry_mean[ref[idx]],
+                                                        self.geometry_within)
             if fit:
                 pose = np.array([readings[i].coeffs.pose for i in idx])
                 pose_err[idx] = E.pose_error(pose, self.pose[ref[idx]])
@@ -166,7 +175,8 @@ class SwapValidator:
                     exp_err[idx] = E.coeff_error(expr, self.expression[ref[idx]])
         res: dict[str, Any] = {"val/detection_rate": float(det.mean()), "val/id_top1": E.top_k_rate(rank, 1),
                                "val/id_margin": E.nan_mean(margin), "val/pose_error_deg": E.nan_mean(pose_err),
-                               "val/expression_geometry_error": E.nan_mean(geo_err)}
+                               "val/expression_geometry_error": E.nan_mean(geo_err),
+                               "val/expression_deviation_error": E.nan_mean(dev_err)}
         if fit and self.expression is not None:
             res["val/expression_error"] = E.nan_mean(exp_err)
         return {k: float("nan") if v is None else float(v) for k, v in res.items()}
