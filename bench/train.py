@@ -226,7 +226,8 @@ def val_curve(steps_csv: str | Path) -> list[dict[str, float]]:
         return []
     keys = ("val/detection_rate", "val/id_top1", "val/id_margin", "val/pose_error_deg", "val/expression_error",
             "val/expression_geometry_error", "val/id_top1_self", "val/expression_error_self",
-            "val/expression_geometry_error_self")
+            "val/expression_geometry_error_self", "val/expression_deviation_error",
+            "val/expression_deviation_error_self", "val/best_step")
     out = []
     with path.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -242,12 +243,15 @@ def print_val_curve(rows: list[dict[str, float]], source: str) -> None:
         return
     print(f"\ntrain_swap validation curve ({source}; EMA weights, 32 val pairs):")
     print(f"{'step':>6}  {'detection':>9}  {'ID top-1':>8}  {'ID margin':>9}  {'pose err':>8}  {'expr 3DMM':>9}  "
-          f"{'expr geom':>9}  {'G(s,s) top-1':>12}  {'G(s,s) 3DMM':>11}  {'G(s,s) geom':>11}")
+          f"{'expr geom':>9}  {'expr dev':>8}  {'G(s,s) top-1':>12}  {'G(s,s) 3DMM':>11}  {'G(s,s) geom':>11}  "
+          f"{'G(s,s) dev':>10}  {'best step':>9}")
     for r in rows:
         print(f"{r['step']:>6}  {r['val/detection_rate']:>9.2f}  {r['val/id_top1']:>8.2f}  "
               f"{r['val/id_margin']:>9.3f}  {r['val/pose_error_deg']:>8.1f}  {r['val/expression_error']:>9.2f}  "
-              f"{r['val/expression_geometry_error']:>9.2f}  {r['val/id_top1_self']:>12.2f}  "
-              f"{r['val/expression_error_self']:>11.2f}  {r['val/expression_geometry_error_self']:>11.2f}")
+              f"{r['val/expression_geometry_error']:>9.2f}  {r['val/expression_deviation_error']:>8.2f}  "
+              f"{r['val/id_top1_self']:>12.2f}  {r['val/expression_error_self']:>11.2f}  "
+              f"{r['val/expression_geometry_error_self']:>11.2f}  {r['val/expression_deviation_error_self']:>10.2f}  "
+              f"{r['val/best_step']:>9.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
