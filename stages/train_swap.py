@@ -144,20 +144,22 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
     params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
     dirs = {"mae_dir": str(Path(mae_dir).resolve()), "shape_dir": str(Path(shape_dir).resolve()),
             "aux_dir": str(Path(aux_dir).resolve())}
+    # export: best_val ranks val snapshots by the registry's gates (a params file without them: by ID top-1);
+    # they name the run too, so a finished run is not resumed with a snapshot chosen under other gates
+    raw = load_params(params_path)
+    reg = from_dict(RegisterConfig, raw["register"], "register") if "register" in raw else RegisterConfig()
+    select = {"gates": reg.gates, "primary_metric": reg.primary_metric, "higher_is_better": reg.higher_is_better}
     key = run_key(cfg, tcfg, data, mae=sha256_file(Path(mae_dir) / f"{MAE_NAME}.safetensors"),
                   shape=sha256_file(Path(shape_dir) / f"{SHAPE_NAME}.safetensors"),
                   aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS),
-                  **({"init": sha256_file(Path(init_bundle) / "generator.safetensors")} if init_bundle else {}))
+                  **({"init": sha256_file(Path(init_bundle) / "generator.safetensors")} if init_bundle else {}),
+                  **({"select": select} if cfg.export == "best_val" else {}))
     if init_bundle is not None:
         why = init_mismatch(init_bundle, mae_dir, cfg)
         if why:  # fail here, before any worker starts
             raise ValueError(f"init bundle {init_bundle}: {why}; fine-tuning needs the same architecture "
                              "(or train from scratch)")
         dirs["init_bundle"] = str(Path(init_bundle).resolve())
-    # export: best_val ranks val snapshots by the registry's gates (a params file without them: by ID top-1)
-    raw = load_params(params_path)
-    reg = from_dict(RegisterConfig, raw["register"], "register") if "register" in raw else RegisterConfig()
-    select = {"gates": reg.gates, "primary_metric": reg.primary_metric, "higher_is_better": reg.higher_is_better}
     return run_stage(STAGE, entry="stages.train_swap:worker",
                      spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], "select": select, **dirs},
                      train_cfg=tcfg, key=key,
