@@ -35,7 +35,7 @@ import yaml
 
 from faceswap_common.cli import write_metrics
 from faceswap_common.config import ConfigError, flatten, load_params, load_section
-from faceswap_common.gates import check_gates, is_bound_expression, lookup, resolve_bound  # noqa: F401
+from faceswap_common.gates import check_gates, is_bound_expression
 from faceswap_common.io import absolute_tracking_uri, sha256_file
 
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from faceswap_common.config import ConfigError, from_dict
+from faceswap_common.gates import resolve_bound
 from faceswap_common.images import read_rgb
 from stages import register as R
 
@@ -92,10 +93,10 @@ def test_gates_pass_fail_missing_and_path_bounds():
 def test_gate_expressions_lists_and_shortfall():
     m = {"model": {"id_top1": 0.19, "pose": 20.0}, "baselines": {"copy": {"id_top1": 0.05}, "paste": {"pose": 15.0}},
          "gallery": {"chance_top1": 0.1}}
-    assert R.resolve_bound(m, "baselines.copy.id_top1 + 0.2") == pytest.approx(0.25)
-    assert R.resolve_bound(m, "3 * gallery.chance_top1") == pytest.approx(0.3)
-    assert R.resolve_bound(m, "2 * baselines.paste.pose - 1.5") == pytest.approx(28.5)
-    assert R.resolve_bound(m, 0.9) == 0.9
+    assert resolve_bound(m, "baselines.copy.id_top1 + 0.2") == pytest.approx(0.25)
+    assert resolve_bound(m, "3 * gallery.chance_top1") == pytest.approx(0.3)
+    assert resolve_bound(m, "2 * baselines.paste.pose - 1.5") == pytest.approx(28.5)
+    assert resolve_bound(m, 0.9) == 0.9
     res = R.check_gates(m, {"model.id_top1": {"min": ["baselines.copy.id_top1 + 0.2", "3 * gallery.chance_top1"]},
                             "model.pose": {"max": "baselines.paste.pose"}}, "model.id_top1")
     assert [r["passed"] for r in res] == [True, False, False, False]

@@ -114,7 +114,7 @@ class SwapValidator:
         for i in range(0, len(self.src), batch_size):
             src = self.source_t[i:i + batch_size].to(device)
             o = generator(src, src if self_pairs else self.target_t[i:i + batch_size].to(device))
-            out.extend(cv2.resize(x, (self.crop_size,) * 2, interpolation=cv2.INTER_CUBIC) for x in to_uint8(o))
+            out.extend(self._to_crop_size(o))
         generator.train(was_training)
         return np.stack(out)
 
@@ -126,13 +126,16 @@ class SwapValidator:
                 "val/expression_deviation_error_self": own["val/expression_deviation_error"],
                 **({"val/expression_error_self": own["val/expression_error"]} if "val/expression_error" in own else {})}
 
+    def _to_crop_size(self, images: torch.Tensor) -> list[np.ndarray]:
+        """(B, 3, s, s) in [-1, 1] -> B (S, S, 3) uint8 at the crop size, upsampled as the evaluation does."""
+        return [cv2.resize(x, (self.crop_size,) * 2, interpolation=cv2.INTER_CUBIC) for x in to_uint8(images)]
+
     def baselines(self) -> dict[str, dict[str, float]]:
         """Scores of the evaluation's two sanity baselines on the val pairs, computed once: copy_target
         (the target) and paste_source (the source), both through the model's size as its outputs are."""
         if self._baselines is None:
-            def up(t: torch.Tensor) -> np.ndarray:
-                return np.stack([cv2.resize(x, (self.crop_size,) * 2, interpolation=cv2.INTER_CUBIC) for x in to_uint8(t)])
-            self._baselines = {name: {k.removeprefix("val/"): v for k, v in self._score(up(t), fit=True).items()}
+            self._baselines = {name: {k.removeprefix("val/"): v
+                                      for k, v in self._score(np.stack(self._to_crop_size(t)), fit=True).items()}
                                for name, t in (("copy_target", self.target_t), ("paste_source", self.source_t))}
         return self._baselines
 
