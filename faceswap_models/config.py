@@ -141,6 +141,9 @@ class FusionConfig(_FromDict):
         return cls(dim=32, heads=2, num_blocks=2)
 
 
+SKIP_INPUTS = ("source", "target", "source_flow")  # DecoderConfig.skip entries
+
+
 @dataclass(frozen=True)
 class DecoderConfig(_FromDict):
     """Convolutional decoder Df: token grid -> image. channels[0] at the token grid, then one x2
@@ -150,6 +153,19 @@ class DecoderConfig(_FromDict):
     grid_size: int = 16
     channels: tuple[int, ...] = (512, 256, 128, 64, 32)
     out_channels: int = 3
+    # Not in the paper (() = off): images added at every decoder resolution (area-downsampled, through a
+    # small conv branch whose last layer starts at zero): "source" = I_s, "target" = what the encoder
+    # sees of I_t (SwapGenerator.target_input), "source_flow" = I_s warped by a flow the fused tokens
+    # predict (zero at init). Crops are aligned, so their pixels give the decoder the thin structures
+    # (eyes, brows, mouth corners) that a 16 x 16 token grid blurs.
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        skip = (self.skip,) if isinstance(self.skip, str) else tuple(self.skip)
+        bad = [s for s in skip if s not in SKIP_INPUTS] + [s for i, s in enumerate(skip) if s in skip[:i]]
+        if bad:
+            raise ConfigError(f"decoder.skip: expected distinct entries of {list(SKIP_INPUTS)}, got {list(skip)}")
+        object.__setattr__(self, "skip", skip)
 
     @property
     def out_size(self) -> int:

@@ -34,6 +34,10 @@ class SwapGenerator(nn.Module):
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+        if "source_flow" in cfg.decoder.skip:  # per token (dx, dy) in grid_sample units, zero at init
+            self.skip_flow = nn.Linear(cfg.decoder.in_dim, 2)
+            nn.init.zeros_(self.skip_flow.weight)
+            nn.init.zeros_(self.skip_flow.bias)
         self.register_buffer("face_mask", face_ellipse_mask(cfg.mae.img_size, cfg.face_ellipse), persistent=False)
         spare = torch.zeros(1, 1, cfg.mae.img_size, cfg.mae.img_size)
         for ellipse in cfg.target_face_spare:
@@ -83,12 +87,34 @@ class SwapGenerator(nn.Module):
         """
         assert source.shape == target.shape, f"source {tuple(source.shape)} vs target {tuple(target.shape)}"
         B = source.shape[0]
-        e = self.encode(torch.cat([source, self.target_input(target)]))  # (2B, N, L), one encoder pass
+        seen = self.target_input(target)
+        e = self.encode(torch.cat([source, seen]))  # (2B, N, L), one encoder pass
         e_s, e_t = e[:B], e[B:]  # (B, N, L) each
         if return_attn:
             e_o, attn = self.fusion(e_s, e_t, return_attn=True)
-            return self.decoder(e_o), attn
-        return self.decoder(self.fusion(e_s, e_t))  # (B, 3, H, W)
+        else:
+            e_o = self.fusion(e_s, e_t)  # (B, N, L)
+        out = self.decoder(e_o, self.skip_images(source, seen, e_o))  # (B, 3, H, W)
+        return (out, attn) if return_attn else out
+
+    def skip_images(self, source: Tensor, seen: Tensor, fused: Tensor) -> Tensor | None:
+        """The decoder's skip input (cfg.decoder.skip), (B, 3k, H, W), or None: source, seen (what the
+        encoder saw of the target) and the source warped by the flow `skip_flow` reads off the fused
+        tokens (B, N, L), upsampled bilinearly to the image."""
+        if not self.cfg.decoder.skip:
+            return None
+        images = {"source": source, "target": seen}
+        if "source_flow" in self.cfg.decoder.skip:
+            B, _, H, W = source.shape
+            g = self.cfg.decoder.grid_size
+            flow = self.skip_flow(fused).transpose(1, 2).reshape(B, 2, g, g)  # (B, 2, g, g): (dx, dy)
+            flow = F.interpolate(flow, size=(H, W), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+            ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / H, 1 - 1 / H, H), torch.linspace(-1 + 1 / W, 1 - 1 / W, W),
+                                    indexing="ij")
+            base = torch.stack([xs, ys], -1).to(source)  # (H, W, 2): pixel centres, align_corners=False
+            images["source_flow"] = F.grid_sample(source, base + flow, mode="bilinear", padding_mode="border",
+                                                  align_corners=False)
+        return torch.cat([images[k] for k in self.cfg.decoder.skip], 1)
 
 
 def lowpass(img: Tensor, k: int) -> Tensor:

@@ -226,3 +226,63 @@ def test_cafm_position_prior_starts_local_and_learns() -> None:
     torch.testing.assert_close(out, local(e_s, e_t), rtol=1e-5, atol=1e-5)  # both attention paths use it
     local(e_s, e_t).pow(2).mean().backward()
     assert local.cross.attn.prior_log_scale.grad.abs().sum() > 0
+
+
+def test_decoder_skip_starts_as_without_it_then_learns() -> None:
+    """decoder.skip (not in the paper): at init the generator's output equals the same weights' output
+    without the skip branches (their last conv is zero); after one optimiser step every skip parameter
+    gets a gradient and the output depends on the skipped image's fine detail. Bad entries are refused."""
+    import dataclasses
+
+    from faceswap_models.config import ConfigError, DecoderConfig
+
+    cfg = dataclasses.replace(CFG.swap, decoder=dataclasses.replace(CFG.swap.decoder, skip=["source", "target"]))
+    assert cfg.decoder.skip == ("source", "target")
+    torch.manual_seed(0)
+    g = SwapGenerator(cfg)
+    plain = SwapGenerator(CFG.swap)
+    assert plain.load_state_dict(g.state_dict(), strict=False).unexpected_keys  # the skip branches only
+    s, t = _imgs(), _imgs()
+    torch.testing.assert_close(g(s, t), plain(s, t), rtol=0, atol=0)
+
+    opt = torch.optim.SGD([p for p in g.parameters() if p.requires_grad], lr=0.1)
+    g(s, t).pow(2).mean().backward()
+    opt.step()
+    opt.zero_grad()
+    g(s, t).pow(2).mean().backward()
+    dead = [n for n, p in g.named_parameters() if "skips" in n and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not dead, dead
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(S // 2, S // 2) * 0.3  # (S, S) 2 x 2 detail
+    with torch.no_grad():  # 2 x 2 detail of the source reaches the full-resolution branch, not the coarsest
+        skip = torch.cat([s, g.target_input(t)], 1)  # (B, 6, S, S)
+        detail = torch.cat([checker.expand_as(s), torch.zeros_like(t)], 1)
+
+        def moved(i: int, size: int) -> float:
+            return float((g.decoder.skips[i](skip + detail, (size, size)) - g.decoder.skips[i](skip, (size, size))).abs().max())
+
+        assert moved(-1, S) > 0 and moved(0, S // 8) < 1e-3 * moved(-1, S)
+    for bad in (["src"], ["source", "source"]):
+        with pytest.raises(ConfigError, match="decoder.skip"):
+            DecoderConfig(skip=bad)
+
+
+def test_decoder_skip_source_flow_warps_the_source() -> None:
+    """skip "source_flow": zero flow at init gives the source unchanged; a constant flow of one pixel
+    (2 / S in grid units) shifts it by one pixel; the flow head gets a gradient once the skip branches
+    are non-zero."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG.swap, decoder=dataclasses.replace(CFG.swap.decoder, skip=["source_flow"]))
+    torch.manual_seed(0)
+    g = SwapGenerator(cfg)
+    s = _imgs()
+    fused = torch.randn(2, N, D)
+    torch.testing.assert_close(g.skip_images(s, s, fused), s, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        g.skip_flow.bias.copy_(torch.tensor([2.0 / S, 0.0]))  # dx = one pixel
+    shifted = g.skip_images(s, s, fused)
+    torch.testing.assert_close(shifted[..., :-1], s[..., 1:], rtol=0, atol=1e-5)  # output x reads source x + 1
+    for p in g.decoder.skips.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    g(s, _imgs()).pow(2).mean().backward()
+    assert g.skip_flow.weight.grad is not None and g.skip_flow.weight.grad.abs().sum() > 0
