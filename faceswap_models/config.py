@@ -159,6 +159,10 @@ class DecoderConfig(_FromDict):
     # predict (zero at init). Crops are aligned, so their pixels give the decoder the thin structures
     # (eyes, brows, mouth corners) that a 16 x 16 token grid blurs.
     skip: tuple[str, ...] = ()
+    # Training only: the source skip images are moved by a random similarity (shift up to skip_jitter of
+    # the side, rotation up to skip_jitter * 90 degrees, scale 1 +- skip_jitter), so copying them is not
+    # a reconstruction and geometry has to come from the target (or, with "source_flow", be re-aligned).
+    skip_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         skip = (self.skip,) if isinstance(self.skip, str) else tuple(self.skip)
@@ -166,6 +170,8 @@ class DecoderConfig(_FromDict):
         if bad:
             raise ConfigError(f"decoder.skip: expected distinct entries of {list(SKIP_INPUTS)}, got {list(skip)}")
         object.__setattr__(self, "skip", skip)
+        if not 0.0 <= self.skip_jitter < 0.5:
+            raise ConfigError(f"decoder.skip_jitter {self.skip_jitter} must be in [0, 0.5)")
 
     @property
     def out_size(self) -> int:

@@ -103,6 +103,8 @@ class SwapGenerator(nn.Module):
         tokens (B, N, L), upsampled bilinearly to the image."""
         if not self.cfg.decoder.skip:
             return None
+        if self.training and self.cfg.decoder.skip_jitter:
+            source = jitter(source, self.cfg.decoder.skip_jitter)
         images = {"source": source, "target": seen}
         if "source_flow" in self.cfg.decoder.skip:
             B, _, H, W = source.shape
@@ -115,6 +117,18 @@ class SwapGenerator(nn.Module):
             images["source_flow"] = F.grid_sample(source, base + flow, mode="bilinear", padding_mode="border",
                                                   align_corners=False)
         return torch.cat([images[k] for k in self.cfg.decoder.skip], 1)
+
+
+def jitter(img: Tensor, amount: float) -> Tensor:
+    """(B, C, H, W) each moved by its own random similarity: shift up to `amount` of the side, rotation
+    up to amount * 90 degrees, scale 1 +- amount (torch's RNG); borders repeat the edge."""
+    B = img.shape[0]
+    u = (torch.rand(B, 4, device=img.device) * 2 - 1) * amount  # (B, 4): angle, scale, dx, dy in [-a, a]
+    ang, scale = u[:, 0] * torch.pi / 2, 1 + u[:, 1]
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack([torch.stack([cos, -sin, 2 * u[:, 2]], 1), torch.stack([sin, cos, 2 * u[:, 3]], 1)], 1)  # (B, 2, 3)
+    grid = F.affine_grid(theta.to(img.dtype), list(img.shape), align_corners=False)
+    return F.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def lowpass(img: Tensor, k: int) -> Tensor:

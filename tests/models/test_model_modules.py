@@ -286,3 +286,28 @@ def test_decoder_skip_source_flow_warps_the_source() -> None:
         torch.nn.init.normal_(p, std=0.1)
     g(s, _imgs()).pow(2).mean().backward()
     assert g.skip_flow.weight.grad is not None and g.skip_flow.weight.grad.abs().sum() > 0
+
+
+def test_decoder_skip_jitter_moves_the_source_in_training_only() -> None:
+    """decoder.skip_jitter: in training the skip's source is moved by a random similarity (a copy of it
+    no longer matches the target of a same-image pair); in eval it is the source itself."""
+    import dataclasses
+
+    from faceswap_models.config import ConfigError, DecoderConfig
+    from faceswap_models.swap import jitter
+
+    cfg = dataclasses.replace(CFG.swap, decoder=dataclasses.replace(CFG.swap.decoder, skip=["source"], skip_jitter=0.1))
+    g = SwapGenerator(cfg)
+    s = torch.nn.functional.interpolate(_imgs(), scale_factor=0.25, mode="bilinear").repeat_interleave(4, -1).repeat_interleave(4, -2)
+    fused = torch.randn(2, N, D)
+    g.eval()
+    torch.testing.assert_close(g.skip_images(s, s, fused), s, rtol=0, atol=0)
+    g.train()
+    torch.manual_seed(0)
+    moved = g.skip_images(s, s, fused)
+    assert (moved - s).abs().mean() > 0.05
+    torch.manual_seed(0)
+    torch.testing.assert_close(moved, jitter(s, 0.1))  # the same draw under the same seed
+    assert (jitter(s, 1e-4) - s).abs().max() < 0.05  # a tiny jitter barely moves a smooth image
+    with pytest.raises(ConfigError, match="skip_jitter"):
+        DecoderConfig(skip_jitter=0.5)
