@@ -185,19 +185,20 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The highest-step checkpoint in `directory`, or None."""
-    found = list_checkpoints(directory)
-    return found[-1][1] if found else None
+def latest_checkpoint(directory: str | os.PathLike, max_step: int | None = None) -> Path | None:
+    """The highest-step checkpoint in `directory` (at most `max_step` when given), or None."""
+    found = [p for s, p in list_checkpoints(directory) if max_step is None or s <= max_step]
+    return found[-1] if found else None
 
 
-def prune_checkpoints(directory: str | os.PathLike, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints, and temp files of saves that were killed
-    (kill -9 skips the temp-file cleanup); returns the deleted paths. Call it only from the one
-    process that writes checkpoints, after its save has finished."""
+def prune_checkpoints(directory: str | os.PathLike, keep: int, max_step: int | None = None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (among those at most `max_step`: later ones
+    belong to a longer run of the same key and are left alone), and temp files of saves that were
+    killed (kill -9 skips the temp-file cleanup); returns the deleted paths. Call it only from the
+    one process that writes checkpoints, after its save has finished."""
     if keep < 1:
         raise ValueError(f"prune_checkpoints: keep must be >= 1, got {keep}")
-    old = [p for _, p in list_checkpoints(directory)[:-keep]]
+    old = [p for s, p in list_checkpoints(directory) if max_step is None or s <= max_step][:-keep]
     old += [p for p in Path(directory).iterdir() if _TEMP.match(p.name) and p.is_file()]
     for p in old:
         p.unlink(missing_ok=True)
@@ -242,7 +243,7 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
     if keep is not None:
-        prune_checkpoints(path.parent, keep)
+        prune_checkpoints(path.parent, keep, max_step=step)
     return path
 
 

@@ -155,7 +155,11 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     start, nonfinite = 0, 0
-    latest = latest_checkpoint(ckpt_dir)
+    # at most cfg.steps: lowering `steps` below a finished run's (same run key) resumes from an earlier
+    # checkpoint, or starts again, instead of exporting the longer run; its later checkpoints stay
+    latest = latest_checkpoint(ckpt_dir, max_step=cfg.steps)
+    if rank == 0 and latest != latest_checkpoint(ckpt_dir):
+        log.info("%s: checkpoints beyond steps=%d in %s left aside", desc, cfg.steps, ckpt_dir)
     if latest is not None:
         ckpt = load_checkpoint(latest)
         start = restore_checkpoint(ckpt, task.modules, task.optimizers, scaler, emas)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,24 @@ def test_select_keeps_the_best_validated_snapshot_across_resume(train_records, t
     again = train(swap_task(train_tables["threedmm_model"]), ds, cfg, ckpt_dir=ck, progress=False,
                   validate=validate, val_every=2, select=select)  # resumes at 8: nothing left to run
     assert again.start_step == 8 and again.best is None and not (ck / BEST_FILE).exists()
+
+
+def test_fewer_steps_than_a_finished_run_resumes_below_them(train_records, tmp_path):
+    """Lowering `steps` below a finished run's (same checkpoint folder) gives the shorter run's weights,
+    not the longer run's: it resumes from the latest checkpoint at most `steps` and leaves the later
+    ones alone (raising steps again continues from them)."""
+    ds = FaceDataset(train_records, SIZE, seed=0)
+    cfg = LoopConfig(steps=4, batch_size=4, checkpoint_every=2, keep_checkpoints=1, sample_every=0, ema_decay=0.9)
+    straight = mae_task()
+    r_straight = train(straight, ds, replace(cfg, steps=2), ckpt_dir=tmp_path / "a", progress=False)
+    long = mae_task()
+    train(long, ds, replace(cfg, steps=6), ckpt_dir=tmp_path / "b", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [6]  # keep 1: only the last
+    short = mae_task()
+    r = train(short, ds, replace(cfg, steps=2), ckpt_dir=tmp_path / "b", progress=False)
+    assert (r.start_step, r.steps) == (0, 2)  # nothing at <= 2 steps kept: trained again, not the 6-step run
+    _assert_same(_state(straight, r_straight), _state(short, r))
+    assert [s for s, _ in list_checkpoints(tmp_path / "b")] == [2, 6]  # the longer run's checkpoint is left alone
+    again = mae_task()
+    r6 = train(again, ds, replace(cfg, steps=6), ckpt_dir=tmp_path / "b", progress=False)
+    assert (r6.start_step, r6.steps) == (6, 6)
