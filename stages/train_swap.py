@@ -31,8 +31,8 @@ from faceswap_models.training.contour import ContourProjector
 from faceswap_models.training.data import PairDataset
 from faceswap_models.training.ray_runner import WorkerContext
 from faceswap_models.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
-    train_validated,
+    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
+    stage_params, train_validated,
 )
 from faceswap_models.training.loop import load_best_state
 from faceswap_models.training.steps import SwapAux, SwapTask
@@ -141,12 +141,12 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
         params_path: str | Path = "params.yaml", metrics: str | None = None, plots: str | None = None,
         checkpoint_root: str | None = None, init_bundle: str | Path | None = None) -> dict:
     """Train Fswa; with `init_bundle` (a swap-model bundle dir) start from its generator weights."""
-    params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
+    raw = load_params(params_path)  # read once: the training sections and the registry's gates
+    params, tcfg, cfg = stage_params(raw, str(params_path), STAGE, checkpoint_root)
     dirs = {"mae_dir": str(Path(mae_dir).resolve()), "shape_dir": str(Path(shape_dir).resolve()),
             "aux_dir": str(Path(aux_dir).resolve())}
     # export: best_val ranks val snapshots by the registry's gates (a params file without them: by ID top-1);
     # they name the run too, so a finished run is not resumed with a snapshot chosen under other gates
-    raw = load_params(params_path)
     reg = from_dict(RegisterConfig, raw["register"], "register") if "register" in raw else RegisterConfig()
     select = {"gates": reg.gates, "primary_metric": reg.primary_metric, "higher_is_better": reg.higher_is_better}
     key = run_key(cfg, tcfg, data, mae=sha256_file(Path(mae_dir) / f"{MAE_NAME}.safetensors"),

@@ -186,7 +186,7 @@ class SwapStageConfig(_StageCommon):
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
-    steps: int = 900
+    steps: int = 600
     batch_size: int = 4
     same_identity_ratio: float = 0.5  # share of reconstruction pairs (the rec loss applies to them only)
     reconstruction_pairs: str = "same_image"  # same_image: I_s = I_t (paper) | same_identity: two faces of one identity

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from faceswap_common.cli import write_metrics
+from faceswap_common.config import load_params
 from faceswap_common.io import absolute_tracking_uri, atomic_write_text, fingerprint, sha256_file
 from faceswap_models.training import tracking
-from faceswap_models.training.config import TrainConfig
+from faceswap_models.training.config import TrainConfig, training_configs
 from faceswap_models.training.data import FaceRecords
 from faceswap_models.training.loop import METRICS_FILE
 from faceswap_models.training.ray_runner import run_workers
@@ -175,9 +176,13 @@ def save_module_json(out_dir: str | os.PathLike, name: str, module: Any, doc: Ma
 def load_stage_params(params_path: str | os.PathLike, stage: str, checkpoint_root: str | None = None
                       ) -> tuple[dict[str, Any], TrainConfig, Any]:
     """(all training params, the `train` section (checkpoint_root overridden if given), the stage's section)."""
-    from faceswap_models.training.config import load_training_params
+    return stage_params(load_params(Path(params_path)), str(params_path), stage, checkpoint_root)
 
-    params = load_training_params(params_path)
+
+def stage_params(raw: Mapping[str, Any], where: str, stage: str, checkpoint_root: str | None = None
+                 ) -> tuple[dict[str, Any], TrainConfig, Any]:
+    """`load_stage_params` of an already parsed params mapping (`where` names it in errors)."""
+    params = training_configs(raw, where)
     tcfg: TrainConfig = params["train"]
     if checkpoint_root:
         tcfg = dataclasses.replace(tcfg, checkpoint_root=checkpoint_root)
