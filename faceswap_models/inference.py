@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -48,6 +48,13 @@ OUTPUT_FACE_MIN_SCORE = 0.0  # HOG score (the pipeline's own detection threshold
 OUTPUT_FACE_MIN_IOU = 0.4  # overlap with the target's box
 
 log = logging.getLogger(__name__)
+
+
+class EncodedSource(NamedTuple):
+    """A source face encoded once for many targets: tokens (1 or B, N, L), image (1 or B, 3, n, n)."""
+
+    tokens: Tensor
+    image: Tensor
 
 
 class NoFaceError(ValueError):
@@ -269,19 +276,16 @@ class SwapPipeline:
         return a
 
     @torch.inference_mode()
-    def encode(self, x: Tensor) -> Tensor:
-        """(B, 3, n, n) -> (B, N, L) encoder tokens (the part `swap_frames` computes once per source)."""
-        return self.generator.encode(x)
+    def encode(self, x: Tensor) -> EncodedSource:
+        """(B, 3, n, n) source faces -> their encoder tokens (B, N, L) and the faces themselves (the
+        part `swap_frames` computes once per source)."""
+        return EncodedSource(self.generator.encode(x), x)
 
     @torch.inference_mode()
-    def generate(self, e_s: Tensor, target: Tensor) -> Tensor:
-        """Source tokens (1 or B, N, L) + target (B, 3, n, n) -> swap (B, 3, n, n) in [-1, 1].
-
-        Same computation as SwapGenerator.forward, with the source encoding supplied."""
-        e_t = self.generator.encode(target)  # (B, N, L)
-        if e_s.shape[0] != e_t.shape[0]:
-            e_s = e_s.expand(e_t.shape[0], -1, -1)
-        return self.generator.decoder(self.generator.fusion(e_s, e_t))  # (B, 3, n, n)
+    def generate(self, source: EncodedSource, target: Tensor) -> Tensor:
+        """Encoded source (1 or B) + target (B, 3, n, n) -> swap (B, 3, n, n) in [-1, 1]: the same
+        computation as SwapGenerator.forward (the target's low-pass, the decoder's skip images)."""
+        return self.generator.swap_encoded(source.tokens, source.image, target)
 
     def swap_aligned(self, source_crops: np.ndarray | Tensor, target_crops: np.ndarray | Tensor) -> np.ndarray | Tensor:
         """Batch swap of already aligned faces.
@@ -296,7 +300,7 @@ class SwapPipeline:
         return self.to_crops(out)
 
     # ------------------------------------------------------------------ photos
-    def generate_crop(self, e_s: Tensor, crop: np.ndarray) -> np.ndarray:
+    def generate_crop(self, e_s: EncodedSource, crop: np.ndarray) -> np.ndarray:
         """Source tokens + one aligned target crop (S, S, 3) uint8 -> the swapped crop, same shape."""
         return self.to_crops(self.generate(e_s, self.to_tensor(crop)))[0]
 
@@ -325,13 +329,13 @@ class SwapPipeline:
         pts = self.detector.landmarker(swapped_crop, box)  # type: ignore[attr-defined]  # (68, 2) crop pixels
         return face_mask(target.landmarks68, self.align_size, "shape", pts)
 
-    def _swap_onto(self, e_s: Tensor, target_rgb: np.ndarray, which: str) -> np.ndarray:
+    def _swap_onto(self, e_s: EncodedSource, target_rgb: np.ndarray, which: str) -> np.ndarray:
         t = self.align(target_rgb, which, landmarks68=self.blend != "crop")
         out = self.generate_crop(e_s, t.crop)  # (S, S, 3)
         return paste_back(target_rgb, out, t.matrix, self.blend_mask(t, out))
 
-    def source_tokens(self, source_rgb: np.ndarray) -> Tensor:
-        """Detect, align and encode the source once: (1, N, L)."""
+    def source_tokens(self, source_rgb: np.ndarray) -> EncodedSource:
+        """Detect, align and encode the source once: tokens (1, N, L) and the face (1, 3, n, n)."""
         return self.encode(self.to_tensor(self.align(source_rgb, "source").crop))
 
     def swap_image(self, source_rgb: np.ndarray, target_rgb: np.ndarray) -> np.ndarray:

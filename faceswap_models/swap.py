@@ -89,7 +89,19 @@ class SwapGenerator(nn.Module):
         B = source.shape[0]
         seen = self.target_input(target)
         e = self.encode(torch.cat([source, seen]))  # (2B, N, L), one encoder pass
-        e_s, e_t = e[:B], e[B:]  # (B, N, L) each
+        return self._fuse_decode(e[:B], e[B:], source, seen, return_attn)
+
+    def swap_encoded(self, e_s: Tensor, source: Tensor, target: Tensor) -> Tensor:
+        """`forward` with the source's tokens e_s = encode(source) computed once (inference: one
+        source, many targets). e_s (1 or B, N, L), source (1 or B, 3, H, W) (read only by
+        decoder.skip), target (B, 3, H, W) -> (B, 3, H, W)."""
+        seen = self.target_input(target)
+        e_t = self.encode(seen)  # (B, N, L)
+        B = e_t.shape[0]
+        return self._fuse_decode(e_s.expand(B, -1, -1), e_t, source.expand(B, -1, -1, -1), seen, False)
+
+    def _fuse_decode(self, e_s: Tensor, e_t: Tensor, source: Tensor, seen: Tensor,
+                     return_attn: bool) -> Tensor | tuple[Tensor, Tensor]:
         if return_attn:
             e_o, attn = self.fusion(e_s, e_t, return_attn=True)
         else:

@@ -346,3 +346,28 @@ def test_cli_registered_model_alias(tmp_path, bundle_dir, face_rgb, capsys):
     assert "no alias 'production'; its aliases: champion (v1)" in capsys.readouterr().err
     assert main(base + ["--model", "models:/other@champion"]) == 2
     assert "no registered model 'other'" in capsys.readouterr().err
+
+
+def test_pipeline_runs_the_generator_as_trained(tmp_path):
+    """The pipeline (CLI, pyfunc, evaluate's blended output) computes exactly SwapGenerator.forward,
+    including the target's inner-face low-pass and the decoder's skip images (before session 9 it
+    encoded the raw target and skipped the low-pass of models trained with one)."""
+    import dataclasses
+
+    cfg = SwapConfig.tiny()
+    cfg = dataclasses.replace(cfg, target_face_lowpass=4,
+                              decoder=dataclasses.replace(cfg.decoder, skip=["source", "target"]))
+    torch.manual_seed(0)
+    g = SwapGenerator(cfg)
+    for p in g.decoder.skips.parameters():  # skip branches non-zero, as after training
+        torch.nn.init.normal_(p, std=0.1)
+    pipe = SwapPipeline.from_bundle(save_bundle(tmp_path / "swap", g, align_size=ALIGN, template_scale=1.4))
+    rng = np.random.default_rng(1)
+    s, t = (pipe.to_tensor(rng.integers(0, 256, (3, ALIGN, ALIGN, 3), dtype=np.uint8)) for _ in range(2))
+    with torch.no_grad():
+        ref = pipe.generator(s, t)
+        plain = pipe.generator.decoder(pipe.generator.fusion(pipe.generator.encode(s), pipe.generator.encode(t)),
+                                       torch.cat([s, t], 1))  # the raw target, no low-pass
+    torch.testing.assert_close(pipe.swap_aligned(s, t), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pipe.swap_aligned(s[:1], t)[0], ref[0], atol=1e-5, rtol=0)
+    assert (plain - ref).abs().max() > 1e-3  # the low-pass matters for this model
