@@ -123,9 +123,8 @@ class SwapGenerator(nn.Module):
             g = self.cfg.decoder.grid_size
             flow = self.skip_flow(fused).transpose(1, 2).reshape(B, 2, g, g)  # (B, 2, g, g): (dx, dy)
             flow = F.interpolate(flow, size=(H, W), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
-            ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / H, 1 - 1 / H, H), torch.linspace(-1 + 1 / W, 1 - 1 / W, W),
-                                    indexing="ij")
-            base = torch.stack([xs, ys], -1).to(source)  # (H, W, 2): pixel centres, align_corners=False
+            identity = torch.eye(2, 3, dtype=source.dtype, device=source.device).expand(B, 2, 3)
+            base = F.affine_grid(identity, [B, 3, H, W], align_corners=False)  # (B, H, W, 2): pixel centres
             images["source_flow"] = F.grid_sample(source, base + flow, mode="bilinear", padding_mode="border",
                                                   align_corners=False)
         return torch.cat([images[k] for k in self.cfg.decoder.skip], 1)
