@@ -30,7 +30,8 @@ class SkipBranch(nn.Module):
 
 class ConvDecoder(nn.Module):
     """(B, N, D) tokens on a g x g grid (+ (B, 3 * len(cfg.skip), H, W) skip images) -> (B,
-    out_channels, g*2^S, g*2^S) image in [-1, 1]."""
+    out_channels, g*2^S, g*2^S) image in [-1, 1]. With cfg.skip set, skip=None closes the skip
+    branches (they add nothing and get no gradient): the decoder is then the one without them."""
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
@@ -50,12 +51,12 @@ class ConvDecoder(nn.Module):
         B, N, D = tokens.shape
         g = self.cfg.grid_size
         assert N == g * g and D == self.cfg.in_dim, f"tokens {tuple(tokens.shape)}, expected (B, {g * g}, {self.cfg.in_dim})"
-        assert (skip is None) == (self.skips is None), "skip images are given exactly when cfg.skip is set"
+        assert skip is None or self.skips is not None, "skip images given but cfg.skip is not set"
         x = tokens.transpose(1, 2).reshape(B, D, g, g)  # (B, D, g, g), row-major patch order
         x = self.stem(self.proj(x))  # (B, c0, g, g)
         for i in range(len(self.ups) + 1):
             if i:
                 x = self.ups[i - 1](x)  # (B, c_i, 2h, 2w)
-            if self.skips is not None:
+            if skip is not None:
                 x = x + self.skips[i](skip, x.shape[-2:])
         return self.head(x)  # (B, 3, H, W)

@@ -34,6 +34,8 @@ class SwapGenerator(nn.Module):
         if cfg.freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
+        if cfg.decoder.skip:  # False: the skip branches are closed (train_swap.skip_start_step); saved with the weights
+            self.register_buffer("skip_open", torch.tensor(True))
         if "source_flow" in cfg.decoder.skip:  # per token (dx, dy) in grid_sample units, zero at init
             self.skip_flow = nn.Linear(cfg.decoder.in_dim, 2)
             nn.init.zeros_(self.skip_flow.weight)
@@ -112,8 +114,8 @@ class SwapGenerator(nn.Module):
     def skip_images(self, source: Tensor, seen: Tensor, fused: Tensor) -> Tensor | None:
         """The decoder's skip input (cfg.decoder.skip), (B, 3k, H, W), or None: source, seen (what the
         encoder saw of the target) and the source warped by the flow `skip_flow` reads off the fused
-        tokens (B, N, L), upsampled bilinearly to the image."""
-        if not self.cfg.decoder.skip:
+        tokens (B, N, L), upsampled bilinearly to the image. None also while `skip_open` is False."""
+        if not self.cfg.decoder.skip or not bool(self.skip_open):
             return None
         if self.training and self.cfg.decoder.skip_jitter:
             source = jitter(source, self.cfg.decoder.skip_jitter)

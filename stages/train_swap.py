@@ -101,7 +101,14 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
         gen.load_state_dict(init.generator.state_dict())
     return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr,
                     betas=cfg.betas, flow_start_step=cfg.flow_start_step, stats_every=stats_every,
-                    id_start_step=cfg.id_start_step)
+                    id_start_step=cfg.id_start_step, skip_start_step=cfg.skip_start_step,
+                    pair_schedule=cfg.pair_schedule() if dataset_pairs(cfg) == "identity" else None)
+
+
+def dataset_pairs(cfg: SwapStageConfig) -> str:
+    """PairDataset's `same` for the stage: "identity" when any phase reconstructs from another face of
+    the identity (a same_image phase then takes the target as source, SwapTask.pair_schedule), else "image"."""
+    return "identity" if "same_identity" in cfg.pair_schedule() else "image"
 
 
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
@@ -109,7 +116,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     tcfg: TrainConfig = spec["train"]
     data: DataPaths = spec["data"]
     dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
-                          same=cfg.reconstruction_pairs.removeprefix("same_"),
+                          same=dataset_pairs(cfg),
                           seed=tcfg.seed, augment=cfg.augment_config())
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
                       threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"),

@@ -192,6 +192,10 @@ class SwapStageConfig(_StageCommon):
     reconstruction_pairs: str = "same_image"  # same_image: I_s = I_t (paper) | same_identity: two faces of one identity
     flow_start_step: int = 450
     id_start_step: int = 200  # identity term on from this step (a reconstruction warm-up before; paper: 0)
+    # decoder.skip only: the skip branches join at this step (before it Fswa is the one without them), and
+    # from then on reconstruction pairs are skip_reconstruction_pairs (None: reconstruction_pairs throughout)
+    skip_start_step: int = 0
+    skip_reconstruction_pairs: str | None = None
     val_every: int = 300  # steps between in-training val evaluations (training/validation.py); 0 = off
     val_pairs: int = 32
     export: str = "best_val"  # best_val: the validated snapshot passing most register.gates on val | last
@@ -211,12 +215,16 @@ class SwapStageConfig(_StageCommon):
 
     def validate(self) -> None:
         self._check("train_swap")
-        if min(self.flow_start_step, self.id_start_step, self.val_every, self.val_pairs, self.source_embedding_cache) < 0:
-            raise ConfigError("train_swap.flow_start_step, id_start_step, val_every, val_pairs and "
+        if min(self.flow_start_step, self.id_start_step, self.skip_start_step, self.val_every, self.val_pairs,
+               self.source_embedding_cache) < 0:
+            raise ConfigError("train_swap.flow_start_step, id_start_step, skip_start_step, val_every, val_pairs and "
                               "source_embedding_cache must be >= 0")
-        if self.reconstruction_pairs not in ("same_image", "same_identity"):
-            raise ConfigError(f"train_swap.reconstruction_pairs: expected same_image or same_identity, "
-                              f"got {self.reconstruction_pairs!r}")
+        for key in ("reconstruction_pairs", "skip_reconstruction_pairs"):
+            value = getattr(self, key)
+            if value not in ("same_image", "same_identity") and not (key.startswith("skip") and value is None):
+                raise ConfigError(f"train_swap.{key}: expected same_image or same_identity, got {value!r}")
+        if (self.skip_start_step or self.skip_reconstruction_pairs) and not self.decoder.get("skip"):
+            raise ConfigError("train_swap.skip_start_step / skip_reconstruction_pairs need decoder.skip")
         if self.export not in ("best_val", "last"):
             raise ConfigError(f"train_swap.export: expected best_val or last, got {self.export!r}")
         self.disc_config(), self.loss_weights()
@@ -230,6 +238,10 @@ class SwapStageConfig(_StageCommon):
 
     def loss_weights(self) -> SwapLossWeights:
         return SwapLossWeights.from_dict(self.weights)
+
+    def pair_schedule(self) -> tuple[str, str]:
+        """(reconstruction pairs before skip_start_step, from it on), each same_image | same_identity."""
+        return self.reconstruction_pairs, self.skip_reconstruction_pairs or self.reconstruction_pairs
 
 
 STAGE_CONFIGS: dict[str, type] = {

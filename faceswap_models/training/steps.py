@@ -340,15 +340,30 @@ def swap_generator_terms(gen: nn.Module, disc: nn.Module, aux: SwapAux, batch: B
     return res
 
 
+def same_image_pairs(batch: Batch) -> Batch:
+    """The batch with each reconstruction pair's source replaced by its target (I_s = I_t: the same
+    tensors, augmentation included, for every key the two share); cross-identity pairs unchanged."""
+    same = batch["same_identity"].bool()  # (B,)
+    src, tgt = batch["source"], batch["target"]
+    source = {k: torch.where(same.view(-1, *([1] * (v.dim() - 1))), tgt[k], v) if k in tgt else v
+              for k, v in src.items()}
+    return {**batch, "source": source}
+
+
 class SwapTask(TrainTask):
     """Fswa against Dswa (stage train_swap). Batches: PairDataset items (no p12 needed)."""
 
     def __init__(self, gen: SwapGenerator, disc: nn.Module, aux: SwapAux, weights: SwapLossWeights, *,
                  lr: float, betas: tuple[float, float], flow_start_step: int, stats_every: int = 0,
-                 id_start_step: int = 0) -> None:
+                 id_start_step: int = 0, skip_start_step: int = 0,
+                 pair_schedule: tuple[str, str] | None = None) -> None:
         """stats_every: compute the term balance (`term_stats`) on the steps the loop logs (its
         log_every; 0 = never). id_start_step: the identity term is on from this step (before it,
-        a reconstruction warm-up that needs no identity-network pass)."""
+        a reconstruction warm-up that needs no identity-network pass). skip_start_step: the
+        generator's decoder.skip branches open at this step (`skip_open`). pair_schedule: (kind
+        before skip_start_step, from it on) of the reconstruction pairs, for batches whose
+        reconstruction pairs are same-identity ones (PairDataset same="identity"): in a same_image
+        phase their source is replaced by the target itself (I_s = I_t, as same="image" would give)."""
         self.modules = {"gen": gen, "disc": disc}
         self.optimizers = {"gen": adam(gen.parameters(), lr, betas), "disc": adam(disc.parameters(), lr, betas)}
         self.ema = ("gen",)
@@ -356,6 +371,8 @@ class SwapTask(TrainTask):
         self.aux, self.weights, self.flow_start_step = aux, weights, flow_start_step
         self.stats_every = int(stats_every)
         self.id_start_step = int(id_start_step)
+        self.skip_start_step = int(skip_start_step)
+        self.pair_schedule = pair_schedule
         self._fakes: dict[int, Tensor] = {}  # id(micro-batch) -> detached g-phase output, for the d phase
 
     def to(self, device: torch.device) -> SwapTask:
@@ -364,9 +381,10 @@ class SwapTask(TrainTask):
             m.to(device)
         return self
 
-    def _g(self, b: Batch, use_flow: bool, use_id: bool, stats: bool) -> Terms:
+    def _g(self, b: Batch, use_flow: bool, use_id: bool, stats: bool, same_image: bool) -> Terms:
         keep: dict[str, Tensor] = {}
-        terms = swap_generator_terms(self.modules["gen"], unwrap(self.modules["disc"]), self.aux, b, self.weights,
+        pairs = same_image_pairs(b) if same_image else b
+        terms = swap_generator_terms(self.modules["gen"], unwrap(self.modules["disc"]), self.aux, pairs, self.weights,
                                      use_flow=use_flow, use_id=use_id, stats=stats, keep=keep)
         self._fakes[id(b)] = keep["out"]
         return terms
@@ -383,8 +401,14 @@ class SwapTask(TrainTask):
         use_flow = self.weights.flow > 0 and step >= self.flow_start_step
         use_id = step >= self.id_start_step
         stats = self.stats_every > 0 and (step + 1) % self.stats_every == 0  # the loop logs after step + 1
+        skip_open = step >= self.skip_start_step
+        gen = unwrap(self.modules["gen"])
+        if hasattr(gen, "skip_open"):
+            gen.skip_open.fill_(skip_open)
+        same_image = (self.pair_schedule is not None
+                      and self.pair_schedule[1 if skip_open else 0] == "same_image")
         self._fakes.clear()
-        return [Phase("g", "gen", lambda b: self._g(b, use_flow, use_id, stats)), Phase("d", "disc", self._d)]
+        return [Phase("g", "gen", lambda b: self._g(b, use_flow, use_id, stats, same_image)), Phase("d", "disc", self._d)]
 
     @torch.no_grad()
     def samples(self, batch: Batch) -> list[Tensor]:

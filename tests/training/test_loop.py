@@ -108,6 +108,22 @@ def test_both_params_files_load_and_validate():
     assert shape.shape_config(23).num_landmarks == 23 and shape.shape_config(23).img_size == 256
 
 
+def test_skip_schedule_needs_a_skip_and_known_pair_kinds():
+    """train_swap.skip_start_step / skip_reconstruction_pairs are refused without decoder.skip or with an
+    unknown pair kind; with a skip they give the pair schedule the stage follows."""
+    from faceswap_common.config import ConfigError
+    from faceswap_models.training.config import SwapStageConfig
+
+    with pytest.raises(ConfigError, match="need decoder.skip"):
+        SwapStageConfig(skip_start_step=100).validate()
+    with pytest.raises(ConfigError, match="skip_reconstruction_pairs"):
+        SwapStageConfig(decoder={"skip": ["source"]}, skip_reconstruction_pairs="same_person").validate()
+    cfg = SwapStageConfig(decoder={"skip": ["source"]}, skip_start_step=100, skip_reconstruction_pairs="same_identity")
+    cfg.validate()
+    assert cfg.pair_schedule() == ("same_image", "same_identity")
+    assert SwapStageConfig().pair_schedule() == ("same_image", "same_image")
+
+
 def test_paper_switch_replaces_only_training_sections():
     base = (ROOT / "params.yaml").read_text()
     merged = overlay_sections(base, (ROOT / "params-paper.yaml").read_text())
@@ -127,8 +143,10 @@ def test_cpu_recipe_differs_from_the_demo_only_where_its_header_says():
     assert set(cpu) == set(TRAINING_SECTIONS)
     assert all(cpu[k] == base[k] for k in TRAINING_SECTIONS if k != "train_swap")
     diff = {k: cpu["train_swap"][k] for k in cpu["train_swap"] if cpu["train_swap"][k] != base["train_swap"].get(k)}
-    assert diff == {"steps": 4000, "lr": 0.001, "beta1": 0.9, "same_identity_ratio": 0.8, "val_every": 500,
-                    "target_face_spare": [[0.473, 0.387, 0.05, 0.075], [0.471, 0.605, 0.05, 0.075], [0.726, 0.493, 0.08, 0.13]]}
+    assert diff == {"steps": 5000, "lr": 0.001, "beta1": 0.9, "same_identity_ratio": 0.8, "val_every": 500,
+                    "target_face_spare": [[0.473, 0.387, 0.05, 0.075], [0.471, 0.605, 0.05, 0.075], [0.726, 0.493, 0.08, 0.13]],
+                    "skip_start_step": 4000, "skip_reconstruction_pairs": "same_identity",
+                    "decoder": {"channels": [128, 64, 32], "skip": ["source"]}}
 
 
 def test_recipe_switch_cli_rewrites_training_sections_and_refuses_a_bad_recipe(tmp_path):

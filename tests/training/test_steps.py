@@ -243,6 +243,59 @@ def test_identity_warm_up_and_one_generator_pass_per_step(pair_batch, train_tabl
         hook.remove()
 
 
+def test_skip_start_step_opens_the_skip_and_switches_reconstruction_pairs(train_records, train_tables):
+    """train_swap.skip_start_step / skip_reconstruction_pairs: before the step the decoder.skip branches
+    are closed (the output is the generator's without them, they get no gradient) and a same-identity
+    batch's reconstruction pairs become I_s = I_t; from the step on the skip is open and the pairs are
+    the dataset's own (another face of the identity)."""
+    import dataclasses
+
+    from faceswap_models.config import SwapConfig
+    from faceswap_models.swap import SwapGenerator
+    from faceswap_models.training.steps import same_image_pairs
+
+    cfg = SwapConfig.tiny()
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, skip=["source"]))
+    task = swap_task(train_tables["threedmm_model"], swap_config=cfg, skip_start_step=2,
+                     pair_schedule=("same_image", "same_identity"))
+    ds = PairDataset(train_records, SIZE, same_identity_ratio=0.5, same="identity")
+    batch = collate([ds[i] for i in range(8)])
+    same = batch["same_identity"].bool()
+    assert same.any() and (~same).any()
+    assert not torch.equal(batch["source"]["image"][same], batch["target"]["image"][same])
+    swapped = same_image_pairs(batch)
+    torch.testing.assert_close(swapped["source"]["image"][same], batch["target"]["image"][same], rtol=0, atol=0)
+    torch.testing.assert_close(swapped["source"]["image"][~same], batch["source"]["image"][~same], rtol=0, atol=0)
+    assert torch.equal(swapped["source"]["index"][same], batch["target"]["index"][same])
+
+    gen = task.modules["gen"]
+    for p in gen.decoder.skips.parameters():  # as after training: the open skip changes the output
+        torch.nn.init.normal_(p, std=0.1)
+    plain = SwapGenerator(SwapConfig.tiny())
+    plain.load_state_dict(gen.state_dict(), strict=False)
+    s, t = batch["source"]["image"][:2], batch["target"]["image"][:2]
+    seen = []
+    hook = gen.register_forward_hook(lambda m, i, o: seen.append(i[0].clone()))
+    try:
+        g, _ = task.phases(1)
+        gen.zero_grad()
+        g.loss(batch)["total"].backward()
+        assert not bool(gen.skip_open)
+        torch.testing.assert_close(seen[-1][same], batch["target"]["image"][same], rtol=0, atol=0)
+        assert all(p.grad is None or p.grad.abs().sum() == 0 for p in gen.decoder.skips.parameters())
+        with torch.no_grad():
+            torch.testing.assert_close(gen(s, t), plain(s, t), rtol=0, atol=0)
+        g, _ = task.phases(2)
+        g.loss(batch)["total"].backward()
+        assert bool(gen.skip_open) and "skip_open" in gen.state_dict()
+        torch.testing.assert_close(seen[-1], batch["source"]["image"], rtol=0, atol=0)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.decoder.skips.parameters())
+        with torch.no_grad():
+            assert not torch.allclose(gen(s, t), plain(s, t))
+    finally:
+        hook.remove()
+
+
 def test_input_sensitivity_tells_copy_from_paste():
     """bench.train.input_sensitivity: a copy of the target ignores the source (0), a paste follows it (1)."""
     from bench.train import input_sensitivity

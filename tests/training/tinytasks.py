@@ -54,7 +54,8 @@ def shape_task(model_path: str, seed: int = 0) -> ShapeTask:
                      lr=1e-3, betas=(0.0, 0.99))
 
 
-def swap_task(model_path: str, seed: int = 0, flow_start_step: int = 0) -> SwapTask:
+def swap_task(model_path: str, seed: int = 0, flow_start_step: int = 0, swap_config: SwapConfig | None = None,
+              **task_kwargs) -> SwapTask:
     contour = ContourProjector.load(model_path)
     torch.manual_seed(seed + 1)
     dcfg = ShapeConfig.from_dict({**ShapeConfig.tiny().to_dict(), "num_landmarks": contour.num_points})
@@ -62,5 +63,5 @@ def swap_task(model_path: str, seed: int = 0, flow_start_step: int = 0) -> SwapT
     aux = SwapAux(identity=TinyIdentity(), perceptual=None, regressor=frozen_regressor(), dshape=dshape,
                   contour=contour, crop_size=64, perceptual_layers=2)
     torch.manual_seed(seed)
-    return SwapTask(SwapGenerator(SwapConfig.tiny()), PatchDiscriminator(DiscriminatorConfig.tiny()), aux,
-                    SwapLossWeights(), lr=1e-3, betas=(0.0, 0.99), flow_start_step=flow_start_step)
+    return SwapTask(SwapGenerator(swap_config or SwapConfig.tiny()), PatchDiscriminator(DiscriminatorConfig.tiny()), aux,
+                    SwapLossWeights(), lr=1e-3, betas=(0.0, 0.99), flow_start_step=flow_start_step, **task_kwargs)
