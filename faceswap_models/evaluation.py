@@ -201,6 +201,30 @@ def expression_deviation_error(out: np.ndarray, out_identity_mean: np.ndarray, t
                                      np.asarray(target, np.float64) - target_identity_mean, within_std)
 
 
+def intraclass_correlation(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per measure, the share of the variance that lies between identities: 1 - within-identity
+    variance / total variance, (N, K) x (N,) -> (K,); NaN rows ignored."""
+    values = np.asarray(values, np.float64)
+    _, within = identity_deviations(values, labels)
+    ok = np.isfinite(values).all(1)
+    return 1.0 - within**2 / np.maximum(values[ok].var(0), 1e-18)
+
+
+def blend_deviation_errors(values: np.ndarray, labels: np.ndarray, src: np.ndarray, tgt: np.ndarray,
+                           weights: dict[str, float | np.ndarray]) -> dict[str, float]:
+    """Mean `expression_deviation_error` of outputs that are blends w * values[src] + (1 - w) * values[tgt]
+    of the real measures (no image): what a swapper that knew its two inputs' measures exactly would
+    score. values (N, K), labels (N,), src / tgt (P,) row indices; weights: name -> w (scalar or (K,)).
+    w = 1 is paste_source, w = 0 copy_target, w = the ICC the shrinkage estimate of the ideal swap."""
+    means, within = identity_deviations(values, labels)
+    out = {}
+    for name, w in weights.items():
+        w = np.asarray(w, np.float64)
+        blend = w * values[src] + (1.0 - w) * values[tgt]
+        out[name] = nan_mean(expression_deviation_error(blend, means[src], values[tgt], means[tgt], within))
+    return out
+
+
 def jaw_shift(out: np.ndarray, source: np.ndarray, target: np.ndarray, min_gap: float,
               wider: bool = True) -> np.ndarray:
     """Share of the source-target jaw-width gap the output covers, (out - target) / (source - target),

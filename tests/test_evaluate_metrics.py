@@ -416,3 +416,18 @@ def test_expression_geometry_error_is_rms_of_scaled_differences() -> None:
     tgt = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
     err = E.expression_geometry_error(out, tgt, np.array([1.0, 2.0]))
     assert err[0] == pytest.approx(np.sqrt(0.5)) and np.isnan(err[1]) and err[2] == 0
+
+
+def test_blend_of_real_measures_scores_between_paste_and_copy_and_icc_is_the_identity_share() -> None:
+    """E.intraclass_correlation / E.blend_deviation_errors: on measures that are 80 % identity, the ICC is
+    ~0.8, copying the target scores far worse than pasting the source, and the shrinkage blend
+    (w = ICC) scores below both — the best a swapper that sees one photo of each can do."""
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(40), 6)  # 40 people x 6 photos
+    person = rng.normal(0, 2.0, (40, 3))  # identity variance 4, expression variance 1: ICC 0.8
+    values = person[ids] + rng.normal(0, 1.0, (len(ids), 3))
+    icc = E.intraclass_correlation(values, ids)
+    assert np.all(np.abs(icc - 0.8) < 0.1), icc
+    src, tgt = E.make_pairs([str(i) for i in ids], 400, seed=0)
+    err = E.blend_deviation_errors(values, ids, src, tgt, {"paste": 1.0, "copy": 0.0, "icc": icc})
+    assert err["copy"] > 1.5 * err["paste"] and err["icc"] < 0.95 * err["paste"]
