@@ -38,6 +38,27 @@ def test_bundle_keeps_the_target_low_pass_and_spared_regions(tmp_path):
     torch.testing.assert_close(b.generator.target_input(x), gen.target_input(x))
 
 
+def test_bundle_keeps_whether_the_decoder_skip_is_open(tmp_path):
+    """A model exported before train_swap.skip_start_step has its skip closed: its bundle loads closed
+    and swaps as saved; one exported after opens it."""
+    import dataclasses
+
+    cfg = SwapConfig.tiny()
+    cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, skip=["source"]))
+    torch.manual_seed(0)
+    gen = SwapGenerator(cfg).eval()
+    for p in gen.decoder.skips.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    for is_open in (False, True):
+        gen.skip_open.fill_(is_open)
+        save_bundle(tmp_path / str(is_open), gen, align_size=32, template_scale=1.4)
+        b = load_bundle(tmp_path / str(is_open))
+        assert bool(b.generator.skip_open) is is_open
+        with torch.no_grad():
+            assert torch.equal(gen(x, x.flip(0)), b.generator(x, x.flip(0)))
+
+
 def test_bundle_errors(tmp_path):
     with pytest.raises(WeightsError, match="not a swap-model bundle"):
         load_bundle(tmp_path)
