@@ -20,7 +20,6 @@ from faceswap_models.eval_features import EXPRESSION_MEASURES, _outer_eye_corner
 def split_ceiling(split: str, pairs: int, size: int) -> dict:
     """Blend errors, ICC and within-person std (measure units and px at `size`) of one split."""
     from faceswap_common.images import read_rgb
-    from faceswap_common.threedmm import MeshLandmarker
     from faceswap_models.training.runs import DataPaths
     from faceswap_models.training.validation import SwapValidator
 
@@ -32,14 +31,12 @@ def split_ceiling(split: str, pairs: int, size: int) -> dict:
     errors = E.blend_deviation_errors(val.geometry, labels, val.src, val.tgt,
                                       {"paste_source (w=1)": 1.0, "w=0.7": 0.7, "w=ICC (hindsight)": icc,
                                        "w=0.5": 0.5, "copy_target (w=0)": 0.0})
-    landmarker = MeshLandmarker()
-    unit = []  # outer-eye-corner distance at the training size, px
+    unit = []  # outer-eye-corner distance at the training size, px (the validator's own face mesh)
     for path in records.crop_paths[:40]:
         crop = read_rgb(path)
-        mesh = landmarker(np.ascontiguousarray(crop))
+        mesh = val.attr.landmarker(np.ascontiguousarray(crop))
         if mesh is not None:
             unit.append(_outer_eye_corners(np.asarray(mesh, np.float64)[:, :2])[2] * size / crop.shape[0])
-    landmarker.close()
     val.close()
     px = float(np.mean(unit))
     return {"pairs": len(val.src), "deviation_error": errors,

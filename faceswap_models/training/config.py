@@ -219,9 +219,8 @@ class SwapStageConfig(_StageCommon):
                self.source_embedding_cache) < 0:
             raise ConfigError("train_swap.flow_start_step, id_start_step, skip_start_step, val_every, val_pairs and "
                               "source_embedding_cache must be >= 0")
-        for key in ("reconstruction_pairs", "skip_reconstruction_pairs"):
-            value = getattr(self, key)
-            if value not in ("same_image", "same_identity") and not (key.startswith("skip") and value is None):
+        for key, value in zip(("reconstruction_pairs", "skip_reconstruction_pairs"), self.pair_schedule()):
+            if value not in ("same_image", "same_identity"):
                 raise ConfigError(f"train_swap.{key}: expected same_image or same_identity, got {value!r}")
         if (self.skip_start_step or self.skip_reconstruction_pairs) and not self.decoder.get("skip"):
             raise ConfigError("train_swap.skip_start_step / skip_reconstruction_pairs need decoder.skip")
