@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 
 venv: $(STAMP)
 	@# A cached venv may hold an editable install of another clone: point it at this one.
-	@(cd / && $(abspath $(PY)) -c "import faceswap_common, pathlib, sys; sys.exit(pathlib.Path(faceswap_common.__file__).resolve().parents[1] != pathlib.Path('$(CURDIR)').resolve())") \
+	@(cd / && $(abspath $(PY)) -c "import faceswap, pathlib, sys; sys.exit(pathlib.Path(faceswap.__file__).resolve().parents[1] != pathlib.Path('$(CURDIR)').resolve())") \
 		|| $(PY) -m pip install --quiet --no-deps --no-build-isolation -e "$(CURDIR)"
 
 $(STAMP):  # the hash of the requirement files is in the name
@@ -28,7 +28,7 @@ $(STAMP):  # the hash of the requirement files is in the name
 	touch $(STAMP)
 
 demo: venv  # every stage, under one parent MLflow run (the stage runs nest under it)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m faceswap_models.training.tracking -- dvc repro
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m faceswap.training.tracking -- dvc repro
 	@echo "done: see metrics/*.json, data/*.parquet; 'dvc dag' shows the graph"
 
 test: venv
@@ -36,7 +36,7 @@ test: venv
 
 bench: venv
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m bench.data_prep
-	$(PY) -m faceswap_models.bench
+	$(PY) -m bench.models
 	$(PY) -m bench.train_data
 	$(PY) -m bench.swap
 	$(PY) -m bench.evaluate

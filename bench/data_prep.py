@@ -21,8 +21,8 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from faceswap_common import config as C  # noqa: E402
-from faceswap_common.demo_corpus import build_demo_corpus  # noqa: E402
+from faceswap.core import config as C  # noqa: E402
+from faceswap.data.demo_corpus import build_demo_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,8 +113,8 @@ def retinaface_cpu(n: int = 6) -> float:
     """RetinaFace-R50 images/s at 640 px on CPU (random weights: speed only)."""
     import torch
 
-    from faceswap_common.demo_corpus import _base_astronaut
-    from faceswap_common.faces import RetinaFaceDetector, build_retinaface
+    from faceswap.data.demo_corpus import _base_astronaut
+    from faceswap.faces.detectors import RetinaFaceDetector, build_retinaface
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(build_retinaface().state_dict(), f"{tmp}/r50.pth")

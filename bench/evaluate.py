@@ -27,11 +27,11 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from faceswap_common.config import load_params  # noqa: E402
-from faceswap_common.images import read_rgb  # noqa: E402
-from faceswap_common.io import atomic_write_text  # noqa: E402
-from faceswap_common.threedmm import LinearFaceModel  # noqa: E402
-from faceswap_models.eval_features import FaceAttributes, build_recogniser  # noqa: E402
+from faceswap.core.config import load_params  # noqa: E402
+from faceswap.core.images import read_rgb  # noqa: E402
+from faceswap.core.io import atomic_write_text  # noqa: E402
+from faceswap.faces.threedmm import LinearFaceModel  # noqa: E402
+from faceswap.evaluation.features import FaceAttributes, build_recogniser  # noqa: E402
 from stages.evaluate import EvaluateConfig, run, test_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ class Timed:
 
 def demo_bundle(out: Path, params: dict) -> Path:
     """A random-weights bundle with the demo train_swap/pretrain_mae sizes of params.yaml."""
-    from faceswap_models.bundle import save_bundle
+    from faceswap.artifacts import save_bundle
     from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig
     from faceswap_models.swap import SwapGenerator
 

@@ -13,15 +13,15 @@ import json
 
 import numpy as np
 
-from faceswap_models import evaluation as E
-from faceswap_models.eval_features import EXPRESSION_MEASURES, _outer_eye_corners
+from faceswap.evaluation import metrics as E
+from faceswap.evaluation.features import EXPRESSION_MEASURES, _outer_eye_corners
 
 
 def split_ceiling(split: str, pairs: int, size: int) -> dict:
     """Blend errors, ICC and within-person std (measure units and px at `size`) of one split."""
-    from faceswap_common.images import read_rgb
-    from faceswap_models.training.runs import DataPaths
-    from faceswap_models.training.validation import SwapValidator
+    from faceswap.core.images import read_rgb
+    from faceswap.training.runs import DataPaths
+    from faceswap.training.validation import SwapValidator
 
     data = DataPaths().resolved()
     records = data.records(split)

@@ -8,7 +8,7 @@ Figures:
 - video frames/s: `swap_video` on a 256x256 MJPG clip (source encoded once, every frame marked).
 - watermark: detection rate on 200 marked swap outputs after JPEG q75, after a 0.5x resize and
   after both; false-positive rate on the 200 unmarked photos (and their JPEG q75 versions); PSNR.
-The 200 photos are augmented variants of the demo corpus (faceswap_common/demo_corpus.py).
+The 200 photos are augmented variants of the demo corpus (faceswap/data/demo_corpus.py).
 
 Usage: python -m bench.swap [--json bench-results/swap.json]
 """
@@ -29,13 +29,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from faceswap_common import watermark as wm  # noqa: E402
-from faceswap_common.demo_corpus import build_demo_corpus  # noqa: E402
-from faceswap_models.bundle import save_bundle  # noqa: E402
+from faceswap.serving import watermark as wm  # noqa: E402
+from faceswap.data.demo_corpus import build_demo_corpus  # noqa: E402
+from faceswap.artifacts import save_bundle  # noqa: E402
 from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig  # noqa: E402
-from faceswap_models.inference import NoFaceError, SwapPipeline  # noqa: E402
+from faceswap.serving.inference import NoFaceError, SwapPipeline  # noqa: E402
 from faceswap_models.swap import SwapGenerator  # noqa: E402
-from faceswap_models.swap_cli import package_version, swap_video  # noqa: E402
+from faceswap.serving.swap_cli import package_version, swap_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 256
@@ -123,7 +123,7 @@ def video_fps(pipe: SwapPipeline, photos: list[np.ndarray], work: Path, frames: 
 
 def cold_cli_s(bundle: Path, photos_dir: Path, work: Path) -> float:
     files = sorted(p for p in photos_dir.rglob("0*.*"))
-    cmd = [sys.executable, "-c", "import sys; from faceswap_common.cli import main; sys.exit(main(sys.argv[1:]))",
+    cmd = [sys.executable, "-c", "import sys; from faceswap.cli import main; sys.exit(main(sys.argv[1:]))",
            "swap", "--model", str(bundle), "--source", str(files[0]), "--target", str(files[15]),
            "-o", str(work / "cold.jpg")]
     t = time.perf_counter()

@@ -26,11 +26,11 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 
 import torch  # noqa: E402
 
-from faceswap_models.training.config import load_training_params  # noqa: E402
-from faceswap_models.training.data import FaceDataset  # noqa: E402
-from faceswap_models.training.loop import LoopConfig, train  # noqa: E402
-from faceswap_models.training.ray_runner import WorkerContext, run_workers, shutdown_ray  # noqa: E402
-from faceswap_models.training.runs import DataPaths  # noqa: E402
+from faceswap.training.config import load_training_params  # noqa: E402
+from faceswap.data.records import FaceDataset  # noqa: E402
+from faceswap.training.loop import LoopConfig, train  # noqa: E402
+from faceswap.training.ray_runner import WorkerContext, run_workers, shutdown_ray  # noqa: E402
+from faceswap.training.runs import DataPaths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def ray_vs_plain(data: DataPaths, params: dict, steps: int, warmup: int, root: P
         d = root / name
         d.mkdir(parents=True)
         t = time.perf_counter()
-        r = run_workers("bench.train:mae_worker", {**spec, "ckpt_dir": str(d)}, cfg, name=f"bench-{name}",
+        r = run_workers(mae_worker, {**spec, "ckpt_dir": str(d)}, cfg, name=f"bench-{name}",
                         result_dir=d)
         out[f"{name}_wall_s"] = time.perf_counter() - t
         out[f"{name}_steps_per_s"] = r["steps_per_s"]
@@ -84,8 +84,8 @@ def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae:
     from faceswap_models.shape import ShapeDiscriminator
     from faceswap_models.swap import SwapGenerator
     from faceswap_models.discriminator import PatchDiscriminator
-    from faceswap_models.training.contour import ContourProjector
-    from faceswap_models.training.steps import SwapAux, SwapTask
+    from faceswap.training.contour import ContourProjector
+    from faceswap.training.steps import SwapAux, SwapTask
     from stages.train_swap import swap_config
 
     mae = MAEConfig.paper() if paper else mae
@@ -105,8 +105,8 @@ def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae:
 
 def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, Any]:
     from bench.train_data import loader_figures
-    from faceswap_models.training.contour import ContourProjector
-    from faceswap_models.training.data import PairDataset
+    from faceswap.training.contour import ContourProjector
+    from faceswap.data.records import PairDataset
 
     torch.set_num_threads(1)
     cfg = params["train_swap"]
@@ -130,10 +130,10 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     from faceswap_models.config import DiscriminatorConfig, ShapeConfig, ShapeLossWeights
     from faceswap_models.discriminator import Dres
     from faceswap_models.shape import ShapeDiscriminator
-    from faceswap_models.training.loop import _run_step
-    from faceswap_models.training.steps import ShapeAux, ShapeTask
+    from faceswap.training.loop import _run_step
+    from faceswap.training.steps import ShapeAux, ShapeTask
     from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig
-    from faceswap_models.training.contour import ContourProjector
+    from faceswap.training.contour import ContourProjector
 
     dev = torch.device("cuda")
     paper = load_training_params(REPO / "params-paper.yaml")
@@ -202,9 +202,9 @@ def bundle_sensitivity(bundle_dir: str | Path, data: DataPaths, n: int = 32) -> 
     """The trained bundle's sensitivity to its source and to its target on 2n val faces (None: no bundle)."""
     import cv2
 
-    from faceswap_common.images import read_rgb
-    from faceswap_models.bundle import load_bundle
-    from faceswap_models.eval_features import to_tensor
+    from faceswap.core.images import read_rgb
+    from faceswap.artifacts import load_bundle
+    from faceswap.evaluation.features import to_tensor
 
     if not (Path(bundle_dir) / "bundle.json").is_file():
         return None
@@ -310,5 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # run the importable module, so Ray pickles `mae_worker` by reference
+    from bench import train
+
+    raise SystemExit(train.main())

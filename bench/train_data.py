@@ -21,7 +21,7 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from faceswap_models.training.data import (  # noqa: E402
+from faceswap.data.records import (  # noqa: E402
     AugmentConfig, FaceRecords, PairDataset, decode_only_rate, loader_rate,
 )
 

@@ -18,7 +18,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from faceswap_common.config import flatten
+from faceswap.core.config import flatten
 from flows.prepare import _retry_on_io
 
 
@@ -26,7 +26,7 @@ from flows.prepare import _retry_on_io
 def dvc_repro(repo: str, targets: list[str], force: bool = False) -> str:
     """`dvc repro [targets]` in `repo` under one parent MLflow run; raises with DVC's output when it fails."""
     cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]
-    parent = [sys.executable, "-m", "faceswap_models.training.tracking", "--params", "params.yaml", "--"]
+    parent = [sys.executable, "-m", "faceswap.training.tracking", "--params", "params.yaml", "--"]
     proc = subprocess.run(parent + cmd, cwd=repo, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -13,8 +13,8 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from faceswap_common import config as C
-from faceswap_common.cli import write_metrics
+from faceswap.core import config as C
+from faceswap.core.cli import write_metrics
 
 
 def _retry_on_io(task, task_run, state) -> bool:

@@ -9,8 +9,8 @@
 4. Evaluate, register (stages/register.py: challenger always, champion only through the gate) and
    publish a markdown report artifact (`retrain-report`).
 
-Training and evaluation are injectable as "module:function" strings (flow parameters `trainer`,
-`evaluator`), so tests replace them with fast fakes and users with their own recipes:
+Training and evaluation are injectable functions (flow parameters `trainer`, `evaluator`), so tests
+replace them with fast fakes and users with their own recipes:
     trainer(params, data_dir, models_dir, out_dir, init_bundle, metrics_path) -> dict
     evaluator(params, data_dir, bundle_dir, metrics_path) -> dict  (also writes metrics_path)
 
@@ -21,7 +21,6 @@ Serve on the cron schedule in params (`retrain.cron`) against a Prefect server (
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -32,15 +31,11 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from faceswap_common import config as C
-from faceswap_common.cli import write_metrics
-from faceswap_common.io import atomic_write_bytes, atomic_write_text, sha256_file
-from faceswap_common.schemas import MANIFEST, read_table
+from faceswap.core import config as C
+from faceswap.core.cli import write_metrics
+from faceswap.core.io import atomic_write_bytes, atomic_write_text, sha256_file
+from faceswap.core.schemas import MANIFEST, read_table
 from flows.prepare import prepare
-
-DEFAULT_TRAINER = "flows.retrain:train_swap_stage"
-DEFAULT_EVALUATOR = "flows.retrain:evaluate_stage"
-
 
 @dataclass(frozen=True)
 class RetrainConfig:
@@ -52,17 +47,6 @@ class RetrainConfig:
     min_new_images: int = 1
 
 
-def load_callable(spec: str) -> Callable[..., Any]:
-    """'package.module:function' -> the function (ValueError names a bad spec)."""
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
-        raise ValueError(f"expected 'module:function', got {spec!r}")
-    fn = getattr(importlib.import_module(module), name, None)
-    if not callable(fn):
-        raise ValueError(f"{spec}: {module} has no function {name!r}")
-    return fn
-
-
 # --------------------------------------------------------------------------- default train / evaluate
 def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Path, init_bundle: Path | None,
                      metrics_path: Path) -> dict:
@@ -72,7 +56,7 @@ def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Pat
     Relative paths are fine: the stage resolves its model folders and `run_stage` every path it hands
     to the Ray workers (whose working directory is not this one).
     """
-    from faceswap_models.training.runs import DataPaths, load_stage_params
+    from faceswap.training.runs import DataPaths, load_stage_params
     from stages import train_swap
 
     d, models = Path(data_dir), Path(models_dir)
@@ -112,6 +96,12 @@ def evaluate_stage(params: str, data_dir: Path, bundle_dir: Path, metrics_path: 
     return json.loads(Path(metrics_path).read_text("utf-8"))
 
 
+# (params, data_dir, models_dir, out_dir, init_bundle, metrics_path) -> metrics
+Trainer = Callable[[str, Path, Path, Path, "Path | None", Path], dict]
+# (params, data_dir, bundle_dir, metrics_path) -> metrics (also written to metrics_path)
+Evaluator = Callable[[str, Path, Path, Path], dict]
+
+
 # --------------------------------------------------------------------------- tasks
 @task
 def scan_task(source_root: str, manifest: Path, extensions: list[str]) -> dict:
@@ -149,7 +139,7 @@ def champion_bundle_task(params: str, dst: Path) -> dict:
     """Download the champion's bundle into dst; {"version": None} when there is no champion."""
     import mlflow
 
-    from faceswap_models.swap_cli import resolve_model
+    from faceswap.serving.swap_cli import resolve_model
     from stages import register as R
 
     cfg = C.load_section(R.RegisterConfig, "register", params)
@@ -164,18 +154,18 @@ def champion_bundle_task(params: str, dst: Path) -> dict:
 
 
 @task
-def train_task(trainer: str, params: str, data_dir: Path, models_dir: Path, out_dir: Path,
+def train_task(trainer: Trainer, params: str, data_dir: Path, models_dir: Path, out_dir: Path,
                init_bundle: Path | None, metrics_path: Path) -> dict:
     """Train (or fine-tune) the swap model with the injected trainer."""
-    m = load_callable(trainer)(params, data_dir, models_dir, out_dir, init_bundle, metrics_path)
+    m = trainer(params, data_dir, models_dir, out_dir, init_bundle, metrics_path)
     write_metrics(str(metrics_path), m)
     return m
 
 
 @task
-def evaluate_task(evaluator: str, params: str, data_dir: Path, bundle_dir: Path, metrics_path: Path) -> dict:
+def evaluate_task(evaluator: Evaluator, params: str, data_dir: Path, bundle_dir: Path, metrics_path: Path) -> dict:
     """Evaluate the new bundle with the injected evaluator; eval.json must exist afterwards."""
-    m = load_callable(evaluator)(params, data_dir, bundle_dir, metrics_path)
+    m = evaluator(params, data_dir, bundle_dir, metrics_path)
     if not Path(metrics_path).is_file():
         write_metrics(str(metrics_path), m)
     return m
@@ -261,14 +251,16 @@ def keep_current_threedmm(params_path: str, data: Path) -> Path | None:
 @flow(name="retrain", log_prints=True)
 def retrain(params_path: str = "params.yaml", source_root: str | None = None, from_scratch: bool | None = None,
             data_dir: str = "data", models_dir: str = "models", metrics_dir: str = "metrics",
-            trainer: str = DEFAULT_TRAINER, evaluator: str = DEFAULT_EVALUATOR) -> dict:
+            trainer: Trainer | None = None, evaluator: Evaluator | None = None) -> dict:
     """Retrain on newly arrived images; returns the run summary and publishes `retrain-report`.
 
     Args:
         source_root: folder to watch (default: params retrain.source_root).
         from_scratch: ignore the champion (default: params retrain.from_scratch).
-        trainer, evaluator: "module:function" (see the module docstring), for custom recipes / tests.
+        trainer, evaluator: functions as in the module docstring (default: the train_swap and evaluate
+            stages), for custom recipes and tests.
     """
+    trainer, evaluator = trainer or train_swap_stage, evaluator or evaluate_stage
     cfg = C.load_section(RetrainConfig, "retrain", params_path)
     root = source_root or cfg.source_root
     scratch = cfg.from_scratch if from_scratch is None else from_scratch

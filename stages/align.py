@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from faceswap_common.cache import RowCache
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import AlignConfig, DetectConfig, FilterConfig, load_section
-from faceswap_common.faces import Landmarker68, align_face, transform_points
-from faceswap_common.images import BadImage, decode_rgb, encode_image
-from faceswap_common.io import atomic_write_bytes, fingerprint, remove_stale
-from faceswap_common.parallel import pmap
-from faceswap_common.schemas import ALIGNED, FILTERED, REJECTS, read_table, write_table
+from faceswap.core.cache import RowCache
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.config import AlignConfig, DetectConfig, FilterConfig, load_section
+from faceswap.faces.detectors import Landmarker68, align_face, transform_points
+from faceswap.core.images import BadImage, decode_rgb, encode_image
+from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
+from faceswap.core.parallel import pmap
+from faceswap.core.schemas import ALIGNED, FILTERED, REJECTS, read_table, write_table
 
 CODE_VERSION = 2  # 2: crop names carry the alignment fingerprint
 

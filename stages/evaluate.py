@@ -28,20 +28,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import DetectConfig, load_section
-from faceswap_common.images import BadImage, decode_rgb, encode_image, read_rgb
-from faceswap_common.io import atomic_write_bytes, atomic_write_text
-from faceswap_common.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table
-from faceswap_common.threedmm import Coefficients, LinearFaceModel
-from faceswap_models import evaluation as E
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.config import DetectConfig, load_section
+from faceswap.core.images import BadImage, decode_rgb, encode_image, read_rgb
+from faceswap.core.io import atomic_write_bytes, atomic_write_text
+from faceswap.core.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table
+from faceswap.faces.threedmm import Coefficients, LinearFaceModel
+from faceswap.evaluation import metrics as E
 from faceswap_models.auxiliary.hopenet import HopenetPose
-from faceswap_models.bundle import load_bundle
-from faceswap_models.eval_features import (FaceAttributes, FaceReading, InceptionFeatures, Recogniser,
+from faceswap.artifacts import load_bundle
+from faceswap.evaluation.features import (FaceAttributes, FaceReading, InceptionFeatures, Recogniser,
                                            build_recogniser, to_tensor, to_uint8)
 
 if TYPE_CHECKING:
-    from faceswap_models.inference import SwapPipeline
+    from faceswap.serving.inference import SwapPipeline
 
 BASELINES = ("copy_target", "paste_source")
 NOT_COMPARABLE = "not comparable to papers"
@@ -68,7 +68,7 @@ class EvaluateConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        from faceswap_common.config import ConfigError
+        from faceswap.core.config import ConfigError
 
         if self.pairs < 1 or self.batch_size < 1 or self.grid_rows < 0 or self.gallery_distractor_images < 0:
             raise ConfigError("evaluate: pairs and batch_size must be >= 1, grid_rows and "
@@ -163,7 +163,7 @@ def blended_pairs(pipe: "SwapPipeline", rows: list[dict], src: np.ndarray, tgt: 
     the swap CLI's pipeline), cut back to the target's aligned crop with the target's own alignment
     matrix (so it is compared exactly like the raw output). Returns crops (None where the pipeline
     could not swap) and reasons."""
-    from faceswap_models.inference import NoFaceError
+    from faceswap.serving.inference import NoFaceError
 
     cache: dict[int, np.ndarray] = {}
 
@@ -417,7 +417,7 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
         swaps = swap_pairs(bundle.generator, small, src, tgt, res, cfg.batch_size, cfg.device)
         produced: dict[str, tuple[list, list[str | None] | None, str]] = {"model": (swaps, None, "")}
         if cfg.blended:  # a photo that is gone or has no face is a per-pair miss with its reason
-            from faceswap_models.inference import SwapPipeline
+            from faceswap.serving.inference import SwapPipeline
 
             pipe = SwapPipeline.from_bundle(bundle, detect=detect, device=cfg.device)  # the bundle loaded above
             crops_b, fails = blended_pairs(pipe, rows[:n_test], src, tgt, crop_size)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from faceswap_common.cache import RowCache
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import DetectConfig, FilterConfig, load_section
-from faceswap_common.faces import build_detector, yaw_from_landmarks
-from faceswap_common.images import BadImage, decode_rgb, hamming64, laplacian_variance, phash64
-from faceswap_common.io import fingerprint
-from faceswap_common.schemas import FILTERED, MANIFEST, REJECTS, read_table, write_table
+from faceswap.core.cache import RowCache
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.config import DetectConfig, FilterConfig, load_section
+from faceswap.faces.detectors import build_detector, yaw_from_landmarks
+from faceswap.core.images import BadImage, decode_rgb, hamming64, laplacian_variance, phash64
+from faceswap.core.io import fingerprint
+from faceswap.core.schemas import FILTERED, MANIFEST, REJECTS, read_table, write_table
 
 CODE_VERSION = 1
 REASONS = (
@@ -155,7 +155,7 @@ def run(cfg: FilterConfig, detect: DetectConfig, manifest: str | Path, out_filte
 
 
 def _pmap_inspect(factory, paths: list[str], workers: int):
-    from faceswap_common.parallel import pmap
+    from faceswap.core.parallel import pmap
 
     return pmap(inspect_image, paths, factory, workers, total=len(paths), desc="filter")
 

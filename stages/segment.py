@@ -1,6 +1,6 @@
 """segment: face parsing maps (uint8 label PNGs) + segments.parquet.
 
-Labels (faceswap_common.bisenet.LABELS): 0 background, 1 skin, 2 brows, 3 eyes, 4 nose,
+Labels (faceswap.faces.bisenet.LABELS): 0 background, 1 skin, 2 brows, 3 eyes, 4 nose,
 5 mouth/lips, 6 hair. Backends: `landmarks` (offline default: polygons from the 68 aligned
 landmarks; it never emits hair) and `bisenet` (BiSeNet weights from a local file).
 """
@@ -12,14 +12,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceswap_common.labels import LABELS
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import SegmentConfig, load_section
-from faceswap_common.images import encode_image, read_rgb
-from faceswap_common.io import atomic_write_bytes, fingerprint, remove_stale
-from faceswap_common.parallel import pmap
-from faceswap_common.parsing import parse_from_landmarks
-from faceswap_common.schemas import ALIGNED, SEGMENTS, read_table, write_table
+from faceswap.faces.labels import LABELS
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.config import SegmentConfig, load_section
+from faceswap.core.images import encode_image, read_rgb
+from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
+from faceswap.core.parallel import pmap
+from faceswap.faces.parsing import parse_from_landmarks
+from faceswap.core.schemas import ALIGNED, SEGMENTS, read_table, write_table
 
 CODE_VERSION = 1
 N_LABELS = len(LABELS)
@@ -61,7 +61,7 @@ def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_di
         items = [(r, str(out_dir / parsing_name(r, key))) for r in todo]
         list(pmap(_segment_landmarks, items, _no_state, cfg.workers, total=len(items), desc="segment"))
     else:
-        from faceswap_common.bisenet import BiSeNetParser
+        from faceswap.faces.bisenet import BiSeNetParser
 
         if not cfg.bisenet_weights:
             raise ValueError("segment.backend=bisenet needs segment.bisenet_weights (a local file)")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import SplitConfig, load_section
-from faceswap_common.schemas import SPLITS, THREEDMM, read_table, write_table
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.config import SplitConfig, load_section
+from faceswap.core.schemas import SPLITS, THREEDMM, read_table, write_table
 
 
 def assign_identities(identities: list[str], cfg: SplitConfig) -> dict[str, str]:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.config import ThreeDMMConfig, load_section
-from faceswap_common.images import read_rgb
-from faceswap_common.io import atomic_path, fingerprint, remove_stale
-from faceswap_common.parallel import pmap
-from faceswap_common.schemas import ALIGNED, REJECTS, THREEDMM, read_table, write_table
-from faceswap_common.threedmm import LinearFaceModel, MeshLandmarker, learn_model
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.config import ThreeDMMConfig, load_section
+from faceswap.core.images import read_rgb
+from faceswap.core.io import atomic_path, fingerprint, remove_stale
+from faceswap.core.parallel import pmap
+from faceswap.core.schemas import ALIGNED, REJECTS, THREEDMM, read_table, write_table
+from faceswap.faces.threedmm import LinearFaceModel, MeshLandmarker, learn_model
 
 
 LEARN_VERSION = 1  # bump when learn_model changes: invalidates cached learned models

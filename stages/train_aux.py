@@ -16,12 +16,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from faceswap_common.cli import parser, write_metrics
-from faceswap_common.io import atomic_write_text
-from faceswap_common.schemas import ALIGNED, read_table, write_table
+from faceswap.core.cli import parser, write_metrics
+from faceswap.core.io import atomic_write_text
+from faceswap.core.schemas import ALIGNED, read_table, write_table
 from faceswap_models.auxiliary.regressor import RegressorConfig, evaluate_regressor, load_regressor, train_regressor
-from faceswap_models.training.config import AuxStageConfig, load_training_params
-from faceswap_models.training.runs import DataPaths, add_data_args, data_paths
+from faceswap.training.config import AuxStageConfig, load_training_params
+from faceswap.training.runs import DataPaths, add_data_args, data_paths
 
 STAGE = "train_aux"
 WEIGHTS = "regressor.safetensors"

@@ -17,22 +17,22 @@ from typing import Any
 
 import torch
 
-from faceswap_common.cli import parser
-from faceswap_common.io import sha256_file
-from faceswap_common.weights import load_into
+from faceswap.core.cli import parser
+from faceswap.core.io import sha256_file
+from faceswap.core.weights import load_into
 from faceswap_models.config import ShapeConfig
 from faceswap_models.discriminator import Dres
 from faceswap_models.shape import ShapeDiscriminator
-from faceswap_models.training.config import ShapeStageConfig, TrainConfig
-from faceswap_models.training.contour import ContourProjector
-from faceswap_models.training.data import PairDataset
-from faceswap_models.training.ray_runner import WorkerContext
-from faceswap_models.training.runs import (
+from faceswap.training.config import ShapeStageConfig, TrainConfig
+from faceswap.training.contour import ContourProjector
+from faceswap.data.records import PairDataset
+from faceswap.training.ray_runner import WorkerContext
+from faceswap.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
     save_module_json, train_validated,
 )
-from faceswap_models.training.steps import ShapeAux, ShapeTask
-from faceswap_models.training.validation import ShapeValidator
+from faceswap.training.steps import ShapeAux, ShapeTask
+from faceswap.training.validation import ShapeValidator
 from stages.train_aux import WEIGHTS as AUX_WEIGHTS
 from stages.train_aux import load_aux_regressor
 
@@ -79,7 +79,7 @@ def run(data: DataPaths, aux_dir: str | Path, out_dir: str | Path, params_path: 
     params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
     aux_dir = str(Path(aux_dir).resolve())
     key = run_key(cfg, tcfg, data, aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS))
-    return run_stage(STAGE, entry="stages.train_shape:worker",
+    return run_stage(STAGE, entry=worker,
                      spec={"cfg": cfg, "data": data, "key": key, "aux_dir": aux_dir}, train_cfg=tcfg, key=key,
                      out_dir=out_dir, metrics_path=metrics, plots_path=plots)
 
@@ -97,5 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the importable module, so Ray pickles `worker` by reference
+    from stages import train_shape
+
+    sys.exit(train_shape.main())

@@ -5,7 +5,7 @@ Fswa = the pretrained MAE encoder (from pretrain_mae, frozen) + CAFM + conv deco
 adv + rec (same-identity pairs) + id (identity encoder, offline default FaceNet) + exp + ldmk
 (regressor from train_aux) + perc (the identity encoder's features by default) + flow.
 
-Output (`--out-dir`, default models/swap/): the swap-model bundle (faceswap_models.bundle:
+Output (`--out-dir`, default models/swap/): the swap-model bundle (faceswap.artifacts:
 generator.safetensors with the EMA weights + bundle.json with align size / template scale).
 """
 from __future__ import annotations
@@ -17,26 +17,26 @@ from typing import Any
 
 import torch
 
-from faceswap_common.cli import parser
-from faceswap_common.config import AlignConfig, from_dict, load_params
-from faceswap_common.io import sha256_file
-from faceswap_common.weights import read_state_dict
+from faceswap.core.cli import parser
+from faceswap.core.config import AlignConfig, from_dict, load_params
+from faceswap.core.io import sha256_file
+from faceswap.core.weights import read_state_dict
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
-from faceswap_models.bundle import load_bundle, save_bundle
+from faceswap.artifacts import load_bundle, save_bundle
 from faceswap_models.config import MAEConfig, SwapConfig
 from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.swap import SwapGenerator
-from faceswap_models.training.config import SwapStageConfig, TrainConfig
-from faceswap_models.training.contour import ContourProjector
-from faceswap_models.training.data import PairDataset
-from faceswap_models.training.ray_runner import WorkerContext
-from faceswap_models.training.runs import (
+from faceswap.training.config import SwapStageConfig, TrainConfig
+from faceswap.training.contour import ContourProjector
+from faceswap.data.records import PairDataset
+from faceswap.training.ray_runner import WorkerContext
+from faceswap.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
     stage_params, train_validated,
 )
-from faceswap_models.training.loop import load_best_state
-from faceswap_models.training.steps import SwapAux, SwapTask
-from faceswap_models.training.validation import GateSelector, SwapValidator
+from faceswap.training.loop import load_best_state
+from faceswap.training.steps import SwapAux, SwapTask
+from faceswap.training.validation import GateSelector, SwapValidator
 from stages.pretrain_mae import MODEL_NAME as MAE_NAME
 from stages.register import RegisterConfig
 from stages.train_aux import WEIGHTS as AUX_WEIGHTS
@@ -167,7 +167,7 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
             raise ValueError(f"init bundle {init_bundle}: {why}; fine-tuning needs the same architecture "
                              "(or train from scratch)")
         dirs["init_bundle"] = str(Path(init_bundle).resolve())
-    return run_stage(STAGE, entry="stages.train_swap:worker",
+    return run_stage(STAGE, entry=worker,
                      spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], "select": select, **dirs},
                      train_cfg=tcfg, key=key,
                      out_dir=out_dir, metrics_path=metrics, plots_path=plots)
@@ -190,5 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the importable module, so Ray pickles `worker` by reference
+    from stages import train_swap
+
+    sys.exit(train_swap.main())

@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from faceswap_common.config import (  # noqa: E402
+from faceswap.core.config import (  # noqa: E402
     AlignConfig, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
 )
 
@@ -21,7 +21,7 @@ from faceswap_common.config import (  # noqa: E402
 @pytest.fixture(scope="session")
 def face_rgb() -> np.ndarray:
     """A real photographic face (scikit-image's astronaut, public domain), (512, 512, 3) uint8."""
-    from faceswap_common.demo_corpus import _base_astronaut
+    from faceswap.data.demo_corpus import _base_astronaut
 
     return _base_astronaut(512)
 
@@ -29,7 +29,7 @@ def face_rgb() -> np.ndarray:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     """A 5-identity x 4-image demo corpus (plus the bad extras), built once per session."""
-    from faceswap_common.demo_corpus import build_demo_corpus
+    from faceswap.data.demo_corpus import build_demo_corpus
 
     return build_demo_corpus(tmp_path_factory.mktemp("corpus") / "raw", identities=5, per_identity=4)
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceswap_common.images import BadImage, decode_rgb
-from faceswap_common.schemas import FILTERED, MANIFEST, REJECTS, read_table
+from faceswap.core.images import BadImage, decode_rgb
+from faceswap.core.schemas import FILTERED, MANIFEST, REJECTS, read_table
 from stages import filter as filter_stage
 from stages import ingest
 

@@ -1,4 +1,4 @@
-"""faceswap_common.bisenet: checkpoint layout, loading through weights.load_into, 19->7 label mapping."""
+"""faceswap.faces.bisenet: checkpoint layout, loading through weights.load_into, 19->7 label mapping."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from faceswap_common.bisenet import (CELEBAMASK19, CELEBAMASK19_TO_LABELS, LABELS, BiSeNet,
+from faceswap.faces.bisenet import (CELEBAMASK19, CELEBAMASK19_TO_LABELS, LABELS, BiSeNet,
                                      BiSeNetParser)
-from faceswap_common.weights import WeightsError
+from faceswap.core.weights import WeightsError
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from faceswap_common.config import ConfigError, FilterConfig, IngestConfig, from_dict
-from faceswap_common.faces import arcface_template, transform_points, yaw_from_landmarks
-from faceswap_common.images import read_rgb
-from faceswap_common.schemas import (
+from faceswap.core.config import ConfigError, FilterConfig, IngestConfig, from_dict
+from faceswap.faces.detectors import arcface_template, transform_points, yaw_from_landmarks
+from faceswap.core.images import read_rgb
+from faceswap.core.schemas import (
     ALIGNED, FILTERED, MANIFEST, REJECTS, SEGMENTS, SPLITS, THREEDMM, SchemaError, read_table,
 )
 from stages import align, ingest, segment, split, threedmm
@@ -22,7 +22,7 @@ from stages import filter as filter_stage
 @pytest.fixture(scope="module")
 def prepared(tiny_corpus, tmp_path_factory):
     """Run ingest -> filter -> align -> segment -> threedmm -> split once; return the work dir."""
-    from faceswap_common.config import (
+    from faceswap.core.config import (
         AlignConfig, DetectConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
     )
     work = tmp_path_factory.mktemp("work")
@@ -59,7 +59,7 @@ def test_filter_invariant_and_demo_reasons(prepared):
 def test_alignment_maps_landmarks_onto_the_template(prepared):
     work, _ = prepared
     rows = read_table(work / "aligned.parquet", ALIGNED).to_pylist()
-    from faceswap_common.config import AlignConfig
+    from faceswap.core.config import AlignConfig
     template = arcface_template(256, AlignConfig().template_scale)
     for r in rows:
         lm5 = np.asarray(r["landmarks5"]).reshape(5, 2)
@@ -109,7 +109,7 @@ def test_threedmm_table_and_split_are_identity_disjoint(prepared):
 
 
 def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
-    from faceswap_common.config import ThreeDMMConfig
+    from faceswap.core.config import ThreeDMMConfig
     work, m = prepared
     assert m["threedmm"]["model_learned_this_run"] is True
     again = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), work / "aligned.parquet", work / "aligned",
@@ -122,7 +122,7 @@ def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
 
 def test_new_alignment_settings_invalidate_parsing_maps_and_meshes(prepared, tmp_path):
     """Files downstream of align are named after the crop, whose name fingerprints the alignment."""
-    from faceswap_common.config import AlignConfig, DetectConfig, SegmentConfig, ThreeDMMConfig
+    from faceswap.core.config import AlignConfig, DetectConfig, SegmentConfig, ThreeDMMConfig
     work, m = prepared
     for d in ("aligned", "parsing", "meshes"):
         shutil.copytree(work / d, tmp_path / d)
@@ -152,7 +152,7 @@ def test_threedmm_learning_sample_is_bounded_and_deterministic():
 
 
 def test_split_is_seeded():
-    from faceswap_common.config import SplitConfig
+    from faceswap.core.config import SplitConfig
     ids = [f"id{i}" for i in range(20)]
     a = split.assign_identities(ids, SplitConfig(seed=1))
     assert a == split.assign_identities(list(reversed(ids)), SplitConfig(seed=1))
@@ -161,7 +161,7 @@ def test_split_is_seeded():
 
 
 def test_rerun_after_adding_images_reads_only_new_ones(prepared, face_rgb, tmp_path):
-    from faceswap_common.config import AlignConfig, DetectConfig
+    from faceswap.core.config import AlignConfig, DetectConfig
     from imageutil import write_rgb
     work, m = prepared
     src = work / "raw"
@@ -190,7 +190,7 @@ def test_config_rejects_unknown_keys_and_wrong_types():
 
 
 def test_params_yaml_loads_every_section():
-    from faceswap_common import config as C
+    from faceswap.core import config as C
     p = Path(__file__).parents[1] / "params.yaml"
     for cls, name in [(C.IngestConfig, "ingest"), (C.DetectConfig, "detect"), (C.FilterConfig, "filter"),
                       (C.AlignConfig, "align"), (C.SegmentConfig, "segment"), (C.ThreeDMMConfig, "threedmm"),
@@ -215,9 +215,9 @@ def test_yaw_sign_flips_for_mirrored_landmarks():
 
 def test_retinaface_loads_local_weights_and_errors_name_the_file(tmp_path, face_rgb):
     import torch
-    from faceswap_common.config import DetectConfig
-    from faceswap_common.faces import RetinaFaceDetector, build_retinaface
-    from faceswap_common.weights import WeightsError
+    from faceswap.core.config import DetectConfig
+    from faceswap.faces.detectors import RetinaFaceDetector, build_retinaface
+    from faceswap.core.weights import WeightsError
     torch.manual_seed(0)
     torch.save(build_retinaface().state_dict(), tmp_path / "r50.pth")
     det = RetinaFaceDetector(DetectConfig(backend="retinaface", retinaface_weights=str(tmp_path / "r50.pth"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceswap_common import demo_corpus as dc
+from faceswap.data import demo_corpus as dc
 
 ROOT = Path(__file__).parents[1]
 

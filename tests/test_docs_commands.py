@@ -54,9 +54,9 @@ NOT_RUN = {
     "python -m flows.retrain": "serves / runs the retraining flow (tests/test_retrain*.py run it)",
     "python -m flows.pipeline": "the whole `dvc repro` as a flow (minutes)",
     "python -m bench.": "benchmarks (minutes)",
-    "python -m faceswap_models.bench": "benchmarks (minutes)",
-    "python -m faceswap_models.training.config": "rewrites params.yaml",
-    "python -m faceswap_models.training.tracking": "runs `dvc repro` under a parent MLflow run (minutes)",
+    "python -m bench.models": "benchmarks (minutes)",
+    "python -m faceswap.training.config": "rewrites params.yaml",
+    "python -m faceswap.training.tracking": "runs `dvc repro` under a parent MLflow run (minutes)",
     "python -m pytest": "runs tests",
     "faceswap swap": "needs a trained model (`make demo`); tests/test_inference.py runs the CLI",
     "mlflow ui": "starts a server",
@@ -226,14 +226,14 @@ def _python_module(c: Command) -> str:
 
 
 def _faceswap(c: Command, tmp_path: Path, monkeypatch) -> str:
-    from faceswap_common import cli
+    from faceswap import cli
 
     args = list(c.argv[1:])
     if args[:1] == ["verify"] and len(args) > 1:  # run it, on a marked image under the name the docs use
         import cv2
         from skimage import data
 
-        from faceswap_common import watermark
+        from faceswap.serving import watermark
 
         monkeypatch.chdir(tmp_path)
         Path(args[1]).write_bytes(watermark.encode_with_metadata(

@@ -12,13 +12,13 @@ import torch
 
 pytest.importorskip("mediapipe")
 
-from faceswap_common.faces import DlibDetector, align_face  # noqa: E402
-from faceswap_common.config import DetectConfig  # noqa: E402
-from faceswap_common.images import encode_image  # noqa: E402
-from faceswap_common.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
-from faceswap_common import threedmm as T  # noqa: E402
-from faceswap_models import evaluation as E  # noqa: E402
-from faceswap_models.eval_features import FaceAttributes, InceptionFeatures  # noqa: E402
+from faceswap.faces.detectors import DlibDetector, align_face  # noqa: E402
+from faceswap.core.config import DetectConfig  # noqa: E402
+from faceswap.core.images import encode_image  # noqa: E402
+from faceswap.core.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
+from faceswap.faces import threedmm as T  # noqa: E402
+from faceswap.evaluation import metrics as E  # noqa: E402
+from faceswap.evaluation.features import FaceAttributes, InceptionFeatures  # noqa: E402
 
 CROP = 128
 SCALE = 1.4
@@ -233,7 +233,7 @@ def test_inception_features_load_local_weights(tmp_path, base_crop):
     assert not np.allclose(feats[0], feats[1])
     bad = tmp_path / "bad.pth"
     torch.save({"fc.weight": torch.zeros(3, 3)}, bad)
-    from faceswap_common.weights import WeightsError
+    from faceswap.core.weights import WeightsError
 
     with pytest.raises(WeightsError, match="bad.pth"):
         InceptionFeatures(bad)
@@ -262,7 +262,7 @@ def _write_inputs(root, synthetic):
 
 
 def _tiny_bundle(path, img_size: int):
-    from faceswap_models.bundle import save_bundle
+    from faceswap.artifacts import save_bundle
     from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig
     from faceswap_models.swap import SwapGenerator
 
@@ -349,7 +349,7 @@ def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
     assert paste["shape_error"] is not None and copy["pose_error_deg"] is not None
     assert copy["pose_error_deg"] < paste["pose_error_deg"] or paste["no_mesh"] or copy["no_mesh"]
 
-    from faceswap_models.bundle import save_bundle, load_bundle
+    from faceswap.artifacts import save_bundle, load_bundle
 
     b = load_bundle(tmp_path / "swap32")
     save_bundle(tmp_path / "swap_wrong", b.generator, align_size=256, template_scale=SCALE)
@@ -359,7 +359,7 @@ def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
 
 def _toy_mesh() -> np.ndarray:
     """(468, 3) mesh with the points `mesh_expression` reads placed on an upright face (eye distance 2)."""
-    from faceswap_models import eval_features as F
+    from faceswap.evaluation import features as F
 
     m = np.zeros((468, 3))
     m[F._MESH_EYE_LEFT[0], :2], m[F._MESH_EYE_RIGHT[1], :2] = (-1, 0), (1, 0)
@@ -373,7 +373,7 @@ def _toy_mesh() -> np.ndarray:
 def test_mesh_expression_reads_mouth_eyes_and_brows_whatever_the_face_placement() -> None:
     """The seven measures in eye-distance units; in-plane rotation, scale and shift change nothing;
     opening the mouth changes mouth_open alone, by the amount opened."""
-    from faceswap_models.eval_features import EXPRESSION_MEASURES, mesh_expression
+    from faceswap.evaluation.features import EXPRESSION_MEASURES, mesh_expression
 
     m = _toy_mesh()
     e = dict(zip(EXPRESSION_MEASURES, mesh_expression(m)))

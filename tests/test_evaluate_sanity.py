@@ -13,10 +13,10 @@ import torch
 
 pytest.importorskip("mediapipe")
 
-from faceswap_common.config import (  # noqa: E402
+from faceswap.core.config import (  # noqa: E402
     AlignConfig, DetectConfig, FilterConfig, IngestConfig, ThreeDMMConfig, load_params, load_section,
 )
-from faceswap_common.schemas import ALIGNED, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
+from faceswap.core.schemas import ALIGNED, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
 from stages import align, ingest, threedmm  # noqa: E402
 from stages import filter as filter_stage  # noqa: E402
 from stages import register as R  # noqa: E402
@@ -29,7 +29,7 @@ IDENTITIES, PER_ID = 10, 4
 def prepared(tmp_path_factory):
     """Demo corpus (10 identities x 4) -> filter -> align -> threedmm; 6 identities test, the rest
     distractors (splits.parquet). Returns the folder."""
-    from faceswap_common.demo_corpus import build_demo_corpus
+    from faceswap.data.demo_corpus import build_demo_corpus
 
     torch.set_num_threads(2)
     work = tmp_path_factory.mktemp("sanity")
@@ -141,7 +141,7 @@ def test_missing_photos_are_misses_with_a_reason_not_a_crash(tmp_path):
     bundle = demo_bundle(tmp_path / "b", load_params(REPO / "params.yaml"))
     rows = [{"path": str(tmp_path / "gone.jpg"), "matrix": [1, 0, 0, 0, 1, 0]},
             {"path": str(tmp_path / "also_gone.png"), "matrix": [1, 0, 0, 0, 1, 0]}]
-    from faceswap_models.inference import SwapPipeline
+    from faceswap.serving.inference import SwapPipeline
 
     pipe = SwapPipeline.from_bundle(bundle, detect=DetectConfig())
     crops, fails = blended_pairs(pipe, rows, np.array([0, 1]), np.array([1, 0]), 256)
@@ -165,8 +165,8 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     """training/validation.py on real crops: a random-init generator is mostly not a face; copying
     the target is a face with the wrong identity; pasting the source is retrieved as the source."""
     from bench.evaluate import demo_bundle
-    from faceswap_models.bundle import load_bundle
-    from faceswap_models.training.validation import GateSelector, SwapValidator
+    from faceswap.artifacts import load_bundle
+    from faceswap.training.validation import GateSelector, SwapValidator
 
     work = prepared
     split = {r["sha256"]: r["split"] for r in read_table(work / "splits.parquet", SPLITS).to_pylist()}

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from faceswap_common import watermark as wm
-from faceswap_common.cli import main
-from faceswap_models.bundle import save_bundle
+from faceswap.serving import watermark as wm
+from faceswap.cli import main
+from faceswap.artifacts import save_bundle
 from faceswap_models.config import SwapConfig
-from faceswap_common.parsing import parse_from_landmarks
-from faceswap_models.inference import BLENDS, DEFAULT_BLEND, NoFaceError, SwapPipeline, face_mask, paste_back
+from faceswap.faces.parsing import parse_from_landmarks
+from faceswap.serving.inference import BLENDS, DEFAULT_BLEND, NoFaceError, SwapPipeline, face_mask, paste_back
 from faceswap_models.swap import SwapGenerator
 from tests.imageutil import write_rgb
 
@@ -242,7 +242,7 @@ def test_face_mask_shape_equals_parsing_for_the_same_face(big_bundle_dir, face_r
 
 
 def test_cli_blend_choices():
-    from faceswap_models.swap_cli import swap_parser
+    from faceswap.serving.swap_cli import swap_parser
 
     action = next(a for a in swap_parser()._actions if a.dest == "blend")
     assert tuple(action.choices) == BLENDS and action.default == DEFAULT_BLEND

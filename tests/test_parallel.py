@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 
-from faceswap_common.parallel import MIN_ITEMS_FOR_POOL, pmap
+from faceswap.core.parallel import MIN_ITEMS_FOR_POOL, pmap
 
 
 def _factory(tag="a"):
@@ -30,7 +30,7 @@ def test_pmap_two_workers_keeps_order_after_threads_started():
 
     # A second call (next stage) reuses the same worker processes, with its own state per factory
     # (compared with the pool's processes: on a loaded machine one worker may take every item of a call).
-    from faceswap_common import parallel
+    from faceswap.core import parallel
 
     pool_pids = {p.pid for p in parallel._POOL[1]._pool}
     assert pids <= pool_pids

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from faceswap_common import config as C
-from faceswap_common.config import load_params
+from faceswap.core import config as C
+from faceswap.core.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 SCALAR = (bool, int, float, str, type(None))
 
 
 def _sections() -> dict[str, type]:
-    from faceswap_models.training.config import STAGE_CONFIGS, TrainConfig
+    from faceswap.training.config import STAGE_CONFIGS, TrainConfig
     from flows.retrain import RetrainConfig
     from stages.evaluate import EvaluateConfig
     from stages.register import RegisterConfig
@@ -65,7 +65,7 @@ def test_dataclass_defaults_agree_with_params_yaml(section):
 def test_loop_defaults_follow_the_train_section():
     """LoopConfig is built from `train` by the stages; its own defaults (used by tests and library
     callers) must be the same numbers."""
-    from faceswap_models.training.loop import LoopConfig
+    from faceswap.training.loop import LoopConfig
 
     train = load_params(REPO / "params.yaml")["train"]
     for f in dataclasses.fields(LoopConfig):

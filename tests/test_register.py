@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceswap_common.config import ConfigError, from_dict
-from faceswap_common.gates import resolve_bound
-from faceswap_common.images import read_rgb
+from faceswap.core.config import ConfigError, from_dict
+from faceswap.evaluation.gates import resolve_bound
+from faceswap.core.images import read_rgb
 from stages import register as R
 
 GATES = {"model.shape_error": {"max": 0.5}, "model.id_top1": {"min": "baselines.copy_target.id_top1"}}
@@ -32,7 +32,7 @@ def write_eval(path: Path, id_top1: float, shape_error: float = 0.3) -> Path:
 def bundle(tmp_path_factory) -> Path:
     import torch
 
-    from faceswap_models.bundle import save_bundle
+    from faceswap.artifacts import save_bundle
     from faceswap_models.config import SwapConfig
     from faceswap_models.swap import SwapGenerator
 
@@ -117,7 +117,7 @@ def test_default_gates_fail_noise_copy_and_paste_and_pass_a_swap():
     and "paste source" all fail, each on its own gate (paste: pose; its expression error is the
     expression gate's bound, so it ties there and one a little worse fails); a model between the
     baselines passes."""
-    from faceswap_common.config import load_section
+    from faceswap.core.config import load_section
 
     cfg = load_section(R.RegisterConfig, "register", Path(__file__).resolve().parents[1] / "params.yaml")
     copy = {"detection_rate": 1.0, "id_top1": 0.02, "pose_error_deg": 1.5, "expression_deviation_error": 0.9}
@@ -226,11 +226,11 @@ def test_model_card_fingerprint_and_metrics_logged(sequence, tmp_path):
 
 
 def test_champion_alias_loads_pyfunc_and_swaps_a_real_pair(sequence, pair):
-    pytest.importorskip("faceswap_models.inference")
+    pytest.importorskip("faceswap.serving.inference")
     import mlflow.pyfunc
     from PIL import Image
 
-    from faceswap_models.pyfunc import input_example
+    from faceswap.serving.pyfunc import input_example
 
     cfg, _, _, root = sequence
     use(root)
@@ -243,7 +243,7 @@ def test_champion_alias_loads_pyfunc_and_swaps_a_real_pair(sequence, pair):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     img = Image.open(io.BytesIO(png))
     assert img.size == (pair[1].shape[1], pair[1].shape[0]) and img.mode == "RGB"
-    from faceswap_common import watermark
+    from faceswap.serving import watermark
 
     assert watermark.detect(np.asarray(img)).found and "faceswap-pipeline" in watermark.read_metadata(png)
     assert np.abs(np.asarray(img).astype(int) - pair[1]).max() > 0  # the face region changed

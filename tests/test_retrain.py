@@ -14,7 +14,6 @@ import cv2
 import pytest
 import yaml
 
-from flows.retrain import load_callable
 from prefectutil import latest_artifact
 
 
@@ -22,7 +21,7 @@ def fake_train(params, data_dir, models_dir, out_dir, init_bundle, metrics_path)
     """A tiny random generator; starts from init_bundle's weights when given (as a fine-tune would)."""
     import torch
 
-    from faceswap_models.bundle import load_bundle, save_bundle
+    from faceswap.artifacts import load_bundle, save_bundle
     from faceswap_models.config import SwapConfig
     from faceswap_models.swap import SwapGenerator
 
@@ -48,14 +47,6 @@ def eval_gate_fail(params, data_dir, bundle_dir, metrics_path) -> dict:
     return _fake_eval(metrics_path, 0.9, 0.8)  # better primary metric, but shape_error fails its gate
 
 
-def test_load_callable_errors():
-    assert load_callable("test_retrain:eval_good") is eval_good
-    with pytest.raises(ValueError, match="module:function"):
-        load_callable("no_colon")
-    with pytest.raises(ValueError, match="no function"):
-        load_callable("flows.retrain:nope")
-
-
 def _latest_report() -> str:
     return latest_artifact("retrain-report")
 
@@ -63,7 +54,7 @@ def _latest_report() -> str:
 def test_retrain_flow_end_to_end(prefect_harness, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from faceswap_common.demo_corpus import build_demo_corpus
+    from faceswap.data.demo_corpus import build_demo_corpus
     from flows.retrain import retrain
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -81,10 +72,10 @@ def test_retrain_flow_end_to_end(prefect_harness, tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     kw = dict(params_path=str(tmp_path / "params.yaml"), data_dir=str(tmp_path / "data"),
               models_dir=str(tmp_path / "models"), metrics_dir=str(tmp_path / "metrics"),
-              trainer="test_retrain:fake_train")
+              trainer=fake_train)
 
     # 1. first run: everything is new, no champion yet -> from scratch, promoted
-    r1 = retrain(**kw, evaluator="test_retrain:eval_good")
+    r1 = retrain(**kw, evaluator=eval_good)
     assert r1["status"] == "registered" and len(r1["scan"]["new"]) == r1["scan"]["files"] > 6
     assert r1["champion"]["version"] is None and r1["train"]["init"] == "fake, from scratch"
     assert r1["register"]["version"] == 1 and r1["register"]["aliases_moved"] == ["challenger", "champion"]
@@ -93,14 +84,14 @@ def test_retrain_flow_end_to_end(prefect_harness, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "metrics" / "register.json").read_text())["champion_version"] == 1
 
     # 2. nothing new -> stop early, nothing registered
-    r2 = retrain(**kw, evaluator="test_retrain:eval_good")
+    r2 = retrain(**kw, evaluator=eval_good)
     assert r2["status"] == "no_new_data" and r2["scan"]["new"] == [] and "register" not in r2
     assert "No new images: stopped early" in _latest_report()
 
     # 3. one new photo; the fine-tuned model fails a gate -> challenger moves, champion stays v1
     img = cv2.imread(str(raw / "id_000" / "000.jpg"))
     cv2.imwrite(str(raw / "id_000" / "900.jpg"), cv2.flip(img, 1))
-    r3 = retrain(**kw, evaluator="test_retrain:eval_gate_fail")
+    r3 = retrain(**kw, evaluator=eval_gate_fail)
     assert r3["scan"]["new"] == ["id_000/900.jpg"] and r3["prepare"]["ingest"]["read"] == 1
     assert r3["champion"]["version"] == 1 and r3["train"]["init_had_bundle"] is True
     assert r3["register"]["version"] == 2 and r3["register"]["aliases_moved"] == ["challenger"]

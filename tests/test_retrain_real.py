@@ -64,7 +64,7 @@ def _latest_report() -> str:
 
 def _check_run(r: dict, proj: Path, *, version: int) -> str:
     """What every real run must leave behind: a trained bundle, eval.json, a registered version, a report."""
-    from faceswap_models.bundle import load_bundle
+    from faceswap.artifacts import load_bundle
 
     assert r["status"] == "registered"
     assert r["train"]["steps"] == TINY["train_swap"]["steps"] and r["train"]["nonfinite_steps"] == 0
@@ -87,8 +87,8 @@ def test_retrain_with_the_real_trainer_and_evaluator_from_the_project_folder(
         prefect_harness, tiny_corpus, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from faceswap_models.training.ray_runner import shutdown_ray
-    from faceswap_models.training.runs import DataPaths
+    from faceswap.training.ray_runner import shutdown_ray
+    from faceswap.training.runs import DataPaths
     from flows.prepare import prepare
     from flows.retrain import retrain
     from stages import pretrain_mae, train_aux, train_shape

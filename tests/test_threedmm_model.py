@@ -1,4 +1,4 @@
-"""Offline learned 3DMM (faceswap_common.threedmm): learning from real mediapipe meshes, refitting
+"""Offline learned 3DMM (faceswap.faces.threedmm): learning from real mediapipe meshes, refitting
 known coefficients, pose conventions on real (mirrored) images, FlowFace++ P12, persistence."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytest.importorskip("mediapipe")
 from skimage import data  # noqa: E402
 from skimage.transform import PiecewiseAffineTransform, warp  # noqa: E402
 
-from faceswap_common import threedmm as T  # noqa: E402
+from faceswap.faces import threedmm as T  # noqa: E402
 
 S = 256
 N_ID, N_IMG = 6, 5
@@ -112,7 +112,7 @@ def _render3d(model: T.LinearFaceModel, c: T.Coefficients) -> np.ndarray:
 
 def test_learn_model_structure_and_clamping(real_meshes, caplog):
     meshes, ids = real_meshes
-    with caplog.at_level(logging.WARNING, logger="faceswap_common.threedmm"):
+    with caplog.at_level(logging.WARNING, logger="faceswap.faces.threedmm"):
         m = T.learn_model(meshes, ids, n_shape=20, n_exp=10)
     assert m.n_shape == N_ID - 1 and "clamped 20 -> 5" in caplog.text  # identities - 1
     assert m.n_exp == 10 and m.mean.shape == (468, 3)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from faceswap_common import watermark as wm
+from faceswap.serving import watermark as wm
 
 PAYLOAD = wm.version_payload("0.1.0")
 

@@ -1,4 +1,4 @@
-"""faceswap_common.weights: safe state-dict reading and strict loading, every failure a WeightsError."""
+"""faceswap.core.weights: safe state-dict reading and strict loading, every failure a WeightsError."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from faceswap_common.weights import WeightsError, load_into, read_state_dict
+from faceswap.core.weights import WeightsError, load_into, read_state_dict
 
 
 def _net(seed: int = 0, width: int = 4) -> nn.Module:

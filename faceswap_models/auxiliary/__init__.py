@@ -9,7 +9,7 @@ from .facenet import FaceNetEncoder, InceptionResnetV1
 from .facenet_convert import convert_facenet_graph, default_cache_dir, ensure_facenet_weights
 from .perceptual import PERCEPTUAL_BACKENDS, PerceptualFeatures, VGG16Features, build_perceptual
 from .registry import IDENTITY_ENCODERS, build_identity_encoder
-from .weights import WeightsError, load_state_dict_file, read_state_dict, save_safetensors_atomic
+from faceswap.core.weights import WeightsError, load_state_dict_file, read_state_dict, save_safetensors_atomic
 
 __all__ = [
     "ArcFaceEncoder", "IResNet", "iresnet50", "iresnet100", "FrozenEncoder", "FaceNetEncoder",

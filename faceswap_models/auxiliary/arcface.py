@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import FrozenEncoder, check_rgb, resize_to
-from .weights import load_state_dict_file
+from faceswap.core.weights import load_state_dict_file
 
 __all__ = ["IResNet", "iresnet50", "iresnet100", "ArcFaceEncoder", "IRESNET_LAYERS"]
 

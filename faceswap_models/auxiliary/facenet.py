@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import FrozenEncoder, check_rgb, resize_to
-from .weights import load_state_dict_file
+from faceswap.core.weights import load_state_dict_file
 
 __all__ = ["InceptionResnetV1", "FaceNetEncoder", "prewhiten"]
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .facenet import InceptionResnetV1
-from .weights import WeightsError, read_state_dict, save_safetensors_atomic
+from faceswap.core.weights import WeightsError, read_state_dict, save_safetensors_atomic
 
 __all__ = ["FACENET_WEIGHTS_NAME", "find_facenet_graph", "convert_facenet_graph",
            "ensure_facenet_weights", "default_cache_dir"]

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from faceswap_common.weights import load_into
+from faceswap.core.weights import load_into
 
 NUM_BINS = 66
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -21,7 +21,7 @@ from torch import nn
 from .common import FrozenEncoder, check_rgb
 from .facenet import FaceNetEncoder
 from .facenet_convert import ensure_facenet_weights
-from .weights import load_state_dict_file
+from faceswap.core.weights import load_state_dict_file
 
 __all__ = ["VGG16Features", "PerceptualFeatures", "build_perceptual", "PERCEPTUAL_BACKENDS"]
 

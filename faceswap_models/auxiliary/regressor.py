@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from faceswap_common.images import read_rgb
-from faceswap_common.schemas import ALIGNED, THREEDMM, read_table
+from faceswap.core.images import read_rgb
+from faceswap.core.schemas import ALIGNED, THREEDMM, read_table
 
-from .weights import load_state_dict_file, save_safetensors_atomic
+from faceswap.core.weights import load_state_dict_file, save_safetensors_atomic
 
 __all__ = ["RegressorConfig", "RegressorAugment", "FaceAttributeRegressor", "regressor_loss", "FaceTableDataset",
            "train_regressor", "evaluate_regressor", "r_squared", "load_regressor", "POSE_SCALE_DEG"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceswap_common.weights import WeightsError
+from faceswap.core.weights import WeightsError
 from faceswap_models.auxiliary.hopenet import Hopenet, HopenetPose, bins_to_degrees
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from faceswap_common.schemas import ALIGNED, THREEDMM, write_table
+from faceswap.core.schemas import ALIGNED, THREEDMM, write_table
 from faceswap_models.auxiliary import WeightsError
 from faceswap_models.auxiliary.regressor import (FaceAttributeRegressor, FaceTableDataset,
                                                  RegressorConfig, load_regressor, regressor_loss,
@@ -211,7 +211,7 @@ def test_loss_terms_start_near_one_when_predicting_the_mean() -> None:
 def test_augmentation_moves_3dmm_and_landmark_targets_with_the_pixels() -> None:
     """Warping the crop and the targets together stays exact: the 3DMM projection with the new camera
     and roll lands on the moved points, and a drawn dot moves to the moved landmark."""
-    from faceswap_common.threedmm import Coefficients, LinearFaceModel
+    from faceswap.faces.threedmm import Coefficients, LinearFaceModel
     from faceswap_models.auxiliary.regressor import RegressorAugment, _augment
 
     rng = np.random.default_rng(0)

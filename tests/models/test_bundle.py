@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from faceswap_common.weights import WeightsError
-from faceswap_models.bundle import load_bundle, save_bundle
+from faceswap.core.weights import WeightsError
+from faceswap.artifacts import load_bundle, save_bundle
 from faceswap_models.config import SwapConfig
 from faceswap_models.swap import SwapGenerator
 

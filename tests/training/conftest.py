@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from faceswap_common import schemas
-from faceswap_common.threedmm import Coefficients, LinearFaceModel
+from faceswap.core import schemas
+from faceswap.faces.threedmm import Coefficients, LinearFaceModel
 
 CROP = 64  # stored crop side of the synthetic set
 N_IDS, PER_ID = 4, 4  # train split: 16 faces
@@ -101,7 +101,7 @@ def train_tables(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def train_records(train_tables):
     """FaceRecords of the train split of `train_tables`."""
-    from faceswap_models.training.data import FaceRecords
+    from faceswap.data.records import FaceRecords
 
     t = train_tables
     return FaceRecords.load(t["aligned_parquet"], t["aligned_dir"], t["segments_parquet"], t["parsing_dir"],

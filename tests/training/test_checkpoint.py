@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from faceswap_models.training import checkpoint as C
-from faceswap_models.training.checkpoint import (
+from faceswap.training import checkpoint as C
+from faceswap.training.checkpoint import (
     EMA, capture_rng, latest_checkpoint, load_checkpoint, restore_checkpoint, restore_rng, save_checkpoint,
 )
 
@@ -74,7 +74,7 @@ def test_ema_init_share_after_demo_steps_is_under_one_percent(steps):
     """The exported average must be the trained weights, not the initialisation: init = 0, every
     trained value = 1, so the shadow is 1 - (the init's share). Without the warm-up, decay 0.99
     would leave 0.99**40 = 67 % init after the demo's 40 steps."""
-    from faceswap_common.config import load_params
+    from faceswap.core.config import load_params
 
     decay = float(load_params(Path(__file__).resolve().parents[2] / "params.yaml")["train"]["ema_decay"])
     m = nn.Linear(4, 4)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from faceswap_common.threedmm import LinearFaceModel
-from faceswap_models.training.data import (
+from faceswap.faces.threedmm import LinearFaceModel
+from faceswap.data.records import (
     IBUG68_MIRROR, AugmentConfig, FaceDataset, FaceRecords, PairDataset, batches_per_epoch, color_jitter,
     decode_only_rate, loader_rate, make_loader, resume_position, shard,
 )

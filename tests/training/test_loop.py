@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from faceswap_models.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from faceswap_models.training.config import load_training_params, overlay_sections
-from faceswap_models.training.data import FaceDataset, PairDataset
-from faceswap_models.training.loop import LoopConfig, NonFiniteLossError, train
-from faceswap_models.training.steps import Phase
+from faceswap.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from faceswap.training.config import load_training_params, overlay_sections
+from faceswap.data.records import FaceDataset, PairDataset
+from faceswap.training.loop import LoopConfig, NonFiniteLossError, train
+from faceswap.training.steps import Phase
 from tinytasks import SIZE, mae_task, swap_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,8 +111,8 @@ def test_both_params_files_load_and_validate():
 def test_skip_schedule_needs_a_skip_and_known_pair_kinds():
     """train_swap.skip_start_step / skip_reconstruction_pairs are refused without decoder.skip or with an
     unknown pair kind; with a skip they give the pair schedule the stage follows."""
-    from faceswap_common.config import ConfigError
-    from faceswap_models.training.config import SwapStageConfig
+    from faceswap.core.config import ConfigError
+    from faceswap.training.config import SwapStageConfig
 
     with pytest.raises(ConfigError, match="need decoder.skip"):
         SwapStageConfig(skip_start_step=100).validate()
@@ -137,7 +137,7 @@ def test_cpu_recipe_differs_from_the_demo_only_where_its_header_says():
     """params-cpu.yaml = params.yaml's training sections with a longer, faster Fswa run (docs/training.md)."""
     import yaml
 
-    from faceswap_models.training.config import TRAINING_SECTIONS
+    from faceswap.training.config import TRAINING_SECTIONS
 
     base, cpu = (yaml.safe_load((ROOT / f).read_text()) for f in ("params.yaml", "params-cpu.yaml"))
     assert set(cpu) == set(TRAINING_SECTIONS)
@@ -153,7 +153,7 @@ def test_recipe_switch_cli_rewrites_training_sections_and_refuses_a_bad_recipe(t
     """`--recipe FILE` puts FILE's training sections into params.yaml; an invalid recipe leaves it untouched."""
     import yaml
 
-    from faceswap_models.training.config import main as config_main
+    from faceswap.training.config import main as config_main
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())
@@ -198,7 +198,7 @@ def test_validate_runs_every_val_every_steps_on_the_exported_weights(train_recor
 def test_select_keeps_the_best_validated_snapshot_across_resume(train_records, train_tables, tmp_path):
     """With `select`, the validated weights with the largest key are kept in best_val.pt (a tie keeps
     the earlier); a resumed run keeps ranking against it, and one from before a kept snapshot's step drops it."""
-    from faceswap_models.training.loop import BEST_FILE, load_best_state
+    from faceswap.training.loop import BEST_FILE, load_best_state
 
     task = swap_task(train_tables["threedmm_model"])
     ds = PairDataset(train_records, SIZE, seed=0)

@@ -1,8 +1,8 @@
-"""`python -m faceswap_models.training.tracking -- CMD`: the command runs under one parent MLflow run
+"""`python -m faceswap.training.tracking -- CMD`: the command runs under one parent MLflow run
 whose id its children see; the parent's status follows the exit code."""
 import sys
 
-from faceswap_models.training.tracking import PARENT_RUN_ENV, run_under_parent
+from faceswap.training.tracking import PARENT_RUN_ENV, run_under_parent
 
 
 def test_command_runs_under_a_parent_run(tmp_path):

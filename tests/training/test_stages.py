@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from faceswap_models.bundle import load_bundle
-from faceswap_models.training.checkpoint import latest_checkpoint
-from faceswap_models.training.runs import DataPaths
+from faceswap.artifacts import load_bundle
+from faceswap.training.checkpoint import latest_checkpoint
+from faceswap.training.runs import DataPaths
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +78,7 @@ def test_stage_chain_writes_models_bundle_metrics_and_plots(train_tables, tmp_pa
     assert bundle.generator(x, x).shape == (1, 3, 32, 32)
     # the swap generator's frozen encoder is the pretrained MAE encoder
     mae_w = pretrain_mae.FaceMAE(pretrain_mae.MAEStageConfig(**TINY["pretrain_mae"]).mae_config())
-    from faceswap_common.weights import load_into
+    from faceswap.core.weights import load_into
 
     load_into(mae_w, m / "mae" / "mae.safetensors")
     assert torch.equal(mae_w.encoder.patch_embed.proj.weight, bundle.generator.encoder.patch_embed.proj.weight)
@@ -129,7 +129,7 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(train_tables, tmp_pa
 
 
 def test_ray_torchtrainer_one_cpu_worker_with_mlflow(train_tables, tmp_path):
-    from faceswap_models.training.ray_runner import shutdown_ray
+    from faceswap.training.ray_runner import shutdown_ray
     from stages import pretrain_mae
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

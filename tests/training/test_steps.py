@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from faceswap_common.threedmm import LinearFaceModel
-from faceswap_models.training.contour import ContourProjector
-from faceswap_models.training.data import FaceDataset, PairDataset
-from faceswap_models.training.loop import LoopConfig, _run_step
-from faceswap_models.training.steps import Phase, flow_to_rgb, sample_grid
+from faceswap.faces.threedmm import LinearFaceModel
+from faceswap.training.contour import ContourProjector
+from faceswap.data.records import FaceDataset, PairDataset
+from faceswap.training.loop import LoopConfig, _run_step
+from faceswap.training.steps import Phase, flow_to_rgb, sample_grid
 from tinytasks import SIZE, mae_task, shape_task, swap_task
 
 CPU = torch.device("cpu")
@@ -66,7 +66,7 @@ def test_mae_step_reduces_loss(face_batch):
 
 
 def test_mae_validator_fixed_masks_and_tells_trained_from_init(face_batch, train_records):
-    from faceswap_models.training.validation import MAEValidator
+    from faceswap.training.validation import MAEValidator
 
     val = MAEValidator.from_records(train_records, SIZE, max_images=8)
     assert val.images.shape == (8, 3, SIZE, SIZE)
@@ -82,7 +82,7 @@ def test_mae_validator_fixed_masks_and_tells_trained_from_init(face_batch, train
 
 
 def test_shape_validator_scores_the_warp_against_doing_nothing(train_records, train_tables):
-    from faceswap_models.training.validation import ShapeValidator
+    from faceswap.training.validation import ShapeValidator
 
     task = shape_task(train_tables["threedmm_model"])
     val = ShapeValidator.from_records(train_records, SIZE, train_tables["threedmm_model"], task.aux, pairs=4)
@@ -136,7 +136,7 @@ def test_swap_generator_loss_falls_with_every_term(pair_batch, train_tables):
 def test_term_stats_known_values():
     from types import SimpleNamespace
 
-    from faceswap_models.training.steps import term_stats
+    from faceswap.training.steps import term_stats
 
     out = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
     terms = {"a": (out ** 2).sum(), "b": out.sum(), "c": out.mean()}
@@ -252,7 +252,7 @@ def test_skip_start_step_opens_the_skip_and_switches_reconstruction_pairs(train_
 
     from faceswap_models.config import SwapConfig
     from faceswap_models.swap import SwapGenerator
-    from faceswap_models.training.steps import same_image_pairs
+    from faceswap.training.steps import same_image_pairs
 
     cfg = SwapConfig.tiny()
     cfg = dataclasses.replace(cfg, decoder=dataclasses.replace(cfg.decoder, skip=["source"]))
@@ -324,7 +324,7 @@ def test_ssim_term_ignores_inner_face_detail_when_fswa_lowpasses_the_target(pair
 
     from faceswap_models.config import SwapConfig, SwapLossWeights
     from faceswap_models.swap import SwapGenerator
-    from faceswap_models.training.steps import SwapAux, swap_generator_terms
+    from faceswap.training.steps import SwapAux, swap_generator_terms
 
     class Fixed(SwapGenerator):  # outputs a given image, keeps SwapGenerator.target_input
         def forward(self, source, target):
@@ -353,7 +353,7 @@ def test_ssim_term_ignores_inner_face_detail_when_fswa_lowpasses_the_target(pair
 def test_source_embeddings_are_computed_once_per_face():
     """With a cache, a face's source embedding is computed on its first sight and reused (the network
     sees only the misses); without one, or without row indices, every call embeds every image."""
-    from faceswap_models.training.steps import SwapAux
+    from faceswap.training.steps import SwapAux
 
     seen = []
 

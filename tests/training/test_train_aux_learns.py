@@ -18,8 +18,8 @@ import pytest
 import torch
 import yaml
 
-from faceswap_common import schemas
-from faceswap_models.training.runs import DataPaths
+from faceswap.core import schemas
+from faceswap.training.runs import DataPaths
 
 CROP = 64
 GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),

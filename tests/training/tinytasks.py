@@ -12,8 +12,8 @@ from faceswap_models.discriminator import Dres, PatchDiscriminator
 from faceswap_models.mae import FaceMAE
 from faceswap_models.shape import ShapeDiscriminator
 from faceswap_models.swap import SwapGenerator
-from faceswap_models.training.contour import ContourProjector
-from faceswap_models.training.steps import MAETask, ShapeAux, ShapeTask, SwapAux, SwapTask
+from faceswap.training.contour import ContourProjector
+from faceswap.training.steps import MAETask, ShapeAux, ShapeTask, SwapAux, SwapTask
 
 SIZE = 32
 

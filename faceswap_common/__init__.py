@@ -1,1 +1,0 @@
-"""Shared plumbing for the pipeline: typed params, Parquet schemas, atomic IO, image decoding, faces."""
