@@ -6,7 +6,6 @@ Usage: python -m bench.data_prep [--identities 40 --per-identity 25]   (~1,000 i
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -113,13 +112,13 @@ def retinaface_cpu(n: int = 6) -> float:
     """RetinaFace-R50 images/s at 640 px on CPU (random weights: speed only)."""
     import torch
 
-    from faceswap.data.demo_corpus import _base_astronaut
+    from faceswap.data.demo_corpus import base_astronaut
     from faceswap.faces.detectors import RetinaFaceDetector, build_retinaface
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(build_retinaface().state_dict(), f"{tmp}/r50.pth")
         det = RetinaFaceDetector(C.DetectConfig(backend="retinaface", retinaface_weights=f"{tmp}/r50.pth", max_side=640))
-        img = np.asarray(np.tile(_base_astronaut(320), (2, 2, 1)))  # 640 x 640
+        img = np.asarray(np.tile(base_astronaut(320), (2, 2, 1)))  # 640 x 640
         det.detect(img)
         t = time.perf_counter()
         for _ in range(n):

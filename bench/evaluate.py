@@ -27,6 +27,7 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from faceswap import artifacts  # noqa: E402
 from faceswap.core.config import load_params  # noqa: E402
 from faceswap.core.images import read_rgb  # noqa: E402
 from faceswap.core.io import atomic_write_text  # noqa: E402
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = Path(a.model) if a.model else REPO / "models" / "swap"
-        random_model = not (model / "bundle.json").exists()
+        random_model = not artifacts.is_bundle(model)
         if random_model:
             model = demo_bundle(tmp / "swap", params)
         rows = test_set(d / "aligned.parquet", d / "splits.parquet", d / "threedmm.parquet")

@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from faceswap.evaluation import metrics as E
-from faceswap.evaluation.features import EXPRESSION_MEASURES, _outer_eye_corners
+from faceswap.evaluation.features import EXPRESSION_MEASURES, outer_eye_corners
 
 
 def split_ceiling(split: str, pairs: int, size: int) -> dict:
@@ -23,7 +23,7 @@ def split_ceiling(split: str, pairs: int, size: int) -> dict:
     from faceswap.training.runs import DataPaths
     from faceswap.training.validation import SwapValidator
 
-    data = DataPaths().resolved()
+    data = DataPaths.of().resolved()
     records = data.records(split)
     val = SwapValidator.from_records(records, None, data.threedmm_model, size, pairs=pairs)
     labels = np.array([records.identities[i] for i in records.identity_index])
@@ -36,7 +36,7 @@ def split_ceiling(split: str, pairs: int, size: int) -> dict:
         crop = read_rgb(path)
         mesh = val.attr.landmarker(np.ascontiguousarray(crop))
         if mesh is not None:
-            unit.append(_outer_eye_corners(np.asarray(mesh, np.float64)[:, :2])[2] * size / crop.shape[0])
+            unit.append(outer_eye_corners(np.asarray(mesh, np.float64)[:, :2])[2] * size / crop.shape[0])
     val.close()
     px = float(np.mean(unit))
     return {"pairs": len(val.src), "deviation_error": errors,

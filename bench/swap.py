@@ -35,7 +35,8 @@ from faceswap.artifacts import save_bundle  # noqa: E402
 from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig  # noqa: E402
 from faceswap.serving.inference import NoFaceError, SwapPipeline  # noqa: E402
 from faceswap_models.swap import SwapGenerator  # noqa: E402
-from faceswap.serving.swap_cli import package_version, swap_video  # noqa: E402
+from faceswap.serving.swap_cli import swap_video
+from faceswap.serving.watermark import package_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 256

@@ -130,7 +130,7 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     from faceswap_models.config import DiscriminatorConfig, ShapeConfig, ShapeLossWeights
     from faceswap_models.discriminator import Dres
     from faceswap_models.shape import ShapeDiscriminator
-    from faceswap.training.loop import _run_step
+    from faceswap.training.loop import run_step
     from faceswap.training.steps import ShapeAux, ShapeTask
     from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig
     from faceswap.training.contour import ContourProjector
@@ -164,12 +164,12 @@ def gpu_figures(params: dict) -> dict[str, Any]:
         task.train()
         mb = batch()
         for _ in range(3):
-            _run_step(task, [mb], 10**6, loop, scaler, dev, 1)
+            run_step(task, [mb], 10**6, loop, scaler, dev, 1)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         n, t = 10, time.perf_counter()
         for i in range(n):
-            _run_step(task, [mb], 10**6, loop, scaler, dev, 1)
+            run_step(task, [mb], 10**6, loop, scaler, dev, 1)
         torch.cuda.synchronize()
         sps = n / (time.perf_counter() - t)
         out[f"{name}_samples_per_s"] = sps * b
@@ -203,10 +203,10 @@ def bundle_sensitivity(bundle_dir: str | Path, data: DataPaths, n: int = 32) -> 
     import cv2
 
     from faceswap.core.images import read_rgb
-    from faceswap.artifacts import load_bundle
+    from faceswap.artifacts import is_bundle, load_bundle
     from faceswap.evaluation.features import to_tensor
 
-    if not (Path(bundle_dir) / "bundle.json").is_file():
+    if not is_bundle(bundle_dir):
         return None
     gen = load_bundle(bundle_dir).generator
     size = gen.cfg.mae.img_size
@@ -311,6 +311,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # run the importable module, so Ray pickles `mae_worker` by reference
-    from bench import train
+    from bench import train as bench_train
 
-    raise SystemExit(train.main())
+    raise SystemExit(bench_train.main())

@@ -1,13 +1,20 @@
-"""The swap-model bundle: the one on-disk format that training writes and evaluation, registration
-and the swap CLI read.
+"""Artifacts: the names, the one format and the loaders of every network the training stages save.
 
-A bundle is a directory:
-    generator.safetensors   SwapGenerator state dict (EMA weights when training kept an EMA)
-    bundle.json             {"format": 1, "swap": SwapConfig dict, "align": {"size", "template_scale"},
-                             "meta": {...free-form provenance: step, run id, data fingerprint...}}
+One format for every saved network. A folder holds, per network `<name>`:
+    <name>.safetensors   its state dict (EMA weights where training kept an average)
+    <name>.json          {"format": 1, "config": <its typed config as a dict>, "meta": {provenance},
+                          ...artifact-specific keys}
+Folders (dvc.yaml outs):
+    models/aux    regressor.*   train_aux's face-attribute regressor; extra key "crop_size" (the aligned
+                                crop side it was trained on)
+    models/mae    mae.*         pretrain_mae's FaceMAE; train_swap takes its encoder and its size
+    models/shape  dshape.*      train_shape's Dshape, frozen inside train_swap's flow loss
+    models/swap   generator.*   the swap-model bundle: train_swap's SwapGenerator; extra key "align"
+                                ({"size", "template_scale"}: how the training crops were aligned, so
+                                inference aligns new photos exactly as training did)
 
-`align` records how training crops were made (stages/align.py, ArcFace template scaled to `size`
-and zoomed out by `template_scale`), so inference aligns new photos exactly as training did.
+Stages import this module, never each other. Every reader checks the format and names the file
+in a `WeightsError`; nothing falls back to a default when a key is missing.
 """
 from __future__ import annotations
 
@@ -18,18 +25,93 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
 from faceswap.core.io import atomic_write_text
-from faceswap.core.weights import WeightsError, load_into
-from faceswap.core.weights import save_safetensors_atomic
-from faceswap_models.config import SwapConfig
+from faceswap.core.weights import WeightsError, load_into, read_state_dict, save_safetensors_atomic
+from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig, load_regressor
+from faceswap_models.config import MAEConfig, ShapeConfig, SwapConfig
+from faceswap_models.shape import ShapeDiscriminator
 from faceswap_models.swap import SwapGenerator
 
-BUNDLE_FORMAT = 1
-WEIGHTS_NAME = "generator.safetensors"
-META_NAME = "bundle.json"
+FORMAT = 1
+REGRESSOR = "regressor"
+MAE = "mae"
+DSHAPE = "dshape"
+GENERATOR = "generator"
 
 
+def weights_file(folder: str | os.PathLike, name: str) -> Path:
+    return Path(folder) / f"{name}.safetensors"
+
+
+def config_file(folder: str | os.PathLike, name: str) -> Path:
+    return Path(folder) / f"{name}.json"
+
+
+def write_config(folder: str | os.PathLike, name: str, config: Any, meta: Mapping[str, Any] | None = None,
+                 **extra: Any) -> Path:
+    """`<name>.json`: format, the typed config (`to_dict()` or a dataclass), provenance, extra keys."""
+    import dataclasses
+
+    cfg = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
+    doc = {"format": FORMAT, "config": cfg, "meta": dict(meta or {}), **extra}
+    path = config_file(folder, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def save_network(folder: str | os.PathLike, name: str, module: nn.Module, config: Any,
+                 meta: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+    """Weights first, then the JSON (each atomic), so a folder with the JSON is complete."""
+    save_safetensors_atomic(module.state_dict(), weights_file(folder, name))
+    return write_config(folder, name, config, meta, **extra)
+
+
+def read_config(folder: str | os.PathLike, name: str, *required: str) -> dict[str, Any]:
+    """The parsed `<name>.json` (WeightsError naming the file when absent, unreadable, of another
+    format, or without "config" or one of `required`)."""
+    path = config_file(folder, name)
+    if not path.is_file():
+        raise WeightsError(f"{Path(folder)}: no {path.name} (not a {name} artifact)")
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{path}: unreadable ({e})") from e
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise WeightsError(f"{path}: artifact format {doc.get('format') if isinstance(doc, dict) else doc!r}, "
+                           f"expected {FORMAT}")
+    missing = [k for k in ("config", *required) if k not in doc]
+    if missing:
+        raise WeightsError(f"{path}: missing key(s) {missing}")
+    return doc
+
+
+# --------------------------------------------------------------------------- the auxiliary regressor
+def load_aux_regressor(folder: str | os.PathLike) -> tuple[FaceAttributeRegressor, int]:
+    """(frozen regressor, the crop side it was trained on) from a train_aux output folder."""
+    doc = read_config(folder, REGRESSOR, "crop_size")
+    return load_regressor(weights_file(folder, REGRESSOR), RegressorConfig(**doc["config"])), int(doc["crop_size"])
+
+
+# --------------------------------------------------------------------------- MAE and Dshape
+def mae_config(folder: str | os.PathLike) -> MAEConfig:
+    return MAEConfig.from_dict(read_config(folder, MAE)["config"])
+
+
+def mae_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    return read_state_dict(weights_file(folder, MAE))
+
+
+def load_dshape(folder: str | os.PathLike) -> ShapeDiscriminator:
+    """The frozen, eval-mode Dshape from a train_shape output folder."""
+    net = ShapeDiscriminator(ShapeConfig.from_dict(read_config(folder, DSHAPE)["config"]))
+    load_into(net, weights_file(folder, DSHAPE), strict=True)
+    return net.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- the swap-model bundle
 @dataclass
 class SwapBundle:
     """A loaded swap model plus what inference needs to prepare its inputs."""
@@ -43,33 +125,29 @@ class SwapBundle:
 
 def save_bundle(out_dir: str | os.PathLike, generator: SwapGenerator, *, align_size: int,
                 template_scale: float, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write `generator` and its config into `out_dir` (weights first, then the json, each atomic)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors_atomic(generator.state_dict(), out / WEIGHTS_NAME)
-    doc = {"format": BUNDLE_FORMAT, "swap": generator.cfg.to_dict(),
-           "align": {"size": int(align_size), "template_scale": float(template_scale)},
-           "meta": dict(meta or {})}
-    atomic_write_text(out / META_NAME, json.dumps(doc, indent=2, sort_keys=True, default=str))
-    return out
+    """Write `generator`, its SwapConfig and the alignment it was trained on into `out_dir`."""
+    save_network(out_dir, GENERATOR, generator, generator.cfg, meta,
+                 align={"size": int(align_size), "template_scale": float(template_scale)})
+    return Path(out_dir)
+
+
+def is_bundle(folder: str | os.PathLike) -> bool:
+    return config_file(folder, GENERATOR).is_file()
+
+
+def bundle_config(folder: str | os.PathLike) -> SwapConfig:
+    return SwapConfig.from_dict(read_config(folder, GENERATOR)["config"])
 
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> SwapBundle:
     """Load a bundle directory; the generator comes back in eval mode. Errors name the file."""
-    path = Path(path)
-    meta_path = path / META_NAME
-    if not meta_path.is_file():
-        raise WeightsError(f"{path}: not a swap-model bundle (no {META_NAME})")
-    try:
-        doc = json.loads(meta_path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{meta_path}: unreadable bundle description ({e})") from e
-    if doc.get("format") != BUNDLE_FORMAT:
-        raise WeightsError(f"{meta_path}: bundle format {doc.get('format')!r}, expected {BUNDLE_FORMAT}")
-    cfg = SwapConfig.from_dict(doc["swap"])
+    doc = read_config(path, GENERATOR, "align")
+    align = doc["align"]
+    if not isinstance(align, dict) or not {"size", "template_scale"} <= set(align):
+        raise WeightsError(f"{config_file(path, GENERATOR)}: align must hold size and template_scale, got {align!r}")
+    cfg = SwapConfig.from_dict(doc["config"])
     gen = SwapGenerator(cfg)
-    load_into(gen, path / WEIGHTS_NAME, strict=True)
+    load_into(gen, weights_file(path, GENERATOR), strict=True)
     gen.to(device).eval()
-    align = doc.get("align", {})
-    return SwapBundle(generator=gen, swap=cfg, align_size=int(align.get("size", cfg.mae.img_size)),
-                      template_scale=float(align.get("template_scale", 1.0)), meta=doc.get("meta", {}))
+    return SwapBundle(generator=gen, swap=cfg, align_size=int(align["size"]),
+                      template_scale=float(align["template_scale"]), meta=doc["meta"])

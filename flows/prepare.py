@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from faceswap.core import config as C
 from faceswap.core.cli import write_metrics
+from faceswap.core.layout import DataLayout
 
 
 def _retry_on_io(task, task_run, state) -> bool:
@@ -34,43 +35,43 @@ io_task = task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io
 @io_task
 def ingest_task(params: str, data: Path, cache: Path) -> dict:
     from stages import ingest
-    return ingest.run(C.load_section(C.IngestConfig, "ingest", params), data / "manifest.parquet", cache)
+    return ingest.run(C.load_section(C.IngestConfig, "ingest", params), DataLayout(data).manifest, cache)
 
 
 @io_task
 def filter_task(params: str, data: Path, cache: Path) -> dict:
     from stages import filter as filter_stage
     return filter_stage.run(C.load_section(C.FilterConfig, "filter", params), C.load_section(C.DetectConfig, "detect", params),
-                            data / "manifest.parquet", data / "filtered.parquet", data / "rejects.parquet", cache)
+                            DataLayout(data).manifest, DataLayout(data).filtered, DataLayout(data).rejects, cache)
 
 
 @io_task
 def align_task(params: str, data: Path, cache: Path) -> dict:
     from stages import align
     return align.run(C.load_section(C.AlignConfig, "align", params), C.load_section(C.DetectConfig, "detect", params),
-                     C.load_section(C.FilterConfig, "filter", params).max_pixels, data / "filtered.parquet",
-                     data / "aligned", data / "aligned.parquet", data / "align_rejects.parquet", cache)
+                     C.load_section(C.FilterConfig, "filter", params).max_pixels, DataLayout(data).filtered,
+                     DataLayout(data).aligned_dir, DataLayout(data).aligned, DataLayout(data).align_rejects, cache)
 
 
 @io_task
 def segment_task(params: str, data: Path) -> dict:
     from stages import segment
-    return segment.run(C.load_section(C.SegmentConfig, "segment", params), data / "aligned.parquet",
-                       data / "aligned", data / "parsing", data / "segments.parquet")
+    return segment.run(C.load_section(C.SegmentConfig, "segment", params), DataLayout(data).aligned,
+                       DataLayout(data).aligned_dir, DataLayout(data).parsing_dir, DataLayout(data).segments)
 
 
 @io_task
 def threedmm_task(params: str, data: Path, cache: Path) -> dict:
     from stages import threedmm
-    return threedmm.run(C.load_section(C.ThreeDMMConfig, "threedmm", params), data / "aligned.parquet",
-                        data / "aligned", data / "meshes", data / "threedmm.parquet",
-                        data / "threedmm_model.npz", data / "threedmm_rejects.parquet", cache)
+    return threedmm.run(C.load_section(C.ThreeDMMConfig, "threedmm", params), DataLayout(data).aligned,
+                        DataLayout(data).aligned_dir, DataLayout(data).mesh_dir, DataLayout(data).threedmm,
+                        DataLayout(data).threedmm_model, DataLayout(data).threedmm_rejects, cache)
 
 
 @io_task
 def split_task(params: str, data: Path) -> dict:
     from stages import split
-    return split.run(C.load_section(C.SplitConfig, "split", params), data / "threedmm.parquet", data / "splits.parquet")
+    return split.run(C.load_section(C.SplitConfig, "split", params), DataLayout(data).threedmm, DataLayout(data).splits)
 
 
 def report_markdown(metrics: dict[str, dict]) -> str:
@@ -95,7 +96,7 @@ def report_markdown(metrics: dict[str, dict]) -> str:
 @flow(name="prepare-data", log_prints=True)
 def prepare(params: str = "params.yaml", data_dir: str = "data", metrics_dir: str = "metrics") -> dict[str, dict]:
     """Run every data stage in order; returns their metrics and publishes a markdown artifact."""
-    data, cache = Path(data_dir), Path(data_dir) / "cache"
+    data, cache = Path(data_dir), DataLayout(data_dir).cache
     m: dict[str, dict] = {}
     m["ingest"] = ingest_task(params, data, cache)
     m["filter"] = filter_task(params, data, cache)

@@ -6,7 +6,7 @@
    fitting new faces with the current 3DMM (not re-learning it: the reused aux / Dshape models need it).
 3. Download the current champion's bundle (`models:/<register.model_name>@champion`) and fine-tune
    from it (`from_scratch` or no champion yet: train from scratch).
-4. Evaluate, register (stages/register.py: challenger always, champion only through the gate) and
+4. Evaluate, register (faceswap/serving/registry.py: challenger always, champion only through the gate) and
    publish a markdown report artifact (`retrain-report`).
 
 Training and evaluation are injectable functions (flow parameters `trainer`, `evaluator`), so tests
@@ -33,6 +33,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from faceswap.core import config as C
 from faceswap.core.cli import write_metrics
+from faceswap.core.layout import DataLayout
 from faceswap.core.io import atomic_write_bytes, atomic_write_text, sha256_file
 from faceswap.core.schemas import MANIFEST, read_table
 from flows.prepare import prepare
@@ -60,10 +61,7 @@ def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Pat
     from stages import train_swap
 
     d, models = Path(data_dir), Path(models_dir)
-    data = DataPaths(aligned=str(d / "aligned.parquet"), aligned_dir=str(d / "aligned"),
-                     segments=str(d / "segments.parquet"), parsing_dir=str(d / "parsing"),
-                     threedmm=str(d / "threedmm.parquet"), threedmm_model=str(d / "threedmm_model.npz"),
-                     splits=str(d / "splits.parquet"))
+    data = DataPaths.of(DataLayout(d))
     missing = [str(models / n) for n in ("mae", "shape", "aux") if not (models / n).is_dir()]
     if missing:
         raise FileNotFoundError(f"retrain needs the upstream models {missing} (run `dvc repro train_shape` once)")
@@ -84,12 +82,12 @@ def evaluate_stage(params: str, data_dir: Path, bundle_dir: Path, metrics_path: 
     the grid / report into `reports/` beside the metrics folder."""
     from stages import evaluate
 
-    d = Path(data_dir)
+    d = DataLayout(data_dir)
     reports = Path(metrics_path).parent.parent / "reports"
-    code = evaluate.main(["--params", str(params), "--model", str(bundle_dir), "--aligned", str(d / "aligned.parquet"),
-                          "--aligned-dir", str(d / "aligned"), "--splits", str(d / "splits.parquet"),
-                          "--threedmm", str(d / "threedmm.parquet"), "--threedmm-model", str(d / "threedmm_model.npz"),
-                          "--out", str(d / "eval_pairs.parquet"), "--grid", str(reports / "eval_grid.png"),
+    code = evaluate.main(["--params", str(params), "--model", str(bundle_dir), "--aligned", str(d.aligned),
+                          "--aligned-dir", str(d.aligned_dir), "--splits", str(d.splits),
+                          "--threedmm", str(d.threedmm), "--threedmm-model", str(d.threedmm_model),
+                          "--out", str(d.eval_pairs), "--grid", str(reports / "eval_grid.png"),
                           "--report", str(reports / "eval.md"), "--metrics", str(metrics_path)])
     if code != 0:
         raise RuntimeError(f"stages.evaluate exited with {code}")
@@ -139,8 +137,7 @@ def champion_bundle_task(params: str, dst: Path) -> dict:
     """Download the champion's bundle into dst; {"version": None} when there is no champion."""
     import mlflow
 
-    from faceswap.serving.swap_cli import resolve_model
-    from stages import register as R
+    from faceswap.serving import registry as R
 
     cfg = C.load_section(R.RegisterConfig, "register", params)
     uri = R.resolve_tracking_uri(cfg)
@@ -149,7 +146,7 @@ def champion_bundle_task(params: str, dst: Path) -> dict:
     champ = R.current_champion(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), cfg.model_name)
     if champ is None:
         return {"version": None, "bundle": None}
-    bundle = resolve_model(f"models:/{cfg.model_name}/{champ.version}", dst, uri)
+    bundle = R.resolve_model(f"models:/{cfg.model_name}/{champ.version}", dst, uri)
     return {"version": int(champ.version), "bundle": str(bundle)}
 
 
@@ -174,11 +171,12 @@ def evaluate_task(evaluator: Evaluator, params: str, data_dir: Path, bundle_dir:
 @task
 def register_task(params: str, bundle_dir: Path, eval_json: Path, data_dir: Path, metrics_dir: Path) -> dict:
     """stages/register.py: log, register, move challenger, gate champion."""
+    from faceswap.serving.registry import RegisterConfig
     from stages import register as R
 
     split = Path(metrics_dir) / "split.json"
-    return R.run(C.load_section(R.RegisterConfig, "register", params), bundle_dir, eval_json,
-                 R.example_pair(Path(data_dir) / "aligned.parquet", Path(data_dir) / "aligned"),
+    return R.run(C.load_section(RegisterConfig, "register", params), bundle_dir, eval_json,
+                 R.example_pair(DataLayout(data_dir).aligned, DataLayout(data_dir).aligned_dir),
                  Path(metrics_dir) / "register.json", params,
                  data_metrics=json.loads(split.read_text("utf-8")) if split.is_file() else None)
 
@@ -186,7 +184,7 @@ def register_task(params: str, bundle_dir: Path, eval_json: Path, data_dir: Path
 # --------------------------------------------------------------------------- report
 def report_markdown(r: dict) -> str:
     """The retraining report: what arrived, how the model was trained, how it scored, what moved."""
-    from stages.register import metrics_table
+    from faceswap.serving.registry import metrics_table
 
     scan = r["scan"]
     lines = ["# Retraining run", "", f"Source folder: `{r['source_root']}`: {scan['files']} image files, "
@@ -239,10 +237,10 @@ def keep_current_threedmm(params_path: str, data: Path) -> Path | None:
     new data would change both (a new identity moves the mean face and so the contour), and the
     fine-tune would fail (Dshape: "expected (B, K, 2)") or silently mix two coefficient spaces.
     `dvc repro` re-learns it and retrains everything downstream."""
-    current = data / "threedmm_model.npz"
+    current = DataLayout(data).threedmm_model
     if C.load_section(C.ThreeDMMConfig, "threedmm", params_path).backend != "learned" or not current.is_file():
         return None
-    kept = data / "cache" / "retrain_threedmm_model.npz"
+    kept = DataLayout(data).cache / "retrain_threedmm_model.npz"
     kept.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(kept, current.read_bytes())
     return kept
@@ -266,13 +264,13 @@ def retrain(params_path: str = "params.yaml", source_root: str | None = None, fr
     scratch = cfg.from_scratch if from_scratch is None else from_scratch
     data, models, metrics = Path(data_dir), Path(models_dir), Path(metrics_dir)
     extensions = C.load_section(C.IngestConfig, "ingest", params_path).extensions
-    r: dict[str, Any] = {"source_root": str(root), "scan": scan_task(str(root), data / "manifest.parquet", extensions)}
+    r: dict[str, Any] = {"source_root": str(root), "scan": scan_task(str(root), DataLayout(data).manifest, extensions)}
     if len(r["scan"]["new"]) < cfg.min_new_images:
         r["status"] = "no_new_data"
     else:
         kept = keep_current_threedmm(params_path, data)
         r["threedmm_kept"] = str(kept) if kept else None
-        params = effective_params(params_path, root, data / "cache" / "retrain_params.yaml", kept)
+        params = effective_params(params_path, root, DataLayout(data).cache / "retrain_params.yaml", kept)
         r["prepare"] = prepare(params, str(data), str(metrics))
         with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
             r["champion"] = {"version": None, "bundle": None} if scratch else champion_bundle_task(params, Path(tmp))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceswap.core.layout import DATA
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import AlignConfig, DetectConfig, FilterConfig, load_section
@@ -85,10 +86,10 @@ def run(cfg: AlignConfig, detect: DetectConfig, max_pixels: int, filtered: str |
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--filtered", default="data/filtered.parquet")
-    p.add_argument("--out-dir", default="data/aligned")
-    p.add_argument("--out", default="data/aligned.parquet")
-    p.add_argument("--rejects", default="data/align_rejects.parquet")
+    p.add_argument("--filtered", default=str(DATA.filtered))
+    p.add_argument("--out-dir", default=str(DATA.aligned_dir))
+    p.add_argument("--out", default=str(DATA.aligned))
+    p.add_argument("--rejects", default=str(DATA.align_rejects))
     a = p.parse_args(argv)
     fcfg = load_section(FilterConfig, "filter", a.params)
     m = run(load_section(AlignConfig, "align", a.params), load_section(DetectConfig, "detect", a.params),

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from faceswap.core.layout import DATA
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import DetectConfig, load_section
 from faceswap.core.images import BadImage, decode_rgb, encode_image, read_rgb
@@ -393,7 +394,7 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
     crop_size = crops[0].shape[0]
     if crop_size != bundle.align_size:
         raise ValueError(f"evaluate: crops are {crop_size}px but the model was trained on {bundle.align_size}px "
-                         "crops (bundle.json align.size); re-run align with the model's size")
+                         "crops (generator.json align.size); re-run align with the model's size")
     res = Resolution(crop_size, bundle.swap.mae.img_size)
     rec = recogniser or build_recogniser(cfg.recogniser, cfg.recogniser_weights, cfg.device)
     own_attr = attributes is None
@@ -492,12 +493,12 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--model", default="models/swap", help="swap-model bundle directory")
-    p.add_argument("--aligned", default="data/aligned.parquet")
-    p.add_argument("--aligned-dir", default="data/aligned")
-    p.add_argument("--splits", default="data/splits.parquet")
-    p.add_argument("--threedmm", default="data/threedmm.parquet")
-    p.add_argument("--threedmm-model", default="data/threedmm_model.npz")
-    p.add_argument("--out", default="data/eval_pairs.parquet")
+    p.add_argument("--aligned", default=str(DATA.aligned))
+    p.add_argument("--aligned-dir", default=str(DATA.aligned_dir))
+    p.add_argument("--splits", default=str(DATA.splits))
+    p.add_argument("--threedmm", default=str(DATA.threedmm))
+    p.add_argument("--threedmm-model", default=str(DATA.threedmm_model))
+    p.add_argument("--out", default=str(DATA.eval_pairs))
     p.add_argument("--grid", default="reports/eval_grid.png")
     p.add_argument("--report", default="reports/eval.md")
     a = p.parse_args(argv)

@@ -12,8 +12,8 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from faceswap.core.layout import DATA
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import DetectConfig, FilterConfig, load_section
@@ -162,9 +162,9 @@ def _pmap_inspect(factory, paths: list[str], workers: int):
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--manifest", default="data/manifest.parquet")
-    p.add_argument("--out", default="data/filtered.parquet")
-    p.add_argument("--rejects", default="data/rejects.parquet")
+    p.add_argument("--manifest", default=str(DATA.manifest))
+    p.add_argument("--out", default=str(DATA.filtered))
+    p.add_argument("--rejects", default=str(DATA.rejects))
     a = p.parse_args(argv)
     m = run(load_section(FilterConfig, "filter", a.params), load_section(DetectConfig, "detect", a.params),
             a.manifest, a.out, a.rejects, a.cache_dir)

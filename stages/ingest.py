@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from faceswap.core.layout import DATA
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import IngestConfig, load_section
@@ -101,7 +102,7 @@ def run(cfg: IngestConfig, out: str | Path, cache_dir: str | Path | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--out", default="data/manifest.parquet")
+    p.add_argument("--out", default=str(DATA.manifest))
     a = p.parse_args(argv)
     m = run(load_section(IngestConfig, "ingest", a.params), a.out, a.cache_dir)
     write_metrics(a.metrics, m)

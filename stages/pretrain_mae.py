@@ -1,7 +1,7 @@
 """pretrain_mae: face masked autoencoder (MAE recipe) on the aligned training faces.
 
 Outputs (`--out-dir`, default models/mae/): `mae.safetensors` (FaceMAE state dict, EMA weights) and
-`mae.json` ({"mae": MAEConfig dict, "meta": provenance}); train_swap loads the encoder from it.
+`mae.json` (MAEConfig + provenance, faceswap.artifacts format); train_swap loads the encoder from it.
 Runs under Ray Train (params `train`) and resumes from `<train.checkpoint_root>/pretrain_mae/...`.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from faceswap import artifacts
 from faceswap.core.cli import parser
 from faceswap_models.mae import FaceMAE
 from faceswap.training.config import MAEStageConfig, TrainConfig
@@ -19,13 +20,12 @@ from faceswap.data.records import FaceDataset
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
-    save_module_json, train_validated,
+    train_validated,
 )
 from faceswap.training.steps import MAETask
 from faceswap.training.validation import MAEValidator
 
 STAGE = "pretrain_mae"
-MODEL_NAME = "mae"
 
 
 def build_task(cfg: MAEStageConfig, seed: int) -> MAETask:
@@ -45,8 +45,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     if ctx.rank != 0:
         return None
     mae = averaged(task.modules["mae"], result, "mae").cpu()
-    save_module_json(spec["out_dir"], MODEL_NAME, mae, {"mae": mae.cfg.to_dict(),
-                                                        "meta": {"stage": STAGE, "steps": result.steps}})
+    artifacts.save_network(spec["out_dir"], artifacts.MAE, mae, mae.cfg, {"stage": STAGE, "steps": result.steps})
     return loop_summary(result)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceswap.core.layout import DATA
 from faceswap.faces.labels import LABELS
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import SegmentConfig, load_section
@@ -88,10 +89,10 @@ def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_di
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--aligned", default="data/aligned.parquet")
-    p.add_argument("--aligned-dir", default="data/aligned")
-    p.add_argument("--out-dir", default="data/parsing")
-    p.add_argument("--out", default="data/segments.parquet")
+    p.add_argument("--aligned", default=str(DATA.aligned))
+    p.add_argument("--aligned-dir", default=str(DATA.aligned_dir))
+    p.add_argument("--out-dir", default=str(DATA.parsing_dir))
+    p.add_argument("--out", default=str(DATA.segments))
     a = p.parse_args(argv)
     m = run(load_section(SegmentConfig, "segment", a.params), a.aligned, a.aligned_dir, a.out_dir, a.out)
     write_metrics(a.metrics, m)

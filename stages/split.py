@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceswap.core.layout import DATA
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import SplitConfig, load_section
 from faceswap.core.schemas import SPLITS, THREEDMM, read_table, write_table
@@ -45,8 +46,8 @@ def run(cfg: SplitConfig, table: str | Path, out: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--table", default="data/threedmm.parquet", help="faces to split (those with 3DMM fits)")
-    p.add_argument("--out", default="data/splits.parquet")
+    p.add_argument("--table", default=str(DATA.threedmm), help="faces to split (those with 3DMM fits)")
+    p.add_argument("--out", default=str(DATA.splits))
     a = p.parse_args(argv)
     m = run(load_section(SplitConfig, "split", a.params), a.table, a.out)
     write_metrics(a.metrics, m)

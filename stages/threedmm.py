@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faceswap.core.layout import DATA
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import ThreeDMMConfig, load_section
 from faceswap.core.images import read_rgb
@@ -119,12 +120,12 @@ def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--aligned", default="data/aligned.parquet")
-    p.add_argument("--aligned-dir", default="data/aligned")
-    p.add_argument("--mesh-dir", default="data/meshes")
-    p.add_argument("--out", default="data/threedmm.parquet")
-    p.add_argument("--model-out", default="data/threedmm_model.npz")
-    p.add_argument("--rejects", default="data/threedmm_rejects.parquet")
+    p.add_argument("--aligned", default=str(DATA.aligned))
+    p.add_argument("--aligned-dir", default=str(DATA.aligned_dir))
+    p.add_argument("--mesh-dir", default=str(DATA.mesh_dir))
+    p.add_argument("--out", default=str(DATA.threedmm))
+    p.add_argument("--model-out", default=str(DATA.threedmm_model))
+    p.add_argument("--rejects", default=str(DATA.threedmm_rejects))
     a = p.parse_args(argv)
     m = run(load_section(ThreeDMMConfig, "threedmm", a.params), a.aligned, a.aligned_dir, a.mesh_dir,
             a.out, a.model_out, a.rejects, a.cache_dir)

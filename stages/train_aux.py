@@ -5,33 +5,23 @@ A small supervised CNN (faceswap_models/auxiliary/regressor.py), so it trains in
 `train_regressor` (no Ray, no GAN machinery): standardised targets, augmentation that moves the
 landmark / camera / roll targets with the pixels, AdamW + cosine, and the weights with the best val
 landmark NME (scored every `eval_every` steps) are kept. Outputs (`--out-dir`, default models/aux/):
-`regressor.safetensors` (weights + target statistics) + `regressor.json` ({"regressor":
-RegressorConfig, "crop_size", "meta"}; meta holds the val figures of the kept weights).
+`regressor.safetensors` (weights + target statistics) + `regressor.json` (faceswap.artifacts format:
+RegressorConfig, "crop_size", and meta with the val figures of the kept weights).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.io import atomic_write_text
 from faceswap.core.schemas import ALIGNED, read_table, write_table
-from faceswap_models.auxiliary.regressor import RegressorConfig, evaluate_regressor, load_regressor, train_regressor
+from faceswap import artifacts
+from faceswap_models.auxiliary.regressor import evaluate_regressor, load_regressor, train_regressor
 from faceswap.training.config import AuxStageConfig, load_training_params
 from faceswap.training.runs import DataPaths, add_data_args, data_paths
 
 STAGE = "train_aux"
-WEIGHTS = "regressor.safetensors"
-META = "regressor.json"
-
-
-def load_aux_regressor(model_dir: str | Path):
-    """(frozen FaceAttributeRegressor, crop_size it was trained on) from a train_aux output folder."""
-    doc = json.loads((Path(model_dir) / META).read_text("utf-8"))
-    return load_regressor(Path(model_dir) / WEIGHTS, RegressorConfig(**doc["regressor"])), int(doc["crop_size"])
 
 
 def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.yaml", *,
@@ -60,14 +50,13 @@ def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.
                             batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             head_weight_decay=cfg.head_weight_decay, warmup=cfg.warmup, seed=cfg.seed,
                             augment=cfg.augment_config(), val_parquet=val, eval_every=cfg.eval_every,
-                            out_path=out / WEIGHTS)
+                            out_path=artifacts.weights_file(out, artifacts.REGRESSOR))
         if val is not None:
-            model = load_regressor(out / WEIGHTS, rcfg)
+            model = load_regressor(artifacts.weights_file(out, artifacts.REGRESSOR), rcfg)
             ev = evaluate_regressor(model, val, data.aligned_dir, data.threedmm)
             m.update({f"val_{k}": v for k, v in ev.items()})
     crop_size = int(records.crop_size.max())
-    doc = {"regressor": dataclasses.asdict(rcfg), "crop_size": crop_size, "meta": {"stage": STAGE, **m}}
-    atomic_write_text(out / META, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    artifacts.write_config(out, artifacts.REGRESSOR, rcfg, {"stage": STAGE, **m}, crop_size=crop_size)
     write_metrics(metrics, m)
     return m
 

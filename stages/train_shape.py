@@ -6,21 +6,19 @@ adv (Dres hinge) + rec (I2_res vs I2) + ldmk (contour of the regressed 3DMM of I
 regressor comes from train_aux). ShapeConfig.num_landmarks = K of the 3DMM model file.
 
 Outputs (`--out-dir`, default models/shape/): `dshape.safetensors` (EMA weights) + `dshape.json`
-({"shape": ShapeConfig dict, "meta"}); train_swap loads it frozen for the flow loss.
+(ShapeConfig + provenance, faceswap.artifacts format); train_swap loads it frozen for the flow loss.
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from faceswap import artifacts
 from faceswap.core.cli import parser
 from faceswap.core.io import sha256_file
-from faceswap.core.weights import load_into
-from faceswap_models.config import ShapeConfig
 from faceswap_models.discriminator import Dres
 from faceswap_models.shape import ShapeDiscriminator
 from faceswap.training.config import ShapeStageConfig, TrainConfig
@@ -29,27 +27,16 @@ from faceswap.data.records import PairDataset
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
-    save_module_json, train_validated,
+    train_validated,
 )
 from faceswap.training.steps import ShapeAux, ShapeTask
 from faceswap.training.validation import ShapeValidator
-from stages.train_aux import WEIGHTS as AUX_WEIGHTS
-from stages.train_aux import load_aux_regressor
 
 STAGE = "train_shape"
-MODEL_NAME = "dshape"
-
-
-def load_dshape(model_dir: str | Path) -> ShapeDiscriminator:
-    """The frozen, eval-mode Dshape from a train_shape output folder."""
-    doc = json.loads((Path(model_dir) / f"{MODEL_NAME}.json").read_text("utf-8"))
-    net = ShapeDiscriminator(ShapeConfig.from_dict(doc["shape"]))
-    load_into(net, Path(model_dir) / f"{MODEL_NAME}.safetensors", strict=True)
-    return net.eval().requires_grad_(False)
 
 
 def build_task(cfg: ShapeStageConfig, contour: ContourProjector, aux_dir: str | Path, seed: int) -> ShapeTask:
-    regressor, crop_size = load_aux_regressor(aux_dir)
+    regressor, crop_size = artifacts.load_aux_regressor(aux_dir)
     torch.manual_seed(seed)  # identical initial weights on every rank
     dshape = ShapeDiscriminator(cfg.shape_config(contour.num_points))
     return ShapeTask(dshape, Dres(cfg.disc_config()), ShapeAux(regressor, contour, crop_size), cfg.loss_weights(),
@@ -69,8 +56,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     if ctx.rank != 0:
         return None
     net = averaged(task.modules["dshape"], result, "dshape").cpu()
-    save_module_json(spec["out_dir"], MODEL_NAME, net, {"shape": net.cfg.to_dict(),
-                                                        "meta": {"stage": STAGE, "steps": result.steps}})
+    artifacts.save_network(spec["out_dir"], artifacts.DSHAPE, net, net.cfg, {"stage": STAGE, "steps": result.steps})
     return loop_summary(result)
 
 
@@ -78,7 +64,7 @@ def run(data: DataPaths, aux_dir: str | Path, out_dir: str | Path, params_path: 
         metrics: str | None = None, plots: str | None = None, checkpoint_root: str | None = None) -> dict:
     params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
     aux_dir = str(Path(aux_dir).resolve())
-    key = run_key(cfg, tcfg, data, aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS))
+    key = run_key(cfg, tcfg, data, aux=sha256_file(artifacts.weights_file(aux_dir, artifacts.REGRESSOR)))
     return run_stage(STAGE, entry=worker,
                      spec={"cfg": cfg, "data": data, "key": key, "aux_dir": aux_dir}, train_cfg=tcfg, key=key,
                      out_dir=out_dir, metrics_path=metrics, plots_path=plots)

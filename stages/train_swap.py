@@ -6,23 +6,21 @@ adv + rec (same-identity pairs) + id (identity encoder, offline default FaceNet)
 (regressor from train_aux) + perc (the identity encoder's features by default) + flow.
 
 Output (`--out-dir`, default models/swap/): the swap-model bundle (faceswap.artifacts:
-generator.safetensors with the EMA weights + bundle.json with align size / template scale).
+generator.safetensors with the EMA weights + generator.json with SwapConfig, align size / template scale).
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from faceswap import artifacts
 from faceswap.core.cli import parser
 from faceswap.core.config import AlignConfig, from_dict, load_params
 from faceswap.core.io import sha256_file
-from faceswap.core.weights import read_state_dict
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
-from faceswap.artifacts import load_bundle, save_bundle
 from faceswap_models.config import MAEConfig, SwapConfig
 from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.swap import SwapGenerator
@@ -37,12 +35,7 @@ from faceswap.training.runs import (
 from faceswap.training.loop import load_best_state
 from faceswap.training.steps import SwapAux, SwapTask
 from faceswap.training.validation import GateSelector, SwapValidator
-from stages.pretrain_mae import MODEL_NAME as MAE_NAME
-from stages.register import RegisterConfig
-from stages.train_aux import WEIGHTS as AUX_WEIGHTS
-from stages.train_aux import load_aux_regressor
-from stages.train_shape import MODEL_NAME as SHAPE_NAME
-from stages.train_shape import load_dshape
+from faceswap.serving.registry import RegisterConfig
 
 STAGE = "train_swap"
 
@@ -64,13 +57,11 @@ def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
 def init_mismatch(init_bundle: str | Path, mae_dir: str | Path, cfg: SwapStageConfig) -> str | None:
     """Why `init_bundle` cannot seed this run (its SwapConfig differs from the one train_swap would
     build from `cfg` and the pretrained MAE), or None when it can."""
-    doc = json.loads((Path(mae_dir) / f"{MAE_NAME}.json").read_text("utf-8"))
-    want = swap_config(cfg, MAEConfig.from_dict(doc["mae"]))
-    meta = Path(init_bundle) / "bundle.json"
+    want = swap_config(cfg, artifacts.mae_config(mae_dir))
     try:
-        have = SwapConfig.from_dict(json.loads(meta.read_text("utf-8"))["swap"])
+        have = artifacts.bundle_config(init_bundle)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"{meta}: unreadable ({e})"
+        return f"{init_bundle}: unreadable ({e})"
     if have != want:
         diff = sorted(k for k, v in want.to_dict().items() if have.to_dict().get(k) != v)
         return f"its SwapConfig differs from train_swap's in {diff}"
@@ -81,20 +72,19 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
                threedmm_model: str | Path, seed: int, init_bundle: str | Path | None = None,
                stats_every: int = 0) -> SwapTask:
     """Fswa + Dswa + frozen auxiliaries; `stats_every` = the loop's log_every for the term balance."""
-    doc = json.loads((Path(mae_dir) / f"{MAE_NAME}.json").read_text("utf-8"))
-    scfg = swap_config(cfg, MAEConfig.from_dict(doc["mae"]))
-    regressor, crop_size = load_aux_regressor(aux_dir)
+    scfg = swap_config(cfg, artifacts.mae_config(mae_dir))
+    regressor, crop_size = artifacts.load_aux_regressor(aux_dir)
     identity = build_identity_encoder(cfg.identity_encoder, cfg.identity_weights, cfg.aux_cache_dir)
     perceptual = (cfg.perceptual if cfg.perceptual in ("ssim", "shared")
                   else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
-    aux = SwapAux(identity=identity, perceptual=perceptual, regressor=regressor, dshape=load_dshape(shape_dir),
+    aux = SwapAux(identity=identity, perceptual=perceptual, regressor=regressor, dshape=artifacts.load_dshape(shape_dir),
                   contour=ContourProjector.load(threedmm_model), crop_size=crop_size,
                   source_cache_size=cfg.source_embedding_cache)
     torch.manual_seed(seed)  # identical initial weights on every rank
     gen = SwapGenerator(scfg)
-    gen.load_encoder_state(read_state_dict(Path(mae_dir) / f"{MAE_NAME}.safetensors"))
+    gen.load_encoder_state(artifacts.mae_state(mae_dir))
     if init_bundle is not None:  # fine-tune: start from a previous swap model (e.g. the registry champion)
-        init = load_bundle(init_bundle)
+        init = artifacts.load_bundle(init_bundle)
         if init.swap != scfg:
             raise ValueError(f"init bundle {init_bundle}: its SwapConfig differs from train_swap's; "
                              "fine-tuning needs the same architecture (or train from scratch)")
@@ -138,7 +128,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
         gen.load_state_dict(load_best_state(result.best))
         selected = result.best["step"]
     align: AlignConfig = spec["align"]
-    save_bundle(spec["out_dir"], gen, align_size=align.size, template_scale=align.template_scale,
+    artifacts.save_bundle(spec["out_dir"], gen, align_size=align.size, template_scale=align.template_scale,
                 meta={"stage": STAGE, "steps": result.steps, "selected_step": selected, "export": cfg.export,
                       "image_size": cfg.image_size, "ema": True, "data_fingerprint": spec["key"]["data"]})
     return {**loop_summary(result), "selected_step": selected}
@@ -156,10 +146,11 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
     # they name the run too, so a finished run is not resumed with a snapshot chosen under other gates
     reg = from_dict(RegisterConfig, raw["register"], "register") if "register" in raw else RegisterConfig()
     select = {"gates": reg.gates, "primary_metric": reg.primary_metric, "higher_is_better": reg.higher_is_better}
-    key = run_key(cfg, tcfg, data, mae=sha256_file(Path(mae_dir) / f"{MAE_NAME}.safetensors"),
-                  shape=sha256_file(Path(shape_dir) / f"{SHAPE_NAME}.safetensors"),
-                  aux=sha256_file(Path(aux_dir) / AUX_WEIGHTS),
-                  **({"init": sha256_file(Path(init_bundle) / "generator.safetensors")} if init_bundle else {}),
+    key = run_key(cfg, tcfg, data, mae=sha256_file(artifacts.weights_file(mae_dir, artifacts.MAE)),
+                  shape=sha256_file(artifacts.weights_file(shape_dir, artifacts.DSHAPE)),
+                  aux=sha256_file(artifacts.weights_file(aux_dir, artifacts.REGRESSOR)),
+                  **({"init": sha256_file(artifacts.weights_file(init_bundle, artifacts.GENERATOR))}
+                     if init_bundle else {}),
                   **({"select": select} if cfg.export == "best_val" else {}))
     if init_bundle is not None:
         why = init_mismatch(init_bundle, mae_dir, cfg)

@@ -21,9 +21,9 @@ from faceswap.core.config import (  # noqa: E402
 @pytest.fixture(scope="session")
 def face_rgb() -> np.ndarray:
     """A real photographic face (scikit-image's astronaut, public domain), (512, 512, 3) uint8."""
-    from faceswap.data.demo_corpus import _base_astronaut
+    from faceswap.data.demo_corpus import base_astronaut
 
-    return _base_astronaut(512)
+    return base_astronaut(512)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from faceswap.core.config import (  # noqa: E402
 from faceswap.core.schemas import ALIGNED, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
 from stages import align, ingest, threedmm  # noqa: E402
 from stages import filter as filter_stage  # noqa: E402
-from stages import register as R  # noqa: E402
+from faceswap.serving import registry as R  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITIES, PER_ID = 10, 4

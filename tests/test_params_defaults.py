@@ -19,7 +19,7 @@ def _sections() -> dict[str, type]:
     from faceswap.training.config import STAGE_CONFIGS, TrainConfig
     from flows.retrain import RetrainConfig
     from stages.evaluate import EvaluateConfig
-    from stages.register import RegisterConfig
+    from faceswap.serving.registry import RegisterConfig
 
     return {"ingest": C.IngestConfig, "detect": C.DetectConfig, "filter": C.FilterConfig, "align": C.AlignConfig,
             "segment": C.SegmentConfig, "threedmm": C.ThreeDMMConfig, "split": C.SplitConfig,

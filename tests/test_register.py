@@ -16,7 +16,7 @@ import pytest
 from faceswap.core.config import ConfigError, from_dict
 from faceswap.evaluation.gates import resolve_bound
 from faceswap.core.images import read_rgb
-from stages import register as R
+from faceswap.serving import registry as R
 
 GATES = {"model.shape_error": {"max": 0.5}, "model.id_top1": {"min": "baselines.copy_target.id_top1"}}
 
@@ -178,7 +178,7 @@ def sequence(registry, bundle, pair, tmp_path_factory):
     reports = []
     for i, (top1, shape) in enumerate([(0.5, 0.3), (0.4, 0.3), (0.9, 0.8), (0.7, 0.2)]):
         ev = write_eval(work / f"eval{i}.json", top1, shape)
-        reports.append(R.run(cfg, bundle, ev, pair, work / f"register{i}.json", params_path=params))
+        reports.append(R.register_model(cfg, bundle, ev, pair, work / f"register{i}.json", params_path=params))
     return cfg, reports, work, registry
 
 
@@ -219,8 +219,9 @@ def test_model_card_fingerprint_and_metrics_logged(sequence, tmp_path):
     mlmodel = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.model_name}/4", dst_path=str(tmp_path)))
     reqs = (mlmodel / "requirements.txt").read_text()
     assert "torch==2.14.1" in reqs and "mlflow==" in reqs
-    assert (mlmodel / "artifacts" / "bundle" / "bundle.json").is_file()
-    assert (mlmodel / "code" / "faceswap_models" / "pyfunc.py").is_file()
+    assert (mlmodel / "artifacts" / "bundle" / "generator.json").is_file()
+    assert (mlmodel / "code" / "faceswap" / "serving" / "pyfunc.py").is_file()
+    assert (mlmodel / "code" / "faceswap_models" / "swap.py").is_file()
     sig = json.loads(json.dumps(mlflow.models.get_model_info(f"models:/{cfg.model_name}/4").signature.to_dict()))
     assert '"source"' in sig["inputs"] and '"binary"' in sig["outputs"]
 
@@ -254,7 +255,7 @@ def test_champion_alias_loads_pyfunc_and_swaps_a_real_pair(sequence, pair):
 def _register_worker(root: str, bundle: str, eval_json: str, source: np.ndarray, target: np.ndarray, q) -> None:
     """Runs in a spawned process: one full registration against the shared database."""
     try:
-        q.put(R.run(make_cfg(Path(root)), bundle, eval_json, (source, target)))
+        q.put(R.register_model(make_cfg(Path(root)), bundle, eval_json, (source, target)))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
         q.put(f"{type(e).__name__}: {e}")
 

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import cv2
-import pytest
 import yaml
 
 from prefectutil import latest_artifact
@@ -29,7 +28,7 @@ def fake_train(params, data_dir, models_dir, out_dir, init_bundle, metrics_path)
     gen = load_bundle(init_bundle).generator if init_bundle else SwapGenerator(SwapConfig.tiny())
     save_bundle(out_dir, gen, align_size=32, template_scale=1.4, meta={"init": str(init_bundle)})
     return {"steps": 2, "init": f"fake fine-tune from {Path(init_bundle).name}" if init_bundle else "fake, from scratch",
-            "init_had_bundle": bool(init_bundle and (Path(init_bundle) / "bundle.json").is_file())}
+            "init_had_bundle": bool(init_bundle and (Path(init_bundle) / "generator.json").is_file())}
 
 
 def _fake_eval(metrics_path, id_top1: float, shape_error: float) -> dict:

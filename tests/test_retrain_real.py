@@ -106,7 +106,7 @@ def test_retrain_with_the_real_trainer_and_evaluator_from_the_project_folder(
 
     # "after make demo": data stages + upstream models (in-process: no Ray start-up for these)
     prepare(params, "data", "metrics")
-    data = DataPaths()  # data/aligned.parquet, ... (relative)
+    data = DataPaths.of()  # data/aligned.parquet, ... (relative)
     train_aux.run(data, "models/aux", upstream)
     pretrain_mae.run(data, "models/mae", upstream)
     train_shape.run(data, "models/aux", "models/shape", upstream)

@@ -5,13 +5,14 @@ import argparse
 import json
 from pathlib import Path
 
+from faceswap.core.layout import DATA
 from faceswap.core.io import atomic_write_text
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    p.add_argument("--cache-dir", default="data/cache", help="incremental caches (not DVC outputs)")
+    p.add_argument("--cache-dir", default=str(DATA.cache), help="incremental caches (not DVC outputs)")
     p.add_argument("--metrics", default=None, help="write stage counts as JSON here")
     return p
 

@@ -482,7 +482,7 @@ def build_demo_corpus(root: str | Path, identities: int, per_identity: int, size
     return root
 
 
-def _base_astronaut(size: int) -> np.ndarray:
+def base_astronaut(size: int) -> np.ndarray:
     """A real photograph with a face (scikit-image's astronaut, Eileen Collins, NASA, public domain).
 
     Not part of the corpus any more; tests and benches use it as a full-resolution real face.

@@ -37,7 +37,7 @@ _MESH_EYE_LEFT, _MESH_EYE_RIGHT, _MESH_NOSE, _MESH_MOUTH = (33, 133), (362, 263)
 _MESH_JAW_PAIRS = ((172, 397), (136, 365), (58, 288))
 
 
-def _outer_eye_corners(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def outer_eye_corners(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(468, 2) mesh points -> image-left and image-right outer eye corners and their distance (>= 1e-6),
     the unit of the mesh measures."""
     left, right = m[_MESH_EYE_LEFT[0]], m[_MESH_EYE_RIGHT[1]]
@@ -49,7 +49,7 @@ def mesh_jaw_width(mesh: np.ndarray) -> float:
     outer-eye-corner distance, so it compares faces of any crop scale."""
     m = np.asarray(mesh, np.float64)[:, :2]
     width = np.mean([np.linalg.norm(m[a] - m[b]) for a, b in _MESH_JAW_PAIRS])
-    return float(width / _outer_eye_corners(m)[2])
+    return float(width / outer_eye_corners(m)[2])
 
 
 # mediapipe FaceMesh indices of the expression measures: inner-lip centres (upper, lower), mouth corners
@@ -68,7 +68,7 @@ def mesh_expression(mesh: np.ndarray) -> np.ndarray:
     above the upper lip's centre (a smile; unchanged when only the jaw opens), each eye's opening,
     each brow's height above its upper lid."""
     m = np.asarray(mesh, np.float64)[:, :2]
-    left, right, d = _outer_eye_corners(m)
+    left, right, d = outer_eye_corners(m)
     u = (right - left) / d  # eye line
     v = np.array([-u[1], u[0]])  # perpendicular, pointing down the face (image y) for an upright face
     p = (m - (left + right) / 2) @ np.stack([u, v], 1) / d  # (468, 2) in the eye-line frame

@@ -85,7 +85,7 @@ def swap_rows(pipeline: Any, frame: pd.DataFrame) -> pd.DataFrame:
 
 def encode_png(rgb: np.ndarray, key: str = watermark.DEFAULT_KEY) -> bytes:
     """(H, W, 3) uint8 -> PNG bytes with the invisible watermark and provenance metadata (as `faceswap swap`)."""
-    from faceswap.serving.swap_cli import package_version, provenance_text
+    from faceswap.serving.watermark import package_version, provenance_text
 
     marked = watermark.embed(np.ascontiguousarray(rgb), key, watermark.version_payload(package_version()))
     return watermark.encode_with_metadata(marked, "png", provenance_text("mlflow pyfunc"))

@@ -192,7 +192,7 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
         while step < end:
             micro = [_to(next(batches), device) for _ in range(cfg.grad_accum)]
             torch.manual_seed(step_seed(cfg.seed, rank, step))
-            logs, skipped = _run_step(task, micro, step, cfg, scaler, device, world)
+            logs, skipped = run_step(task, micro, step, cfg, scaler, device, world)
             if skipped:
                 nonfinite += 1
                 if rank == 0:
@@ -298,7 +298,7 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _run_step(task: TrainTask, micro: list[Any], step: int, cfg: LoopConfig, scaler: torch.amp.GradScaler,
+def run_step(task: TrainTask, micro: list[Any], step: int, cfg: LoopConfig, scaler: torch.amp.GradScaler,
               device: torch.device, world: int) -> tuple[dict[str, float], bool]:
     """All phases of one step. Returns (mean loss terms '<phase>/<term>', skipped?)."""
     logs: dict[str, float] = {}

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 from faceswap.core.cli import write_metrics
 from faceswap.core.config import load_params
+from faceswap.core.layout import DATA, DataLayout
 from faceswap.core.io import absolute_tracking_uri, atomic_write_text, fingerprint, sha256_file
 from faceswap.training import tracking
 from faceswap.training.config import TrainConfig, training_configs
@@ -34,13 +35,18 @@ log = logging.getLogger(__name__)
 class DataPaths:
     """The prepared tables every training stage reads (absolute paths once resolved)."""
 
-    aligned: str = "data/aligned.parquet"
-    aligned_dir: str = "data/aligned"
-    segments: str = "data/segments.parquet"
-    parsing_dir: str = "data/parsing"
-    threedmm: str = "data/threedmm.parquet"
-    threedmm_model: str = "data/threedmm_model.npz"
-    splits: str = "data/splits.parquet"
+    aligned: str
+    aligned_dir: str
+    segments: str
+    parsing_dir: str
+    threedmm: str
+    threedmm_model: str
+    splits: str
+
+    @classmethod
+    def of(cls, layout: DataLayout = DATA) -> DataPaths:
+        """The tables of a data folder laid out as the data stages write it."""
+        return cls(**{f.name: str(getattr(layout, f.name)) for f in dataclasses.fields(cls)})
 
     def resolved(self) -> DataPaths:
         return DataPaths(**{k: str(Path(v).resolve()) for k, v in dataclasses.asdict(self).items()})
@@ -56,14 +62,13 @@ class DataPaths:
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    d = DataPaths()
-    for name, default in dataclasses.asdict(d).items():
+    for name, default in dataclasses.asdict(DataPaths.of()).items():
         p.add_argument("--" + name.replace("_", "-"), default=default, help=f"(default: {default})")
     p.add_argument("--checkpoint-root", default=None, help="override train.checkpoint_root")
 
 
 def data_paths(args: argparse.Namespace) -> DataPaths:
-    return DataPaths(**{k: getattr(args, k) for k in dataclasses.asdict(DataPaths())}).resolved()
+    return DataPaths(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataPaths)}).resolved()
 
 
 def write_plots(jsonl: Path, out_csv: str | os.PathLike) -> list[dict[str, Any]]:
@@ -161,16 +166,6 @@ def loop_summary(result: Any) -> dict[str, Any]:
             "seconds": round(result.seconds, 3), "samples_per_s": round(result.samples_per_s, 3),
             **{k.replace("/", "_"): round(v, 6) for k, v in result.last.items()
                if k not in ("nonfinite", "samples_per_s")}}
-
-
-def save_module_json(out_dir: str | os.PathLike, name: str, module: Any, doc: Mapping[str, Any]) -> None:
-    """`<name>.safetensors` (state dict) + `<name>.json` (config and provenance), both atomic."""
-    from faceswap.core.weights import save_safetensors_atomic
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_safetensors_atomic(module.state_dict(), out / f"{name}.safetensors")
-    atomic_write_text(out / f"{name}.json", json.dumps(dict(doc), indent=2, sort_keys=True, default=str) + "\n")
 
 
 def load_stage_params(params_path: str | os.PathLike, stage: str, checkpoint_root: str | None = None

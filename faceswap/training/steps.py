@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceswap_models.config import ShapeLossWeights, SwapLossWeights

@@ -320,12 +320,12 @@ class _Cached:
         `passes` augmented copies of the rows when `aug` moves targets); std floored at 1e-3."""
         gen = torch.Generator().manual_seed(seed)
         moved = aug.scale or aug.shift or aug.rotate
-        ts = [_augment(None, self.targets, aug, gen)[1] for _ in range(passes)] if moved else [self.targets]
+        ts = [augment_sample(None, self.targets, aug, gen)[1] for _ in range(passes)] if moved else [self.targets]
         cat = {k: torch.cat([t[k] for t in ts]) for k in HEADS}
         return {k: (v.mean(0), v.std(0, unbiased=False).clamp_min(1e-3)) for k, v in cat.items()}
 
 
-def _augment(img: Tensor | None, t: dict[str, Tensor], aug: RegressorAugment,
+def augment_sample(img: Tensor | None, t: dict[str, Tensor], aug: RegressorAugment,
              gen: torch.Generator) -> tuple[Tensor | None, dict[str, Tensor]]:
     """Random similarity warp + colour jitter of a batch; targets normalised (`_Cached`), moved with it
     (``img`` None: the targets only, same random draws).
@@ -460,7 +460,7 @@ def train_regressor(aligned_parquet: str | os.PathLike, aligned_dir: str | os.Pa
         if len(order) < bs:  # reshuffle per epoch, drop the last partial batch
             order = torch.randperm(len(train), generator=gen)
         idx, order = order[:bs], order[bs:]
-        img, tgt = _augment(*train.batch(idx, dev), aug, gen)
+        img, tgt = augment_sample(*train.batch(idx, dev), aug, gen)
         terms = regressor_loss(_normalised(model(img), float(img.shape[-1])), tgt, image_size=1.0, std=std)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)

@@ -212,7 +212,7 @@ def test_augmentation_moves_3dmm_and_landmark_targets_with_the_pixels() -> None:
     """Warping the crop and the targets together stays exact: the 3DMM projection with the new camera
     and roll lands on the moved points, and a drawn dot moves to the moved landmark."""
     from faceswap.faces.threedmm import Coefficients, LinearFaceModel
-    from faceswap_models.auxiliary.regressor import RegressorAugment, _augment
+    from faceswap_models.auxiliary.regressor import RegressorAugment, augment_sample
 
     rng = np.random.default_rng(0)
     fm = LinearFaceModel(mean=rng.normal(size=(30, 3)), id_basis=0.05 * rng.normal(size=(3, 30, 3)),
@@ -231,7 +231,7 @@ def test_augmentation_moves_3dmm_and_landmark_targets_with_the_pixels() -> None:
            / torch.tensor([1, side, side]),
            "shape": torch.zeros(b, 3), "expression": torch.zeros(b, 2)}
     aug = RegressorAugment(scale=0.1, shift=0.05, rotate=10.0, brightness=0.0, contrast=0.0, saturation=0.0)
-    img2, t2 = _augment(img, tgt, aug, torch.Generator().manual_seed(3))
+    img2, t2 = augment_sample(img, tgt, aug, torch.Generator().manual_seed(3))
     assert not torch.allclose(t2["landmarks"], tgt["landmarks"])
     for i, c in enumerate(cs):
         moved = c.replace(pose=t2["pose"][i].double().numpy(), camera=(t2["camera"][i].double() * torch.tensor(

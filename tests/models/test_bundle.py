@@ -60,12 +60,41 @@ def test_bundle_keeps_whether_the_decoder_skip_is_open(tmp_path):
 
 
 def test_bundle_errors(tmp_path):
-    with pytest.raises(WeightsError, match="not a swap-model bundle"):
+    with pytest.raises(WeightsError, match="not a generator artifact"):
         load_bundle(tmp_path)
     gen = SwapGenerator(SwapConfig.tiny())
     save_bundle(tmp_path, gen, align_size=32, template_scale=1.0)
-    doc = json.loads((tmp_path / "bundle.json").read_text())
-    doc["format"] = 99
-    (tmp_path / "bundle.json").write_text(json.dumps(doc))
+    meta = tmp_path / "generator.json"
+    good = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**good, "format": 99}))
     with pytest.raises(WeightsError, match="format 99"):
         load_bundle(tmp_path)
+    # no silent fallback: a bundle without its alignment is refused, naming the file and the key
+    meta.write_text(json.dumps({k: v for k, v in good.items() if k != "align"}))
+    with pytest.raises(WeightsError, match=r"generator.json: missing key\(s\) \['align'\]"):
+        load_bundle(tmp_path)
+    meta.write_text(json.dumps({**good, "align": {"size": 32}}))
+    with pytest.raises(WeightsError, match="template_scale"):
+        load_bundle(tmp_path)
+
+
+def test_every_network_artifact_has_one_format(tmp_path):
+    """MAE, Dshape and the generator are saved as <name>.safetensors + <name>.json {format, config, meta}."""
+    from faceswap import artifacts
+    from faceswap_models.config import MAEConfig, ShapeConfig
+    from faceswap_models.mae import FaceMAE
+    from faceswap_models.shape import ShapeDiscriminator
+
+    torch.manual_seed(0)
+    mae = FaceMAE(MAEConfig.tiny())
+    artifacts.save_network(tmp_path, artifacts.MAE, mae, mae.cfg, {"steps": 3})
+    assert artifacts.mae_config(tmp_path) == mae.cfg
+    assert all(torch.equal(v, mae.state_dict()[k]) for k, v in artifacts.mae_state(tmp_path).items())
+    dshape = ShapeDiscriminator(ShapeConfig.tiny())
+    artifacts.save_network(tmp_path, artifacts.DSHAPE, dshape, dshape.cfg)
+    assert artifacts.load_dshape(tmp_path).cfg == dshape.cfg
+    save_bundle(tmp_path, SwapGenerator(SwapConfig.tiny()), align_size=32, template_scale=1.4)
+    for name in (artifacts.MAE, artifacts.DSHAPE, artifacts.GENERATOR):
+        doc = json.loads(artifacts.config_file(tmp_path, name).read_text())
+        assert doc["format"] == artifacts.FORMAT and set(doc) >= {"config", "meta"}
+        assert artifacts.weights_file(tmp_path, name).is_file()
