@@ -53,20 +53,22 @@ class Timed:
             self.calls += 1
 
 
-def demo_bundle(out: Path, params: dict) -> Path:
+def demo_bundle(out: Path, params: dict, aligned: Path) -> Path:
     """A random-weights bundle with the demo train_swap/pretrain_mae sizes of params.yaml."""
     from faceswap.artifacts import save_bundle
+    from faceswap.data.records import alignment
     from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig
     from faceswap_models.swap import SwapGenerator
 
     mae_p, sw = params["pretrain_mae"], params["train_swap"]
-    size = int(sw["image_size"])
+    size = int(mae_p["image_size"])  # the swap model's size is the MAE's
     mae = MAEConfig(img_size=size, **{k: v for k, v in mae_p["model"].items()})
     dec = DecoderConfig(in_dim=mae.dim, grid_size=mae.grid_size, channels=tuple(sw["decoder"]["channels"]))
     cfg = SwapConfig(mae=mae, fusion=FusionConfig(dim=mae.dim, **sw["fusion"]), decoder=dec)
     torch.manual_seed(0)
-    return save_bundle(out, SwapGenerator(cfg), align_size=int(params["align"]["size"]),
-                       template_scale=float(params["align"]["template_scale"]), meta={"bench": "random weights"})
+    align_size, template_scale = alignment(aligned)  # as the crops were made
+    return save_bundle(out, SwapGenerator(cfg), align_size=align_size, template_scale=template_scale,
+                       meta={"bench": "random weights"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(a.model) if a.model else REPO / "models" / "swap"
         random_model = not artifacts.is_bundle(model)
         if random_model:
-            model = demo_bundle(tmp / "swap", params)
+            model = demo_bundle(tmp / "swap", params, d / "aligned.parquet")
         rows = test_set(d / "aligned.parquet", d / "splits.parquet", d / "threedmm.parquet")
         crops = [read_rgb(d / "aligned" / r["crop"]) for r in rows]
         cfg = EvaluateConfig(pairs=a.pairs)

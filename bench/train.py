@@ -98,7 +98,7 @@ def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae:
                   .eval().requires_grad_(False),
                   contour=ContourProjector.load(REPO / "data" / "threedmm_model.npz"), crop_size=256)
     gen = SwapGenerator(swap_config(cfg, mae))
-    return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr, betas=cfg.betas,
+    return SwapTask(gen, PatchDiscriminator(cfg.disc_config(mae.img_size)), aux, cfg.loss_weights(), lr=cfg.lr, betas=cfg.betas,
                     flow_start_step=0)
 
 
@@ -112,15 +112,16 @@ def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root
     cfg = params["train_swap"]
     records = data.records("train")
     k = ContourProjector.load(data.threedmm_model).num_points
-    task = swap_task_random(cfg.image_size, k, records.shape.shape[1], records.expression.shape[1], cfg,
+    size = params["pretrain_mae"].image_size  # the swap model's size
+    task = swap_task_random(size, k, records.shape.shape[1], records.expression.shape[1], cfg,
                             mae=params["pretrain_mae"].mae_config())
-    ds = PairDataset(records, cfg.image_size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment_config())
+    ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment_config())
     loop = LoopConfig(steps=steps, batch_size=cfg.batch_size, checkpoint_every=warmup, sample_every=0, log_every=10**9)
     r = steady_state(task, ds, loop, warmup, str(root / "swap"), torch.device("cpu"))
     tables = {"aligned_parquet": data.aligned, "aligned_dir": data.aligned_dir, "segments_parquet": data.segments,
               "parsing_dir": data.parsing_dir, "threedmm_parquet": data.threedmm,
               "threedmm_model": data.threedmm_model, "splits_parquet": data.splits}
-    return loader_figures(tables, cfg.image_size, cfg.batch_size, train_samples_per_s=r.samples_per_s)
+    return loader_figures(tables, size, cfg.batch_size, train_samples_per_s=r.samples_per_s)
 
 
 def gpu_figures(params: dict) -> dict[str, Any]:

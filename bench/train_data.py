@@ -79,10 +79,11 @@ def loader_figures(tables: dict, size: int, batch_size: int, *, n_batches: int =
 
 
 def main(argv: list[str] | None = None) -> dict:
-    swap = yaml.safe_load((REPO / "params.yaml").read_text()).get("train_swap", {})
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    swap = params.get("train_swap", {})
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(REPO / "data"), help="folder holding the prepared tables")
-    ap.add_argument("--size", type=int, default=int(swap.get("image_size", 64)))
+    ap.add_argument("--size", type=int, default=int(params["pretrain_mae"]["image_size"]))
     ap.add_argument("--batch-size", type=int, default=int(swap.get("batch_size", 4)))
     ap.add_argument("--batches", type=int, default=40, help="timed batches per loader figure")
     ap.add_argument("--train-samples-per-s", type=float, default=None,

@@ -12,58 +12,19 @@ Variants are picked through the explicit `VARIANTS` registry, never by string ->
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypeVar
 
+from faceswap.core.config import ConfigError, from_dict
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config mapping has an unknown key or a value of the wrong kind."""
-
-
-def _build(cls: type[T], data: Mapping[str, Any], where: str) -> T:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed: {names}")
-    base = cls.paper()  # type: ignore[attr-defined]
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        tp = hints[name]
-        key = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, key)  # type: ignore[arg-type]
-        elif typing.get_origin(tp) is tuple:
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"{key}: expected a list, got {value!r}")
-            kwargs[name] = tuple(value)
-        elif tp is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{key}: expected a number, got {value!r}")
-            kwargs[name] = float(value)
-        elif tp is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{key}: expected an integer, got {value!r}")
-            kwargs[name] = value
-        elif tp is bool:
-            if not isinstance(value, bool):
-                raise ConfigError(f"{key}: expected true/false, got {value!r}")
-            kwargs[name] = value
-        else:
-            kwargs[name] = value
-    return dataclasses.replace(base, **kwargs)  # type: ignore[type-var]
 
 
 class _FromDict:
     @classmethod
     def from_dict(cls: type[T], d: Mapping[str, Any]) -> T:
         """Build from a (nested) mapping; unknown keys raise ConfigError, missing keys = paper()."""
-        return _build(cls, d, "")
+        return from_dict(cls, d, "", base=cls.paper())  # type: ignore[attr-defined]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]

@@ -75,7 +75,7 @@ def run(cfg: AlignConfig, detect: DetectConfig, max_pixels: int, filtered: str |
                              "reason": res["reason"], "detail": res["detail"]})
         else:
             aligned.append({"sha256": r["sha256"], "identity": r["identity"], "path": r["path"],
-                            "size": cfg.size, **{k: res[k] for k in ("crop", "matrix", "landmarks5", "landmarks68")}})
+                            "size": cfg.size, "template_scale": cfg.template_scale, **{k: res[k] for k in ("crop", "matrix", "landmarks5", "landmarks68")}})
     removed = remove_stale(out_dir, f"*.{cfg.image_format}", {a["crop"] for a in aligned})
     write_table(aligned, out_table, ALIGNED)
     write_table(rejected, out_rejects, REJECTS)

@@ -18,7 +18,7 @@ import torch
 
 from faceswap import artifacts
 from faceswap.core.cli import parser
-from faceswap.core.config import AlignConfig, from_dict, load_params
+from faceswap.core.config import from_dict, load_params
 from faceswap.core.io import sha256_file
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
 from faceswap_models.config import MAEConfig, SwapConfig
@@ -26,7 +26,7 @@ from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.swap import SwapGenerator
 from faceswap.training.config import SwapStageConfig, TrainConfig
 from faceswap.training.contour import ContourProjector
-from faceswap.data.records import PairDataset
+from faceswap.data.records import PairDataset, alignment
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
@@ -41,9 +41,7 @@ STAGE = "train_swap"
 
 
 def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
-    """SwapConfig from the pretrained MAE's size and the stage's fusion / decoder params."""
-    if mae.img_size != cfg.image_size:
-        raise ValueError(f"train_swap.image_size {cfg.image_size} != pretrained MAE img_size {mae.img_size}")
+    """SwapConfig from the pretrained MAE (its size is the swap model's) and the stage's fusion / decoder params."""
     return SwapConfig.from_dict({
         "mae": mae.to_dict(),
         "fusion": {**cfg.fusion, "dim": mae.dim},
@@ -73,11 +71,16 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
                stats_every: int = 0) -> SwapTask:
     """Fswa + Dswa + frozen auxiliaries; `stats_every` = the loop's log_every for the term balance."""
     scfg = swap_config(cfg, artifacts.mae_config(mae_dir))
+    dshape = artifacts.load_dshape(shape_dir)
+    if dshape.cfg.img_size != scfg.mae.img_size:
+        raise ValueError(f"{shape_dir}: Dshape was trained at {dshape.cfg.img_size} px but the MAE in {mae_dir} (the "
+                         f"swap model's size) at {scfg.mae.img_size} px: train_shape.image_size must equal "
+                         "pretrain_mae.image_size")
     regressor, crop_size = artifacts.load_aux_regressor(aux_dir)
     identity = build_identity_encoder(cfg.identity_encoder, cfg.identity_weights, cfg.aux_cache_dir)
     perceptual = (cfg.perceptual if cfg.perceptual in ("ssim", "shared")
                   else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
-    aux = SwapAux(identity=identity, perceptual=perceptual, regressor=regressor, dshape=artifacts.load_dshape(shape_dir),
+    aux = SwapAux(identity=identity, perceptual=perceptual, regressor=regressor, dshape=dshape,
                   contour=ContourProjector.load(threedmm_model), crop_size=crop_size,
                   source_cache_size=cfg.source_embedding_cache)
     torch.manual_seed(seed)  # identical initial weights on every rank
@@ -89,7 +92,7 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
             raise ValueError(f"init bundle {init_bundle}: its SwapConfig differs from train_swap's; "
                              "fine-tuning needs the same architecture (or train from scratch)")
         gen.load_state_dict(init.generator.state_dict())
-    return SwapTask(gen, PatchDiscriminator(cfg.disc_config()), aux, cfg.loss_weights(), lr=cfg.lr,
+    return SwapTask(gen, PatchDiscriminator(cfg.disc_config(scfg.mae.img_size)), aux, cfg.loss_weights(), lr=cfg.lr,
                     betas=cfg.betas, flow_start_step=cfg.flow_start_step, stats_every=stats_every,
                     id_start_step=cfg.id_start_step, skip_start_step=cfg.skip_start_step,
                     pair_schedule=cfg.pair_schedule() if dataset_pairs(cfg) == "identity" else None)
@@ -105,7 +108,8 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     cfg: SwapStageConfig = spec["cfg"]
     tcfg: TrainConfig = spec["train"]
     data: DataPaths = spec["data"]
-    dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
+    image_size = artifacts.mae_config(spec["mae_dir"]).img_size  # the swap model's size is the MAE's
+    dataset = PairDataset(data.records("train"), image_size, same_identity_ratio=cfg.same_identity_ratio,
                           same=dataset_pairs(cfg),
                           seed=tcfg.seed, augment=cfg.augment_config())
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
@@ -116,7 +120,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     gate = spec["select"]
     result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0,
                              lambda: SwapValidator.from_records(data.records("val"), data.records("train"),
-                                                                data.threedmm_model, cfg.image_size,
+                                                                data.threedmm_model, image_size,
                                                                 pairs=cfg.val_pairs, seed=tcfg.seed),
                              (lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))
                              if cfg.export == "best_val" else None)
@@ -127,10 +131,10 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     if cfg.export == "best_val" and result.best is not None:
         gen.load_state_dict(load_best_state(result.best))
         selected = result.best["step"]
-    align: AlignConfig = spec["align"]
-    artifacts.save_bundle(spec["out_dir"], gen, align_size=align.size, template_scale=align.template_scale,
+    align_size, template_scale = alignment(data.aligned)  # how the training crops were made
+    artifacts.save_bundle(spec["out_dir"], gen, align_size=align_size, template_scale=template_scale,
                 meta={"stage": STAGE, "steps": result.steps, "selected_step": selected, "export": cfg.export,
-                      "image_size": cfg.image_size, "ema": True, "data_fingerprint": spec["key"]["data"]})
+                      "image_size": image_size, "ema": True, "data_fingerprint": spec["key"]["data"]})
     return {**loop_summary(result), "selected_step": selected}
 
 
@@ -159,7 +163,7 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
                              "(or train from scratch)")
         dirs["init_bundle"] = str(Path(init_bundle).resolve())
     return run_stage(STAGE, entry=worker,
-                     spec={"cfg": cfg, "data": data, "key": key, "align": params["align"], "select": select, **dirs},
+                     spec={"cfg": cfg, "data": data, "key": key, "select": select, **dirs},
                      train_cfg=tcfg, key=key,
                      out_dir=out_dir, metrics_path=metrics, plots_path=plots)
 

@@ -251,7 +251,7 @@ def _write_inputs(root, synthetic):
         rel = f"{sha[:2]}/{sha}.png"
         (root / "aligned" / sha[:2]).mkdir(parents=True, exist_ok=True)
         (root / "aligned" / rel).write_bytes(png)
-        rows.append({"sha256": sha, "identity": ident, "path": f"raw/{sha}.png", "crop": rel, "size": CROP,
+        rows.append({"sha256": sha, "identity": ident, "path": f"raw/{sha}.png", "crop": rel, "size": CROP, "template_scale": 1.4,
                      "matrix": [1, 0, 0, 0, 1, 0], "landmarks5": [0.0] * 10, "landmarks68": [0.0] * 136})
         co = model.fit(mesh)
         fits.append({"sha256": sha, "identity": ident, **co.as_row(), "contour2d": model.contour2d(co).ravel().tolist()})

@@ -35,7 +35,7 @@ TINY = {
     "train_shape": {"steps": 2, "batch_size": 2, "image_size": 32,
                     "model": {"base_channels": 8, "max_channels": 16, "num_down": 3, "heatmap_sigma": 1.0},
                     "disc": {"base_channels": 8, "max_channels": 16, "num_down": 2}},
-    "train_swap": {"steps": 3, "flow_start_step": 1, "val_every": 0, "batch_size": 2, "image_size": 32,
+    "train_swap": {"steps": 3, "flow_start_step": 1, "val_every": 0, "batch_size": 2,
                    "fusion": {"heads": 2, "num_blocks": 1}, "decoder": {"channels": [16, 8, 8, 8]},
                    "disc": {"base_channels": 8, "max_channels": 16, "num_down": 2}},
 }

@@ -10,7 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar
 
 import yaml
 
@@ -89,21 +89,36 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], section: str = "") -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{section or cls.__name__}: expected a mapping, got {data!r}")
+def from_dict(cls: type[T], data: Mapping[str, Any], section: str = "", base: Any = None) -> T:
+    """Build dataclass `cls` from a (nested) mapping: the project's one config builder.
+
+    Unknown keys and wrong types raise ConfigError naming `section.key`. A key missing from `data`
+    takes `base`'s value when a base is given (the network configs pass their frozen `paper()`),
+    else the field's default; a field with neither is a missing key. Fields typed as dataclasses
+    are built recursively (their base: `base`'s value, else their `paper()` when they have one).
+    `validate()` runs on the result when the class has it."""
+    where = section or cls.__name__
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{section or cls.__name__}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    kwargs = {}
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
     for name, f in fields.items():
+        key = f"{section}.{name}" if section else name
+        tp = hints[name]
         if name in data:
-            kwargs[name] = _check_type(f"{section}.{name}", data[name], hints[name])
+            if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+                sub = getattr(base, name) if base is not None else (tp.paper() if hasattr(tp, "paper") else None)
+                kwargs[name] = from_dict(tp, data[name], key, sub)
+            else:
+                kwargs[name] = _check_type(key, data[name], tp)
+        elif base is not None:
+            kwargs[name] = getattr(base, name)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{section or cls.__name__}: missing key {name!r}")
+            raise ConfigError(f"{where}: missing key {name!r}")
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate()

@@ -53,7 +53,8 @@ ALIGNED = pa.schema([
     ("identity", pa.string()),
     ("path", pa.string()),  # source image
     ("crop", pa.string()),  # aligned crop file, relative to the aligned directory
-    ("size", pa.int32()),
+    ("size", pa.int32()),  # crop side (align.size)
+    ("template_scale", pa.float64()),  # the ArcFace template's zoom-out (align.template_scale)
     ("matrix", F32_LIST),  # (6,) row-major 2x3 similarity transform source -> crop
     ("landmarks5", F32_LIST),  # (10,) in crop pixels
     ("landmarks68", F32_LIST),  # (136,) in crop pixels (iBUG 68 order)

@@ -676,3 +676,16 @@ def loader_rate(dataset: Dataset, batch_size: int, num_workers: int, n_batches: 
     dt = time.perf_counter() - t
     del it
     return n_batches * batch_size / dt
+
+
+def alignment(aligned_table: str | os.PathLike) -> tuple[int, float]:
+    """(crop side, template scale) every crop of an aligned table was made with: the one route by which
+    `align.size` / `align.template_scale` reach a trained model. Raises ValueError when the table mixes
+    settings or lacks them (an aligned.parquet from before they were recorded: re-run `align`)."""
+    table = schemas.read_table(aligned_table, schemas.ALIGNED)
+    sizes = set(table.column("size").to_pylist())
+    scales = set(table.column("template_scale").to_pylist())
+    if len(sizes) != 1 or len(scales) != 1 or None in sizes | scales:
+        raise ValueError(f"{aligned_table}: expected one crop size and template scale, got sizes {sorted(sizes, key=str)} "
+                         f"and template scales {sorted(scales, key=str)} (re-run the align stage)")
+    return int(sizes.pop()), float(scales.pop())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
-from faceswap.core.config import AlignConfig, ConfigError, from_dict, load_params, parse_params
+from faceswap.core.config import ConfigError, from_dict, load_params, parse_params
 from faceswap_models.auxiliary.regressor import RegressorAugment, RegressorConfig
 from faceswap_models.config import (
     DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, ShapeConfig, ShapeLossWeights, SwapLossWeights,
@@ -72,7 +72,6 @@ class _StageCommon:
     # Defaults equal params.yaml's (the one source; tests/test_params_defaults.py checks each stage).
     steps: int = 40
     batch_size: int = 8  # per worker and micro-batch
-    image_size: int = 64
     lr: float = 2e-4
     beta1: float = 0.0
     beta2: float = 0.99
@@ -97,6 +96,7 @@ class MAEStageConfig(_StageCommon):
 
     steps: int = 1000
     batch_size: int = 16
+    image_size: int = 64  # the face MAE's input side: the swap model's size (train_swap reads it from models/mae)
     lr: float = 1e-3
     beta1: float = 0.9
     beta2: float = 0.95
@@ -154,6 +154,7 @@ class ShapeStageConfig(_StageCommon):
     """train_shape: Dshape (Gres + warp) against Dres. num_landmarks comes from the 3DMM model."""
 
     steps: int = 100
+    image_size: int = 64  # Dshape judges the swap model's outputs: must equal pretrain_mae.image_size
     same_identity_ratio: float = 0.0  # Dshape pairs: I1's shape onto I2, any identities
     val_every: int = 20  # landmark objective on fixed val pairs every N steps (val/ldmk vs val/ldmk_unwarped); 0 = off
     val_pairs: int = 32
@@ -181,7 +182,8 @@ class ShapeStageConfig(_StageCommon):
 class SwapStageConfig(_StageCommon):
     """train_swap: Fswa (frozen pretrained MAE encoder + CAFM + decoder) against Dswa.
 
-    The MAE size comes from the pretrain_mae output; fusion.dim, decoder.in_dim/grid_size follow it.
+    The image size and the MAE's sizes come from the pretrain_mae output (models/mae); fusion.dim,
+    decoder.in_dim/grid_size and the discriminator's img_size follow it.
     The flow loss (frozen Dshape) is on from `flow_start_step` (paper: 320K of 640K)."""
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
@@ -226,14 +228,14 @@ class SwapStageConfig(_StageCommon):
             raise ConfigError("train_swap.skip_start_step / skip_reconstruction_pairs need decoder.skip")
         if self.export not in ("best_val", "last"):
             raise ConfigError(f"train_swap.export: expected best_val or last, got {self.export!r}")
-        self.disc_config(), self.loss_weights()
+        self.disc_config(256), self.loss_weights()
         for name, d, cls in (("fusion", self.fusion, FusionConfig), ("decoder", self.decoder, DecoderConfig)):
             unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
             if unknown:
                 raise ConfigError(f"train_swap.{name}: unknown key(s) {sorted(unknown)}")
 
-    def disc_config(self) -> DiscriminatorConfig:
-        return DiscriminatorConfig.from_dict({**self.disc, "img_size": self.image_size})
+    def disc_config(self, image_size: int) -> DiscriminatorConfig:
+        return DiscriminatorConfig.from_dict({**self.disc, "img_size": image_size})
 
     def loss_weights(self) -> SwapLossWeights:
         return SwapLossWeights.from_dict(self.weights)
@@ -250,14 +252,13 @@ STAGE_CONFIGS: dict[str, type] = {
 
 
 def load_training_params(params_path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
-    """{'train': TrainConfig, 'align': AlignConfig, <stage>: <StageConfig>...} from one params file."""
+    """{'train': TrainConfig, <stage>: <StageConfig>...} from one params file."""
     return training_configs(load_params(Path(params_path)), str(params_path))
 
 
 def training_configs(params: Mapping[str, Any], where: str) -> dict[str, Any]:
     """The typed training configs of a parsed params mapping (`where` names it in errors)."""
-    out: dict[str, Any] = {"train": from_dict(TrainConfig, params.get("train", {}), "train"),
-                           "align": from_dict(AlignConfig, params.get("align", {}), "align")}
+    out: dict[str, Any] = {"train": from_dict(TrainConfig, params.get("train", {}), "train")}
     for name, cls in STAGE_CONFIGS.items():
         if name not in params:
             raise ConfigError(f"{where}: no section {name!r}")

@@ -85,7 +85,7 @@ def table(tmp_path: Path) -> tuple[Path, Path, Path]:
         img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
         assert cv2.imwrite(str(crops / "id0" / f"{i}.png"), img)
         al.append({"sha256": sha, "identity": "id0", "path": f"src/{i}.jpg", "crop": f"id0/{i}.png",
-                   "size": 32, "matrix": [1, 0, 0, 0, 1, 0],
+                   "size": 32, "template_scale": 1.4, "matrix": [1, 0, 0, 0, 1, 0],
                    "landmarks5": rng.uniform(0, 32, 10).tolist(),
                    "landmarks68": rng.uniform(4, 28, 136).tolist()})
         tm.append({"sha256": sha, "identity": "id0",

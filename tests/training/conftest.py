@@ -74,7 +74,7 @@ def train_tables(tmp_path_factory) -> dict[str, str]:
         labels = np.repeat(np.repeat(rng.integers(0, 7, (8, 8)), 8, 0), 8, 1).astype(np.uint8)  # (64, 64)
         _write_png(paths["parsing_dir"] / rel, labels)
         aligned.append({
-            "sha256": sha, "identity": ident, "path": f"raw/{ident}/{k}.jpg", "crop": rel, "size": CROP,
+            "sha256": sha, "identity": ident, "path": f"raw/{ident}/{k}.jpg", "crop": rel, "size": CROP, "template_scale": 1.4,
             "matrix": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
             "landmarks5": rng.uniform(8, 56, 10).tolist(), "landmarks68": rng.uniform(8, 56, 136).tolist(),
         })

@@ -94,13 +94,15 @@ def test_too_many_nonfinite_steps_stop(train_records, tmp_path):
 
 def test_both_params_files_load_and_validate():
     demo = load_training_params(ROOT / "params.yaml")
-    assert demo["pretrain_mae"].image_size == demo["train_shape"].image_size == demo["train_swap"].image_size <= 128
+    assert demo["pretrain_mae"].image_size == demo["train_shape"].image_size <= 128
+    assert not hasattr(demo["train_swap"], "image_size")  # the swap model's size is the pretrained MAE's
     assert demo["train"].num_workers >= 1 and not demo["train"].use_gpu
     paper = load_training_params(ROOT / "params-paper.yaml")
     shape, swap = paper["train_shape"], paper["train_swap"]
     assert (shape.steps, swap.steps, swap.flow_start_step) == (250_000, 640_000, 320_000)
     for s in (shape, swap):
-        assert (s.lr, s.betas, s.batch_size, s.image_size) == (1e-4, (0.0, 0.99), 8, 256)
+        assert (s.lr, s.betas, s.batch_size) == (1e-4, (0.0, 0.99), 8)
+    assert shape.image_size == paper["pretrain_mae"].image_size == 256
     assert swap.same_identity_ratio == 0.25
     w = swap.loss_weights()
     assert (w.rec, w.id, w.exp, w.ldmk, w.perc, w.flow) == (10, 5, 10, 5000, 2, 3)
