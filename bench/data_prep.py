@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
@@ -20,10 +21,11 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from faceswap.core import config as C  # noqa: E402
+from faceswap import params  # noqa: E402
 from faceswap.data.demo_corpus import build_demo_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+PARAMS = params.load(REPO / "params.yaml")
 
 
 def run_stages(src: Path, work: Path, workers: int) -> tuple[float, dict, dict]:
@@ -31,18 +33,20 @@ def run_stages(src: Path, work: Path, workers: int) -> tuple[float, dict, dict]:
     from stages import align, filter as filter_stage, ingest, segment, split, threedmm
 
     c = work / "cache"
+    p = PARAMS
+    w = {"workers": workers}
     calls = {
-        "ingest": lambda: ingest.run(C.IngestConfig(source="folder", root=str(src)), work / "manifest.parquet", c),
-        "filter": lambda: filter_stage.run(C.FilterConfig(workers=workers), C.DetectConfig(), work / "manifest.parquet",
+        "ingest": lambda: ingest.run(replace(p.ingest, source="folder", root=str(src)), work / "manifest.parquet", c),
+        "filter": lambda: filter_stage.run(replace(p.filter, **w), p.detect, work / "manifest.parquet",
                                            work / "filtered.parquet", work / "rejects.parquet", c),
-        "align": lambda: align.run(C.AlignConfig(workers=workers), C.DetectConfig(), 10**8, work / "filtered.parquet",
+        "align": lambda: align.run(replace(p.align, **w), p.detect, 10**8, work / "filtered.parquet",
                                    work / "aligned", work / "aligned.parquet", work / "align_rejects.parquet", c),
-        "segment": lambda: segment.run(C.SegmentConfig(workers=workers), work / "aligned.parquet", work / "aligned",
+        "segment": lambda: segment.run(replace(p.segment, **w), work / "aligned.parquet", work / "aligned",
                                        work / "parsing", work / "segments.parquet"),
-        "threedmm": lambda: threedmm.run(C.ThreeDMMConfig(workers=workers), work / "aligned.parquet", work / "aligned",
+        "threedmm": lambda: threedmm.run(replace(p.threedmm, **w), work / "aligned.parquet", work / "aligned",
                                          work / "meshes", work / "threedmm.parquet", work / "threedmm_model.npz",
                                          work / "threedmm_rejects.parquet", c),
-        "split": lambda: split.run(C.SplitConfig(), work / "threedmm.parquet", work / "splits.parquet"),
+        "split": lambda: split.run(p.split, work / "threedmm.parquet", work / "splits.parquet"),
     }
     m, per_stage = {}, {}
     t0 = time.perf_counter()
@@ -117,7 +121,8 @@ def retinaface_cpu(n: int = 6) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(build_retinaface().state_dict(), f"{tmp}/r50.pth")
-        det = RetinaFaceDetector(C.DetectConfig(backend="retinaface", retinaface_weights=f"{tmp}/r50.pth", max_side=640))
+        det = RetinaFaceDetector(replace(PARAMS.detect, backend="retinaface", retinaface_weights=f"{tmp}/r50.pth",
+                                         max_side=640))
         img = np.asarray(np.tile(base_astronaut(320), (2, 2, 1)))  # 640 x 640
         det.detect(img)
         t = time.perf_counter()

@@ -16,6 +16,7 @@ Usage: python -m bench.evaluate [--pairs 1000] [--model models/swap]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,12 +29,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from faceswap import artifacts  # noqa: E402
+from faceswap import params as P  # noqa: E402
 from faceswap.core.config import load_params  # noqa: E402
 from faceswap.core.images import read_rgb  # noqa: E402
 from faceswap.core.io import atomic_write_text  # noqa: E402
 from faceswap.faces.threedmm import LinearFaceModel  # noqa: E402
 from faceswap.evaluation.features import FaceAttributes, build_recogniser  # noqa: E402
-from stages.evaluate import EvaluateConfig, run, test_set  # noqa: E402
+from stages.evaluate import run, test_set  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +70,7 @@ def demo_bundle(out: Path, params: dict, aligned: Path) -> Path:
     torch.manual_seed(0)
     align_size, template_scale = alignment(aligned)  # as the crops were made
     return save_bundle(out, SwapGenerator(cfg), align_size=align_size, template_scale=template_scale,
+                       detect=P.load(REPO / "params.yaml").detect,
                        meta={"bench": "random weights"})
 
 
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             model = demo_bundle(tmp / "swap", params, d / "aligned.parquet")
         rows = test_set(d / "aligned.parquet", d / "splits.parquet", d / "threedmm.parquet")
         crops = [read_rgb(d / "aligned" / r["crop"]) for r in rows]
-        cfg = EvaluateConfig(pairs=a.pairs)
+        cfg = dataclasses.replace(P.load(REPO / "params.yaml").evaluate, pairs=a.pairs)
         rec = build_recogniser(cfg.recogniser, None)
         attr = FaceAttributes(LinearFaceModel.load(d / "threedmm_model.npz"))
         rec.embed = Timed(rec.embed)

@@ -29,13 +29,14 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from faceswap import params  # noqa: E402
 from faceswap.serving import watermark as wm  # noqa: E402
 from faceswap.data.demo_corpus import build_demo_corpus  # noqa: E402
 from faceswap.artifacts import save_bundle  # noqa: E402
 from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig  # noqa: E402
 from faceswap.serving.inference import NoFaceError, SwapPipeline  # noqa: E402
 from faceswap_models.swap import SwapGenerator  # noqa: E402
-from faceswap.serving.swap_cli import swap_video
+from faceswap.serving.swap_cli import swap_video  # noqa: E402
 from faceswap.serving.watermark import package_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +151,8 @@ def main() -> int:
         files = sorted(f for f in raw.rglob("*.*") if f.parent != raw and not f.name.startswith("x_"))
         photos = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
         r["corpus"] = {"photos": len(photos), "build_s": time.perf_counter() - t}
-        bundles = {name: save_bundle(work / name, SwapGenerator(cfg), align_size=256, template_scale=1.4)
+        detect = params.load(REPO / "params.yaml").detect
+        bundles = {name: save_bundle(work / name, SwapGenerator(cfg), align_size=256, template_scale=1.4, detect=detect)
                    for name, cfg in (("demo", demo_config()), ("paper", SwapConfig.paper()))}
         demo = SwapPipeline.from_bundle(bundles["demo"])
         paper = SwapPipeline.from_bundle(bundles["paper"])

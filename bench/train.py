@@ -26,7 +26,8 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 
 import torch  # noqa: E402
 
-from faceswap.training.config import load_training_params  # noqa: E402
+from faceswap import params as P  # noqa: E402
+from faceswap.core.config import load_params  # noqa: E402
 from faceswap.data.records import FaceDataset  # noqa: E402
 from faceswap.training.loop import LoopConfig, train  # noqa: E402
 from faceswap.training.ray_runner import WorkerContext, run_workers, shutdown_ray  # noqa: E402
@@ -47,8 +48,8 @@ def mae_worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | Non
 
     cfg = spec["cfg"]
     ds = FaceDataset(spec["data"].records("train"), cfg.image_size, augment=cfg.augment_config())
-    loop = LoopConfig(steps=spec["steps"], batch_size=cfg.batch_size, checkpoint_every=spec["warmup"],
-                      sample_every=0, log_every=10**9)
+    loop = dataclasses.replace(spec["train"].loop(steps=spec["steps"], batch_size=cfg.batch_size),
+                               checkpoint_every=spec["warmup"], sample_every=0, log_every=10**9)
     r = steady_state(build_task(cfg, 0), ds, loop, spec["warmup"], spec["ckpt_dir"], ctx.device)
     if ctx.rank != 0:
         return None
@@ -56,8 +57,14 @@ def mae_worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | Non
     return {"steps_per_s": steps / r.seconds, "samples_per_s": r.samples_per_s, "world_size": ctx.world_size}
 
 
+def training_params(raw: dict) -> dict[str, Any]:
+    """The training sections of a parsed params file, typed: {"train": TrainConfig, "pretrain_mae": ...}."""
+    p = P.parse(raw, "params")
+    return {k: getattr(p, k) for k in ("train", "pretrain_mae", "train_aux", "train_shape", "train_swap")}
+
+
 def ray_vs_plain(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, float]:
-    spec = {"cfg": params["pretrain_mae"], "data": data, "steps": steps, "warmup": warmup}
+    spec = {"cfg": params["pretrain_mae"], "data": data, "steps": steps, "warmup": warmup, "train": params["train"]}
     base = dataclasses.replace(params["train"], threads_per_worker=1, checkpoint_root=str(root))
     out: dict[str, float] = {}
     for name, use_ray, workers in (("plain_1x1", False, 1), ("ray_1x1", True, 1), ("ray_2x1", True, 2)):
@@ -116,7 +123,8 @@ def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root
     task = swap_task_random(size, k, records.shape.shape[1], records.expression.shape[1], cfg,
                             mae=params["pretrain_mae"].mae_config())
     ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment_config())
-    loop = LoopConfig(steps=steps, batch_size=cfg.batch_size, checkpoint_every=warmup, sample_every=0, log_every=10**9)
+    loop = dataclasses.replace(params["train"].loop(steps=steps, batch_size=cfg.batch_size), checkpoint_every=warmup,
+                               sample_every=0, log_every=10**9)
     r = steady_state(task, ds, loop, warmup, str(root / "swap"), torch.device("cpu"))
     tables = {"aligned_parquet": data.aligned, "aligned_dir": data.aligned_dir, "segments_parquet": data.segments,
               "parsing_dir": data.parsing_dir, "threedmm_parquet": data.threedmm,
@@ -137,7 +145,7 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     from faceswap.training.contour import ContourProjector
 
     dev = torch.device("cuda")
-    paper = load_training_params(REPO / "params-paper.yaml")
+    paper = training_params({**load_params(REPO / "params.yaml"), **load_params(REPO / "params-paper.yaml")})
     cfg = paper["train_swap"]
     contour = ContourProjector.load(REPO / "data" / "threedmm_model.npz")
     k, b, s = contour.num_points, 8, 256
@@ -159,7 +167,7 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     shape = ShapeTask(ShapeDiscriminator(ShapeConfig.from_dict({"num_landmarks": k})), Dres(DiscriminatorConfig()),
                       ShapeAux(FaceAttributeRegressor(rcfg).eval().requires_grad_(False), contour, 256),
                       ShapeLossWeights(), lr=1e-4, betas=(0.0, 0.99)).to(dev)
-    loop = LoopConfig(steps=1, batch_size=b, precision="bf16")
+    loop = dataclasses.replace(paper["train"].loop(steps=1, batch_size=b), precision="bf16")
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     for name, task in (("fswa", swap), ("dshape", shape)):
         task.train()
@@ -268,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     d = Path(a.data)
     data = DataPaths(str(d / "aligned.parquet"), str(d / "aligned"), str(d / "segments.parquet"), str(d / "parsing"),
                      str(d / "threedmm.parquet"), str(d / "threedmm_model.npz"), str(d / "splits.parquet")).resolved()
-    params = load_training_params(a.params)
+    params = training_params(load_params(a.params))
     params["train"] = dataclasses.replace(params["train"], mlflow_tracking_uri="")
     res: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:

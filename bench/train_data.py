@@ -21,11 +21,15 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from faceswap import params  # noqa: E402
 from faceswap.data.records import (  # noqa: E402
-    AugmentConfig, FaceRecords, PairDataset, decode_only_rate, loader_rate,
+    FaceRecords, PairDataset, decode_only_rate, loader_rate,
 )
 
 REPO = Path(__file__).resolve().parents[1]
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+AUGMENT = params.load(REPO_PARAMS).train_swap.augment  # as the swap stage trains
 
 
 def tables_in(data: str | os.PathLike) -> dict[str, str]:
@@ -46,14 +50,14 @@ def loader_figures(tables: dict, size: int, batch_size: int, *, n_batches: int =
     torch.set_num_threads(1)  # as a training worker with one thread; more only contend with the workers
     records = FaceRecords.load(tables["aligned_parquet"], tables["aligned_dir"], tables["segments_parquet"],
                                tables["parsing_dir"], tables["threedmm_parquet"], tables["splits_parquet"])
-    pairs = PairDataset(records, size, same_identity_ratio=0.25, augment=AugmentConfig(),
+    pairs = PairDataset(records, size, same_identity_ratio=0.25, augment=AUGMENT,
                         threedmm_model=tables.get("threedmm_model"))
     decode_faces = decode_only_rate(records, max(2 * n_batches * batch_size, 200))
     ceiling = decode_faces / 2.0
     w0 = loader_rate(pairs, batch_size, 0, n_batches)
     w2 = loader_rate(pairs, batch_size, 2, n_batches)
     t = time.perf_counter()
-    cached = PairDataset(records, size, same_identity_ratio=0.25, augment=AugmentConfig(),
+    cached = PairDataset(records, size, same_identity_ratio=0.25, augment=AUGMENT,
                          threedmm_model=tables.get("threedmm_model"), preload=True)
     preload_s = time.perf_counter() - t
     p0 = loader_rate(cached, batch_size, 0, n_batches)

@@ -9,9 +9,10 @@ Folders (dvc.yaml outs):
                                 crop side it was trained on)
     models/mae    mae.*         pretrain_mae's FaceMAE; train_swap takes its encoder and its size
     models/shape  dshape.*      train_shape's Dshape, frozen inside train_swap's flow loss
-    models/swap   generator.*   the swap-model bundle: train_swap's SwapGenerator; extra key "align"
-                                ({"size", "template_scale"}: how the training crops were aligned, so
-                                inference aligns new photos exactly as training did)
+    models/swap   generator.*   the swap-model bundle: train_swap's SwapGenerator; extra keys "align"
+                                ({"size", "template_scale"}: how the training crops were aligned) and
+                                "detect" (the detector that found them), so inference finds and aligns
+                                new photos exactly as training did
 
 Stages import this module, never each other. Every reader checks the format and names the file
 in a `WeightsError`; nothing falls back to a default when a key is missing.
@@ -27,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from faceswap.core.config import DetectConfig, from_dict
 from faceswap.core.io import atomic_write_text
 from faceswap.core.weights import WeightsError, load_into, read_state_dict, save_safetensors_atomic
 from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig, load_regressor
@@ -120,14 +122,18 @@ class SwapBundle:
     swap: SwapConfig
     align_size: int
     template_scale: float
+    detect: DetectConfig
     meta: dict[str, Any] = field(default_factory=dict)
 
 
 def save_bundle(out_dir: str | os.PathLike, generator: SwapGenerator, *, align_size: int,
-                template_scale: float, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write `generator`, its SwapConfig and the alignment it was trained on into `out_dir`."""
+                template_scale: float, detect: DetectConfig, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write `generator`, its SwapConfig and the detection + alignment it was trained on into `out_dir`."""
+    import dataclasses
+
     save_network(out_dir, GENERATOR, generator, generator.cfg, meta,
-                 align={"size": int(align_size), "template_scale": float(template_scale)})
+                 align={"size": int(align_size), "template_scale": float(template_scale)},
+                 detect=dataclasses.asdict(detect))
     return Path(out_dir)
 
 
@@ -141,13 +147,17 @@ def bundle_config(folder: str | os.PathLike) -> SwapConfig:
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> SwapBundle:
     """Load a bundle directory; the generator comes back in eval mode. Errors name the file."""
-    doc = read_config(path, GENERATOR, "align")
+    doc = read_config(path, GENERATOR, "align", "detect")
     align = doc["align"]
     if not isinstance(align, dict) or not {"size", "template_scale"} <= set(align):
         raise WeightsError(f"{config_file(path, GENERATOR)}: align must hold size and template_scale, got {align!r}")
+    try:
+        detect = from_dict(DetectConfig, doc["detect"], "detect")
+    except ValueError as e:
+        raise WeightsError(f"{config_file(path, GENERATOR)}: {e}") from e
     cfg = SwapConfig.from_dict(doc["config"])
     gen = SwapGenerator(cfg)
     load_into(gen, weights_file(path, GENERATOR), strict=True)
     gen.to(device).eval()
     return SwapBundle(generator=gen, swap=cfg, align_size=int(align["size"]),
-                      template_scale=float(align["template_scale"]), meta=doc["meta"])
+                      template_scale=float(align["template_scale"]), detect=detect, meta=doc["meta"])

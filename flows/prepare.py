@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from faceswap.core import config as C
+from faceswap import params as P
 from faceswap.core.cli import write_metrics
 from faceswap.core.layout import DataLayout
 
@@ -35,35 +35,35 @@ io_task = task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io
 @io_task
 def ingest_task(params: str, data: Path, cache: Path) -> dict:
     from stages import ingest
-    return ingest.run(C.load_section(C.IngestConfig, "ingest", params), DataLayout(data).manifest, cache)
+    return ingest.run(P.load(params).ingest, DataLayout(data).manifest, cache)
 
 
 @io_task
 def filter_task(params: str, data: Path, cache: Path) -> dict:
     from stages import filter as filter_stage
-    return filter_stage.run(C.load_section(C.FilterConfig, "filter", params), C.load_section(C.DetectConfig, "detect", params),
+    return filter_stage.run(P.load(params).filter, P.load(params).detect,
                             DataLayout(data).manifest, DataLayout(data).filtered, DataLayout(data).rejects, cache)
 
 
 @io_task
 def align_task(params: str, data: Path, cache: Path) -> dict:
     from stages import align
-    return align.run(C.load_section(C.AlignConfig, "align", params), C.load_section(C.DetectConfig, "detect", params),
-                     C.load_section(C.FilterConfig, "filter", params).max_pixels, DataLayout(data).filtered,
+    return align.run(P.load(params).align, P.load(params).detect,
+                     P.load(params).filter.max_pixels, DataLayout(data).filtered,
                      DataLayout(data).aligned_dir, DataLayout(data).aligned, DataLayout(data).align_rejects, cache)
 
 
 @io_task
 def segment_task(params: str, data: Path) -> dict:
     from stages import segment
-    return segment.run(C.load_section(C.SegmentConfig, "segment", params), DataLayout(data).aligned,
+    return segment.run(P.load(params).segment, DataLayout(data).aligned,
                        DataLayout(data).aligned_dir, DataLayout(data).parsing_dir, DataLayout(data).segments)
 
 
 @io_task
 def threedmm_task(params: str, data: Path, cache: Path) -> dict:
     from stages import threedmm
-    return threedmm.run(C.load_section(C.ThreeDMMConfig, "threedmm", params), DataLayout(data).aligned,
+    return threedmm.run(P.load(params).threedmm, DataLayout(data).aligned,
                         DataLayout(data).aligned_dir, DataLayout(data).mesh_dir, DataLayout(data).threedmm,
                         DataLayout(data).threedmm_model, DataLayout(data).threedmm_rejects, cache)
 
@@ -71,7 +71,7 @@ def threedmm_task(params: str, data: Path, cache: Path) -> dict:
 @io_task
 def split_task(params: str, data: Path) -> dict:
     from stages import split
-    return split.run(C.load_section(C.SplitConfig, "split", params), DataLayout(data).threedmm, DataLayout(data).splits)
+    return split.run(P.load(params).split, DataLayout(data).threedmm, DataLayout(data).splits)
 
 
 def report_markdown(metrics: dict[str, dict]) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,22 +30,13 @@ import yaml
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
+from faceswap import params as P
 from faceswap.core import config as C
 from faceswap.core.cli import write_metrics
 from faceswap.core.layout import DataLayout
 from faceswap.core.io import atomic_write_bytes, atomic_write_text, sha256_file
 from faceswap.core.schemas import MANIFEST, read_table
 from flows.prepare import prepare
-
-@dataclass(frozen=True)
-class RetrainConfig:
-    """retrain: the scheduled retraining flow."""
-
-    source_root: str = "data/raw"  # folder watched for new images
-    cron: str = "0 3 * * *"
-    from_scratch: bool = False  # false: fine-tune from the current champion
-    min_new_images: int = 1
-
 
 # --------------------------------------------------------------------------- default train / evaluate
 def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Path, init_bundle: Path | None,
@@ -57,7 +47,7 @@ def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Pat
     Relative paths are fine: the stage resolves its model folders and `run_stage` every path it hands
     to the Ray workers (whose working directory is not this one).
     """
-    from faceswap.training.runs import DataPaths, load_stage_params
+    from faceswap.training.runs import DataPaths
     from stages import train_swap
 
     d, models = Path(data_dir), Path(models_dir)
@@ -67,7 +57,7 @@ def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Pat
         raise FileNotFoundError(f"retrain needs the upstream models {missing} (run `dvc repro train_shape` once)")
     init, note = (init_bundle, f"fine-tuned from {init_bundle}") if init_bundle else (None, "from scratch")
     if init is not None:
-        why = train_swap.init_mismatch(init, models / "mae", load_stage_params(params, train_swap.STAGE)[2])
+        why = train_swap.init_mismatch(init, models / "mae", P.load(params).train_swap)
         if why:  # e.g. params.yaml changed the architecture since the champion was trained
             init, note = None, f"from scratch: the champion cannot seed this run ({why})"
             print(f"retrain: {note}")
@@ -139,7 +129,7 @@ def champion_bundle_task(params: str, dst: Path) -> dict:
 
     from faceswap.serving import registry as R
 
-    cfg = C.load_section(R.RegisterConfig, "register", params)
+    cfg = P.load(params).register
     uri = R.resolve_tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return {"version": None, "bundle": None}
@@ -171,11 +161,10 @@ def evaluate_task(evaluator: Evaluator, params: str, data_dir: Path, bundle_dir:
 @task
 def register_task(params: str, bundle_dir: Path, eval_json: Path, data_dir: Path, metrics_dir: Path) -> dict:
     """stages/register.py: log, register, move challenger, gate champion."""
-    from faceswap.serving.registry import RegisterConfig
     from stages import register as R
 
     split = Path(metrics_dir) / "split.json"
-    return R.run(C.load_section(RegisterConfig, "register", params), bundle_dir, eval_json,
+    return R.run(P.load(params).register, bundle_dir, eval_json,
                  R.example_pair(DataLayout(data_dir).aligned, DataLayout(data_dir).aligned_dir),
                  Path(metrics_dir) / "register.json", params,
                  data_metrics=json.loads(split.read_text("utf-8")) if split.is_file() else None)
@@ -238,7 +227,7 @@ def keep_current_threedmm(params_path: str, data: Path) -> Path | None:
     fine-tune would fail (Dshape: "expected (B, K, 2)") or silently mix two coefficient spaces.
     `dvc repro` re-learns it and retrains everything downstream."""
     current = DataLayout(data).threedmm_model
-    if C.load_section(C.ThreeDMMConfig, "threedmm", params_path).backend != "learned" or not current.is_file():
+    if P.load(params_path).threedmm.backend != "learned" or not current.is_file():
         return None
     kept = DataLayout(data).cache / "retrain_threedmm_model.npz"
     kept.parent.mkdir(parents=True, exist_ok=True)
@@ -259,11 +248,12 @@ def retrain(params_path: str = "params.yaml", source_root: str | None = None, fr
             stages), for custom recipes and tests.
     """
     trainer, evaluator = trainer or train_swap_stage, evaluator or evaluate_stage
-    cfg = C.load_section(RetrainConfig, "retrain", params_path)
+    p = P.load(params_path)
+    cfg = p.retrain
     root = source_root or cfg.source_root
     scratch = cfg.from_scratch if from_scratch is None else from_scratch
     data, models, metrics = Path(data_dir), Path(models_dir), Path(metrics_dir)
-    extensions = C.load_section(C.IngestConfig, "ingest", params_path).extensions
+    extensions = p.ingest.extensions
     r: dict[str, Any] = {"source_root": str(root), "scan": scan_task(str(root), DataLayout(data).manifest, extensions)}
     if len(r["scan"]["new"]) < cfg.min_new_images:
         r["status"] = "no_new_data"
@@ -292,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.once:
         print(json.dumps(retrain(a.params), indent=1, default=str))
         return 0
-    cron = C.load_section(RetrainConfig, "retrain", a.params).cron
+    cron = P.load(a.params).retrain.cron
     retrain.serve(name="nightly-retrain", cron=cron, parameters={"params_path": a.params})
     return 0
 

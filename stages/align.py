@@ -18,7 +18,8 @@ import numpy as np
 from faceswap.core.layout import DATA
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import AlignConfig, DetectConfig, FilterConfig, load_section
+from faceswap import params
+from faceswap.core.config import AlignConfig, DetectConfig
 from faceswap.faces.detectors import Landmarker68, align_face, transform_points
 from faceswap.core.images import BadImage, decode_rgb, encode_image
 from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
@@ -91,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DATA.aligned))
     p.add_argument("--rejects", default=str(DATA.align_rejects))
     a = p.parse_args(argv)
-    fcfg = load_section(FilterConfig, "filter", a.params)
-    m = run(load_section(AlignConfig, "align", a.params), load_section(DetectConfig, "detect", a.params),
+    p = params.load(a.params)
+    fcfg = p.filter
+    m = run(p.align, p.detect,
             fcfg.max_pixels, a.filtered, a.out_dir, a.out, a.rejects, a.cache_dir)
     write_metrics(a.metrics, m)
     print(f"align: {m['aligned']} aligned ({m['warped']} warped this run), {m['rejected']} rejected")

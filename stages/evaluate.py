@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 from faceswap.core.layout import DATA
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import DetectConfig, load_section
+from faceswap import params
+from faceswap.core.config import DetectConfig
+from faceswap.evaluation.config import EvaluateConfig
 from faceswap.core.images import BadImage, decode_rgb, encode_image, read_rgb
 from faceswap.core.io import atomic_write_bytes, atomic_write_text
 from faceswap.core.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table
@@ -48,36 +50,6 @@ BASELINES = ("copy_target", "paste_source")
 NOT_COMPARABLE = "not comparable to papers"
 MIN_GALLERY_IDENTITIES = 20
 MAX_PIXELS = 40_000_000  # the swap CLI's guard on photo size
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """evaluate: pairs, gallery, recogniser and realism features."""
-
-    pairs: int = 100
-    seed: int = 0
-    batch_size: int = 8
-    gallery_distractor_images: int = 3  # images per identity of the other splits added to the gallery (0: none)
-    blended: bool = True  # also score the swap CLI's blended full-resolution output (needs the source photos)
-    bootstrap: int = 2000  # resamples for the ID-margin 95 % interval
-    recogniser: str = "dlib"  # dlib (offline default) | arcface_iresnet50 | arcface_iresnet100 (ArcFace/CosFace weights)
-    recogniser_weights: str | None = None  # local weights for a non-dlib recogniser
-    inception_weights: str | None = None  # local torchvision inception_v3 weights -> FID; else offline substitute only
-    hopenet_weights: str | None = None  # local Hopenet weights -> pose error from Hopenet; else from the 3DMM fit
-    grid_rows: int = 8
-    jaw_min_gap: float = 0.05  # shape story: pairs whose source jaw is wider than the target's by more than this
-    device: str = "cpu"
-
-    def validate(self) -> None:
-        from faceswap.core.config import ConfigError
-
-        if self.pairs < 1 or self.batch_size < 1 or self.grid_rows < 0 or self.gallery_distractor_images < 0:
-            raise ConfigError("evaluate: pairs and batch_size must be >= 1, grid_rows and "
-                              "gallery_distractor_images >= 0")
-        if self.bootstrap < 100:
-            raise ConfigError("evaluate.bootstrap: use at least 100 resamples")
-        if self.recogniser != "dlib" and not self.recogniser_weights:
-            raise ConfigError(f"evaluate.recogniser={self.recogniser} needs evaluate.recogniser_weights (a local file)")
 
 
 @dataclass
@@ -503,8 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", default="reports/eval.md")
     a = p.parse_args(argv)
     torch.manual_seed(0)
-    m = run(load_section(EvaluateConfig, "evaluate", a.params), a.model, a.aligned, a.aligned_dir, a.splits,
-            a.threedmm, a.threedmm_model, a.out, a.grid, a.report, detect=load_section(DetectConfig, "detect", a.params))
+    p = params.load(a.params)
+    m = run(p.evaluate, a.model, a.aligned, a.aligned_dir, a.splits,
+            a.threedmm, a.threedmm_model, a.out, a.grid, a.report, detect=p.detect)
     write_metrics(a.metrics, m)
     print(json.dumps({k: m[k] for k in ("model", "model_blended", "baselines", "gallery") if k in m}, indent=1))
     return 0

@@ -16,7 +16,8 @@ import numpy as np
 from faceswap.core.layout import DATA
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import DetectConfig, FilterConfig, load_section
+from faceswap import params
+from faceswap.core.config import DetectConfig, FilterConfig
 from faceswap.faces.detectors import build_detector, yaw_from_landmarks
 from faceswap.core.images import BadImage, decode_rgb, hamming64, laplacian_variance, phash64
 from faceswap.core.io import fingerprint
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DATA.filtered))
     p.add_argument("--rejects", default=str(DATA.rejects))
     a = p.parse_args(argv)
-    m = run(load_section(FilterConfig, "filter", a.params), load_section(DetectConfig, "detect", a.params),
+    p = params.load(a.params)
+    m = run(p.filter, p.detect,
             a.manifest, a.out, a.rejects, a.cache_dir)
     write_metrics(a.metrics, m)
     print(f"filter: {m['input']} in -> {m['accepted']} accepted, {m['rejected']} rejected {m['reasons']}")

@@ -14,7 +14,8 @@ from typing import Iterator
 from faceswap.core.layout import DATA
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import IngestConfig, load_section
+from faceswap import params
+from faceswap.core.config import IngestConfig
 from faceswap.core.images import BadImage, probe
 from faceswap.core.io import fingerprint, sha256_file
 from faceswap.core.schemas import MANIFEST, write_table
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DATA.manifest))
     a = p.parse_args(argv)
-    m = run(load_section(IngestConfig, "ingest", a.params), a.out, a.cache_dir)
+    m = run(params.load(a.params).ingest, a.out, a.cache_dir)
     write_metrics(a.metrics, m)
     print(f"ingest: {m['files']} files ({m['read']} read, {m['reused']} unchanged), "
           f"{m['identities']} identities, layout={m['layout']}, errors={m['ingest_errors']}")

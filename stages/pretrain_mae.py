@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from faceswap import artifacts
+from faceswap import artifacts, params
 from faceswap.core.cli import parser
 from faceswap_models.mae import FaceMAE
 from faceswap.training.config import MAEStageConfig, TrainConfig
 from faceswap.data.records import FaceDataset
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
+    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
     train_validated,
 )
 from faceswap.training.steps import MAETask
@@ -51,7 +51,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
 
 def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.yaml", *,
         metrics: str | None = None, plots: str | None = None, checkpoint_root: str | None = None) -> dict:
-    params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
+    _, tcfg, cfg = params.training(params_path, STAGE, checkpoint_root)
     key = run_key(cfg, tcfg, data)
     return run_stage(STAGE, entry=worker,
                      spec={"cfg": cfg, "data": data, "key": key}, train_cfg=tcfg, key=key,

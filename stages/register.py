@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from faceswap.core.layout import DATA
-from faceswap.core.config import load_section
+from faceswap import params
 from faceswap.serving.registry import RegisterConfig, register_model
 
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     split = Path(a.split_metrics)
     data = json.loads(split.read_text("utf-8")) if split.is_file() else None
-    r = run(load_section(RegisterConfig, "register", a.params), a.bundle, a.eval, example_pair(a.aligned, a.aligned_dir),
+    r = run(params.load(a.params).register, a.bundle, a.eval, example_pair(a.aligned, a.aligned_dir),
             a.out, a.params, a.lock_file, data)
     champion = f"v{r['champion_version']}" if r["champion_version"] is not None else "none yet"
     print(f"register: {r['model_name']} v{r['version']} gates={'pass' if r['gates_passed'] else 'FAIL'} "

@@ -15,7 +15,8 @@ import numpy as np
 from faceswap.core.layout import DATA
 from faceswap.faces.labels import LABELS
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import SegmentConfig, load_section
+from faceswap import params
+from faceswap.core.config import SegmentConfig
 from faceswap.core.images import encode_image, read_rgb
 from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
 from faceswap.core.parallel import pmap
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(DATA.parsing_dir))
     p.add_argument("--out", default=str(DATA.segments))
     a = p.parse_args(argv)
-    m = run(load_section(SegmentConfig, "segment", a.params), a.aligned, a.aligned_dir, a.out_dir, a.out)
+    m = run(params.load(a.params).segment, a.aligned, a.aligned_dir, a.out_dir, a.out)
     write_metrics(a.metrics, m)
     print(f"segment: {m['faces']} parsing maps ({m['parsed_this_run']} this run)")
     return 0

@@ -8,7 +8,8 @@ import numpy as np
 
 from faceswap.core.layout import DATA
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import SplitConfig, load_section
+from faceswap import params
+from faceswap.core.config import SplitConfig
 from faceswap.core.schemas import SPLITS, THREEDMM, read_table, write_table
 
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", default=str(DATA.threedmm), help="faces to split (those with 3DMM fits)")
     p.add_argument("--out", default=str(DATA.splits))
     a = p.parse_args(argv)
-    m = run(load_section(SplitConfig, "split", a.params), a.table, a.out)
+    m = run(params.load(a.params).split, a.table, a.out)
     write_metrics(a.metrics, m)
     print("split: " + ", ".join(f"{k} {v['identities']} ids / {v['images']} images" for k, v in m.items()))
     return 0

@@ -15,7 +15,8 @@ import numpy as np
 
 from faceswap.core.layout import DATA
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import ThreeDMMConfig, load_section
+from faceswap import params
+from faceswap.core.config import ThreeDMMConfig
 from faceswap.core.images import read_rgb
 from faceswap.core.io import atomic_path, fingerprint, remove_stale
 from faceswap.core.parallel import pmap
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-out", default=str(DATA.threedmm_model))
     p.add_argument("--rejects", default=str(DATA.threedmm_rejects))
     a = p.parse_args(argv)
-    m = run(load_section(ThreeDMMConfig, "threedmm", a.params), a.aligned, a.aligned_dir, a.mesh_dir,
+    m = run(params.load(a.params).threedmm, a.aligned, a.aligned_dir, a.mesh_dir,
             a.out, a.model_out, a.rejects, a.cache_dir)
     write_metrics(a.metrics, m)
     print(f"threedmm: {m['faces']} fitted ({m['meshed_this_run']} meshed this run), {m['no_mesh']} without mesh, "

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.schemas import ALIGNED, read_table, write_table
-from faceswap import artifacts
+from faceswap import artifacts, params
 from faceswap_models.auxiliary.regressor import evaluate_regressor, load_regressor, train_regressor
-from faceswap.training.config import AuxStageConfig, load_training_params
+from faceswap.training.config import AuxStageConfig
 from faceswap.training.runs import DataPaths, add_data_args, data_paths
 
 STAGE = "train_aux"
@@ -26,7 +26,7 @@ STAGE = "train_aux"
 
 def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.yaml", *,
         metrics: str | None = None) -> dict:
-    cfg: AuxStageConfig = load_training_params(params_path)[STAGE]
+    cfg: AuxStageConfig = params.load(params_path).train_aux
     rcfg = cfg.regressor_config()
     records = data.records("train")  # same join + split as the training stages
     keep = set(records.sha256)

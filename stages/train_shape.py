@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from faceswap import artifacts
+from faceswap import artifacts, params
 from faceswap.core.cli import parser
 from faceswap.core.io import sha256_file
 from faceswap_models.discriminator import Dres
@@ -26,7 +26,7 @@ from faceswap.training.contour import ContourProjector
 from faceswap.data.records import PairDataset
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, load_stage_params, loop_summary, run_key, run_stage,
+    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
     train_validated,
 )
 from faceswap.training.steps import ShapeAux, ShapeTask
@@ -62,7 +62,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
 
 def run(data: DataPaths, aux_dir: str | Path, out_dir: str | Path, params_path: str | Path = "params.yaml", *,
         metrics: str | None = None, plots: str | None = None, checkpoint_root: str | None = None) -> dict:
-    params, tcfg, cfg = load_stage_params(params_path, STAGE, checkpoint_root)
+    _, tcfg, cfg = params.training(params_path, STAGE, checkpoint_root)
     aux_dir = str(Path(aux_dir).resolve())
     key = run_key(cfg, tcfg, data, aux=sha256_file(artifacts.weights_file(aux_dir, artifacts.REGRESSOR)))
     return run_stage(STAGE, entry=worker,

@@ -16,9 +16,8 @@ from typing import Any
 
 import torch
 
-from faceswap import artifacts
+from faceswap import artifacts, params
 from faceswap.core.cli import parser
-from faceswap.core.config import from_dict, load_params
 from faceswap.core.io import sha256_file
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
 from faceswap_models.config import MAEConfig, SwapConfig
@@ -30,12 +29,11 @@ from faceswap.data.records import PairDataset, alignment
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
     DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
-    stage_params, train_validated,
+    train_validated,
 )
 from faceswap.training.loop import load_best_state
 from faceswap.training.steps import SwapAux, SwapTask
 from faceswap.training.validation import GateSelector, SwapValidator
-from faceswap.serving.registry import RegisterConfig
 
 STAGE = "train_swap"
 
@@ -44,8 +42,8 @@ def swap_config(cfg: SwapStageConfig, mae: MAEConfig) -> SwapConfig:
     """SwapConfig from the pretrained MAE (its size is the swap model's) and the stage's fusion / decoder params."""
     return SwapConfig.from_dict({
         "mae": mae.to_dict(),
-        "fusion": {**cfg.fusion, "dim": mae.dim},
-        "decoder": {**cfg.decoder, "in_dim": mae.dim, "grid_size": mae.grid_size},
+        "fusion": {**cfg.fusion.to_dict(), "dim": mae.dim},
+        "decoder": {**cfg.decoder.to_dict(), "in_dim": mae.dim, "grid_size": mae.grid_size},
         "target_face_lowpass": cfg.target_face_lowpass,
         "target_face_spare": cfg.target_face_spare,
         "target_spare_lowpass": cfg.target_spare_lowpass,
@@ -133,6 +131,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
         selected = result.best["step"]
     align_size, template_scale = alignment(data.aligned)  # how the training crops were made
     artifacts.save_bundle(spec["out_dir"], gen, align_size=align_size, template_scale=template_scale,
+                          detect=spec["detect"],
                 meta={"stage": STAGE, "steps": result.steps, "selected_step": selected, "export": cfg.export,
                       "image_size": image_size, "ema": True, "data_fingerprint": spec["key"]["data"]})
     return {**loop_summary(result), "selected_step": selected}
@@ -142,14 +141,13 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
         params_path: str | Path = "params.yaml", metrics: str | None = None, plots: str | None = None,
         checkpoint_root: str | None = None, init_bundle: str | Path | None = None) -> dict:
     """Train Fswa; with `init_bundle` (a swap-model bundle dir) start from its generator weights."""
-    raw = load_params(params_path)  # read once: the training sections and the registry's gates
-    params, tcfg, cfg = stage_params(raw, str(params_path), STAGE, checkpoint_root)
+    p, tcfg, cfg = params.training(params_path, STAGE, checkpoint_root)  # read once: training and the registry's gates
     dirs = {"mae_dir": str(Path(mae_dir).resolve()), "shape_dir": str(Path(shape_dir).resolve()),
             "aux_dir": str(Path(aux_dir).resolve())}
     # export: best_val ranks val snapshots by the registry's gates (a params file without them: by ID top-1);
     # they name the run too, so a finished run is not resumed with a snapshot chosen under other gates
-    reg = from_dict(RegisterConfig, raw["register"], "register") if "register" in raw else RegisterConfig()
-    select = {"gates": reg.gates, "primary_metric": reg.primary_metric, "higher_is_better": reg.higher_is_better}
+    select = {"gates": p.register.gates, "primary_metric": p.register.primary_metric,
+              "higher_is_better": p.register.higher_is_better}
     key = run_key(cfg, tcfg, data, mae=sha256_file(artifacts.weights_file(mae_dir, artifacts.MAE)),
                   shape=sha256_file(artifacts.weights_file(shape_dir, artifacts.DSHAPE)),
                   aux=sha256_file(artifacts.weights_file(aux_dir, artifacts.REGRESSOR)),
@@ -163,7 +161,7 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
                              "(or train from scratch)")
         dirs["init_bundle"] = str(Path(init_bundle).resolve())
     return run_stage(STAGE, entry=worker,
-                     spec={"cfg": cfg, "data": data, "key": key, "select": select, **dirs},
+                     spec={"cfg": cfg, "data": data, "key": key, "select": select, "detect": p.detect, **dirs},
                      train_cfg=tcfg, key=key,
                      out_dir=out_dir, metrics_path=metrics, plots_path=plots)
 

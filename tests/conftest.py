@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 from faceswap.core.config import (  # noqa: E402
     AlignConfig, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
 )
+from paramsutil import section  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +48,12 @@ def prefect_harness():
 def cfgs():
     """Default stage configs with one worker (tests stay in-process and fast)."""
     return {
-        "ingest": IngestConfig(source="folder"),
-        "detect": DetectConfig(),
-        "filter": FilterConfig(workers=1),
-        "align": AlignConfig(workers=1),
-        "segment": SegmentConfig(workers=1),
-        "threedmm": ThreeDMMConfig(workers=1, n_shape=3, n_exp=3),
-        "split": SplitConfig(),
+        "ingest": section("ingest", source="folder"),
+        "detect": section("detect"),
+        "filter": section("filter", workers=1),
+        "align": section("align", workers=1),
+        "segment": section("segment", workers=1),
+        "threedmm": section("threedmm", workers=1, n_shape=3, n_exp=3),
+        "split": section("split"),
     }
 

@@ -19,6 +19,7 @@ LAYERS = [
     "faceswap.evaluation",
     "faceswap.training",
     "faceswap.serving",
+    "faceswap.params",
     "stages",
     "flows",
     "faceswap.cli",

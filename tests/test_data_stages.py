@@ -17,6 +17,7 @@ from faceswap.core.schemas import (
 )
 from stages import align, ingest, segment, split, threedmm
 from stages import filter as filter_stage
+from paramsutil import section  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +30,17 @@ def prepared(tiny_corpus, tmp_path_factory):
     src = work / "raw"
     shutil.copytree(tiny_corpus, src)
     c = work / "cache"
-    m = {"ingest": ingest.run(IngestConfig(source="folder", root=str(src)), work / "manifest.parquet", c)}
-    m["filter"] = filter_stage.run(FilterConfig(workers=1), DetectConfig(), work / "manifest.parquet",
+    m = {"ingest": ingest.run(section("ingest", source="folder", root=str(src)), work / "manifest.parquet", c)}
+    m["filter"] = filter_stage.run(section("filter", workers=1), section("detect"), work / "manifest.parquet",
                                    work / "filtered.parquet", work / "rejects.parquet", c)
-    m["align"] = align.run(AlignConfig(workers=1), DetectConfig(), 10**8, work / "filtered.parquet",
+    m["align"] = align.run(section("align", workers=1), section("detect"), 10**8, work / "filtered.parquet",
                            work / "aligned", work / "aligned.parquet", work / "align_rejects.parquet", c)
-    m["segment"] = segment.run(SegmentConfig(workers=1), work / "aligned.parquet", work / "aligned",
+    m["segment"] = segment.run(section("segment", workers=1), work / "aligned.parquet", work / "aligned",
                                work / "parsing", work / "segments.parquet")
-    m["threedmm"] = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), work / "aligned.parquet",
+    m["threedmm"] = threedmm.run(section("threedmm", workers=1, n_shape=3, n_exp=3), work / "aligned.parquet",
                                  work / "aligned", work / "meshes", work / "threedmm.parquet",
                                  work / "threedmm_model.npz", work / "threedmm_rejects.parquet", c)
-    m["split"] = split.run(SplitConfig(), work / "threedmm.parquet", work / "splits.parquet")
+    m["split"] = split.run(section("split"), work / "threedmm.parquet", work / "splits.parquet")
     return work, m
 
 
@@ -60,7 +61,7 @@ def test_alignment_maps_landmarks_onto_the_template(prepared):
     work, _ = prepared
     rows = read_table(work / "aligned.parquet", ALIGNED).to_pylist()
     from faceswap.core.config import AlignConfig
-    template = arcface_template(256, AlignConfig().template_scale)
+    template = arcface_template(256, section("align").template_scale)
     for r in rows:
         lm5 = np.asarray(r["landmarks5"]).reshape(5, 2)
         # Least-squares similarity: centroids coincide exactly, eyes land near the template
@@ -112,7 +113,7 @@ def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
     from faceswap.core.config import ThreeDMMConfig
     work, m = prepared
     assert m["threedmm"]["model_learned_this_run"] is True
-    again = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), work / "aligned.parquet", work / "aligned",
+    again = threedmm.run(section("threedmm", workers=1, n_shape=3, n_exp=3), work / "aligned.parquet", work / "aligned",
                          work / "meshes", tmp_path / "t.parquet", tmp_path / "m.npz", tmp_path / "r.parquet",
                          work / "cache")
     assert again["model_learned_this_run"] is False and again["meshed_this_run"] == 0
@@ -126,14 +127,14 @@ def test_new_alignment_settings_invalidate_parsing_maps_and_meshes(prepared, tmp
     work, m = prepared
     for d in ("aligned", "parsing", "meshes"):
         shutil.copytree(work / d, tmp_path / d)
-    a = align.run(AlignConfig(workers=1, template_scale=1.2), DetectConfig(), 10**8, work / "filtered.parquet",
+    a = align.run(section("align", workers=1, template_scale=1.2), section("detect"), 10**8, work / "filtered.parquet",
                   tmp_path / "aligned", tmp_path / "aligned.parquet", tmp_path / "align_rejects.parquet",
                   tmp_path / "cache")
     assert a["warped"] == m["align"]["aligned"]
-    s = segment.run(SegmentConfig(workers=1), tmp_path / "aligned.parquet", tmp_path / "aligned",
+    s = segment.run(section("segment", workers=1), tmp_path / "aligned.parquet", tmp_path / "aligned",
                     tmp_path / "parsing", tmp_path / "segments.parquet")
     assert s["parsed_this_run"] == s["faces"] == a["aligned"]
-    t = threedmm.run(ThreeDMMConfig(workers=1, n_shape=3, n_exp=3), tmp_path / "aligned.parquet",
+    t = threedmm.run(section("threedmm", workers=1, n_shape=3, n_exp=3), tmp_path / "aligned.parquet",
                      tmp_path / "aligned", tmp_path / "meshes", tmp_path / "t.parquet", tmp_path / "m.npz",
                      tmp_path / "r.parquet", tmp_path / "cache")
     assert t["meshed_this_run"] == a["aligned"] and t["model_learned_this_run"] is True
@@ -154,9 +155,9 @@ def test_threedmm_learning_sample_is_bounded_and_deterministic():
 def test_split_is_seeded():
     from faceswap.core.config import SplitConfig
     ids = [f"id{i}" for i in range(20)]
-    a = split.assign_identities(ids, SplitConfig(seed=1))
-    assert a == split.assign_identities(list(reversed(ids)), SplitConfig(seed=1))
-    assert a != split.assign_identities(ids, SplitConfig(seed=2))
+    a = split.assign_identities(ids, section("split", seed=1))
+    assert a == split.assign_identities(list(reversed(ids)), section("split", seed=1))
+    assert a != split.assign_identities(ids, section("split", seed=2))
     assert sum(v == "test" for v in a.values()) == 3
 
 
@@ -166,15 +167,15 @@ def test_rerun_after_adding_images_reads_only_new_ones(prepared, face_rgb, tmp_p
     work, m = prepared
     src = work / "raw"
     c = work / "cache"
-    again = ingest.run(IngestConfig(source="folder", root=str(src)), tmp_path / "manifest.parquet", c)
+    again = ingest.run(section("ingest", source="folder", root=str(src)), tmp_path / "manifest.parquet", c)
     assert again["read"] == 0 and again["files"] == m["ingest"]["files"]
     write_rgb(src / "id_new" / "new.jpg", np.ascontiguousarray(np.roll(face_rgb, 25, axis=1)))
-    grown = ingest.run(IngestConfig(source="folder", root=str(src)), tmp_path / "manifest.parquet", c)
+    grown = ingest.run(section("ingest", source="folder", root=str(src)), tmp_path / "manifest.parquet", c)
     assert grown["read"] == 1 and grown["files"] == m["ingest"]["files"] + 1
-    f = filter_stage.run(FilterConfig(workers=1, phash_max_distance=-1), DetectConfig(),
+    f = filter_stage.run(section("filter", workers=1, phash_max_distance=-1), section("detect"),
                          tmp_path / "manifest.parquet", tmp_path / "filtered.parquet", tmp_path / "rejects.parquet", c)
     assert f["inspected"] == 1
-    a = align.run(AlignConfig(workers=1), DetectConfig(), 10**8, tmp_path / "filtered.parquet", work / "aligned",
+    a = align.run(section("align", workers=1), section("detect"), 10**8, tmp_path / "filtered.parquet", work / "aligned",
                   tmp_path / "aligned.parquet", tmp_path / "align_rejects.parquet", c)
     assert a["warped"] == 1
 
@@ -220,13 +221,13 @@ def test_retinaface_loads_local_weights_and_errors_name_the_file(tmp_path, face_
     from faceswap.core.weights import WeightsError
     torch.manual_seed(0)
     torch.save(build_retinaface().state_dict(), tmp_path / "r50.pth")
-    det = RetinaFaceDetector(DetectConfig(backend="retinaface", retinaface_weights=str(tmp_path / "r50.pth"),
+    det = RetinaFaceDetector(section("detect", backend="retinaface", retinaface_weights=str(tmp_path / "r50.pth"),
                                           max_side=160, retinaface_threshold=0.0))
     faces = det.detect(face_rgb)
     assert all(f.landmarks5.shape == (5, 2) and np.isfinite(f.box).all() for f in faces)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="bad.pth"):
-        RetinaFaceDetector(DetectConfig(backend="retinaface", retinaface_weights=str(tmp_path / "bad.pth")))
+        RetinaFaceDetector(section("detect", backend="retinaface", retinaface_weights=str(tmp_path / "bad.pth")))
     torch.save({"body.conv1.weight": torch.zeros(3, 3)}, tmp_path / "shape.pth")
     with pytest.raises(WeightsError, match="shape.pth"):
-        RetinaFaceDetector(DetectConfig(backend="retinaface", retinaface_weights=str(tmp_path / "shape.pth")))
+        RetinaFaceDetector(section("detect", backend="retinaface", retinaface_weights=str(tmp_path / "shape.pth")))

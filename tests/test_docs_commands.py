@@ -55,7 +55,7 @@ NOT_RUN = {
     "python -m flows.pipeline": "the whole `dvc repro` as a flow (minutes)",
     "python -m bench.": "benchmarks (minutes)",
     "python -m bench.models": "benchmarks (minutes)",
-    "python -m faceswap.training.config": "rewrites params.yaml",
+    "python -m faceswap.params": "rewrites params.yaml",
     "python -m faceswap.training.tracking": "runs `dvc repro` under a parent MLflow run (minutes)",
     "python -m pytest": "runs tests",
     "faceswap swap": "needs a trained model (`make demo`); tests/test_inference.py runs the CLI",

@@ -19,6 +19,7 @@ from faceswap.core.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_ta
 from faceswap.faces import threedmm as T  # noqa: E402
 from faceswap.evaluation import metrics as E  # noqa: E402
 from faceswap.evaluation.features import FaceAttributes, InceptionFeatures  # noqa: E402
+from paramsutil import section  # noqa: E402
 
 CROP = 128
 SCALE = 1.4
@@ -45,7 +46,7 @@ def _variant(base: np.ndarray, ident: tuple, rng: np.random.Generator, angle: fl
 @pytest.fixture(scope="module")
 def base_crop(face_rgb) -> np.ndarray:
     """The astronaut aligned exactly as stages/align.py does, (CROP, CROP, 3) uint8."""
-    face = DlibDetector(DetectConfig()).detect(face_rgb)[0]
+    face = DlibDetector(section("detect")).detect(face_rgb)[0]
     return align_face(face_rgb, face.landmarks5, CROP, SCALE)[0]
 
 
@@ -273,7 +274,7 @@ def _tiny_bundle(path, img_size: int):
                      fusion=FusionConfig(dim=32, heads=2, num_blocks=1),
                      decoder=DecoderConfig(in_dim=32, grid_size=grid, channels=(16,) + (8,) * ups))
     torch.manual_seed(0)
-    return save_bundle(path, SwapGenerator(cfg), align_size=CROP, template_scale=SCALE, meta={"test": True})
+    return save_bundle(path, SwapGenerator(cfg), align_size=CROP, template_scale=SCALE, meta={"test": True}, detect=section("detect"))
 
 
 def _run(tmp_path, bundle, cfg):
@@ -287,7 +288,7 @@ def _run(tmp_path, bundle, cfg):
 def test_evaluate_stage_end_to_end(tmp_path, synthetic):
     """Model at the crop resolution (no resize): the baselines reproduce their definitions exactly;
     a random generator's outputs without a face mesh get a reason, not a crash."""
-    from stages.evaluate import EvaluateConfig
+    from faceswap.evaluation.config import EvaluateConfig
 
     _write_inputs(tmp_path, synthetic)
     from torchvision.models import inception_v3
@@ -296,7 +297,7 @@ def test_evaluate_stage_end_to_end(tmp_path, synthetic):
     from faceswap_models.auxiliary.hopenet import Hopenet
 
     torch.save(Hopenet().state_dict(), tmp_path / "hopenet.pth")
-    cfg = EvaluateConfig(pairs=6, batch_size=4, grid_rows=3, inception_weights=str(tmp_path / "inc.pth"),
+    cfg = section("evaluate", pairs=6, batch_size=4, grid_rows=3, inception_weights=str(tmp_path / "inc.pth"),
                          hopenet_weights=str(tmp_path / "hopenet.pth"), blended=False)
     m = _run(tmp_path, _tiny_bundle(tmp_path / "swap", CROP), cfg)
     assert m["pose_estimator"] == "hopenet"
@@ -340,10 +341,10 @@ def test_evaluate_stage_end_to_end(tmp_path, synthetic):
 def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
     """A 32px model on 128px crops: baselines go through the same down/up resize (refit, so the
     baseline errors are small but no longer exactly 0); a wrong crop size is a clear error."""
-    from stages.evaluate import EvaluateConfig
+    from faceswap.evaluation.config import EvaluateConfig
 
     _write_inputs(tmp_path, synthetic)
-    m = _run(tmp_path, _tiny_bundle(tmp_path / "swap32", 32), EvaluateConfig(pairs=4, grid_rows=2, blended=False))
+    m = _run(tmp_path, _tiny_bundle(tmp_path / "swap32", 32), section("evaluate", pairs=4, grid_rows=2, blended=False))
     assert m["img_size"] == 32 and m["crop_size"] == CROP
     paste, copy = m["baselines"]["paste_source"], m["baselines"]["copy_target"]
     assert paste["shape_error"] is not None and copy["pose_error_deg"] is not None
@@ -352,9 +353,9 @@ def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
     from faceswap.artifacts import save_bundle, load_bundle
 
     b = load_bundle(tmp_path / "swap32")
-    save_bundle(tmp_path / "swap_wrong", b.generator, align_size=256, template_scale=SCALE)
+    save_bundle(tmp_path / "swap_wrong", b.generator, align_size=256, template_scale=SCALE, detect=section("detect"))
     with pytest.raises(ValueError, match="256px"):
-        _run(tmp_path, tmp_path / "swap_wrong", EvaluateConfig(pairs=2, blended=False))
+        _run(tmp_path, tmp_path / "swap_wrong", section("evaluate", pairs=2, blended=False))
 
 
 def _toy_mesh() -> np.ndarray:

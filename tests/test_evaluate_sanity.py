@@ -20,6 +20,7 @@ from faceswap.core.schemas import ALIGNED, SPLITS, THREEDMM, read_table, write_t
 from stages import align, ingest, threedmm  # noqa: E402
 from stages import filter as filter_stage  # noqa: E402
 from faceswap.serving import registry as R  # noqa: E402
+from paramsutil import section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITIES, PER_ID = 10, 4
@@ -35,12 +36,12 @@ def prepared(tmp_path_factory):
     work = tmp_path_factory.mktemp("sanity")
     raw = build_demo_corpus(work / "raw", identities=IDENTITIES, per_identity=PER_ID)
     c = work / "cache"
-    ingest.run(IngestConfig(source="folder", root=str(raw)), work / "manifest.parquet", c)
-    filter_stage.run(FilterConfig(workers=1), DetectConfig(), work / "manifest.parquet", work / "filtered.parquet",
+    ingest.run(section("ingest", source="folder", root=str(raw)), work / "manifest.parquet", c)
+    filter_stage.run(section("filter", workers=1), section("detect"), work / "manifest.parquet", work / "filtered.parquet",
                      work / "rejects.parquet", c)
-    align.run(AlignConfig(workers=1), DetectConfig(), 10**8, work / "filtered.parquet", work / "aligned",
+    align.run(section("align", workers=1), section("detect"), 10**8, work / "filtered.parquet", work / "aligned",
               work / "aligned.parquet", work / "align_rejects.parquet", c)
-    threedmm.run(ThreeDMMConfig(workers=1, n_shape=5, n_exp=5), work / "aligned.parquet", work / "aligned",
+    threedmm.run(section("threedmm", workers=1, n_shape=5, n_exp=5), work / "aligned.parquet", work / "aligned",
                  work / "meshes", work / "threedmm.parquet", work / "threedmm_model.npz",
                  work / "threedmm_rejects.parquet", c)
     fits = read_table(work / "threedmm.parquet", THREEDMM).to_pylist()
@@ -57,15 +58,16 @@ def prepared(tmp_path_factory):
 def evaluated(prepared):
     """Evaluate a random-init bundle of the demo training size (raw and blended) on `prepared`."""
     from bench.evaluate import demo_bundle
-    from stages.evaluate import EvaluateConfig, run
+    from faceswap.evaluation.config import EvaluateConfig
+    from stages.evaluate import run
 
     work = prepared
     params = load_params(REPO / "params.yaml")
     bundle = demo_bundle(work / "random_bundle", params)
-    cfg = EvaluateConfig(pairs=24, batch_size=8, grid_rows=2, bootstrap=500)
+    cfg = section("evaluate", pairs=24, batch_size=8, grid_rows=2, bootstrap=500)
     m = run(cfg, bundle, work / "aligned.parquet", work / "aligned", work / "splits.parquet",
             work / "threedmm.parquet", work / "threedmm_model.npz", work / "out" / "pairs.parquet",
-            work / "out" / "grid.png", work / "out" / "eval.md", detect=DetectConfig())
+            work / "out" / "grid.png", work / "out" / "eval.md", detect=section("detect"))
     json.dumps(m, allow_nan=False)  # eval.json is strict JSON
     return m
 
@@ -143,7 +145,7 @@ def test_missing_photos_are_misses_with_a_reason_not_a_crash(tmp_path):
             {"path": str(tmp_path / "also_gone.png"), "matrix": [1, 0, 0, 0, 1, 0]}]
     from faceswap.serving.inference import SwapPipeline
 
-    pipe = SwapPipeline.from_bundle(bundle, detect=DetectConfig())
+    pipe = SwapPipeline.from_bundle(bundle, detect=section("detect"))
     crops, fails = blended_pairs(pipe, rows, np.array([0, 1]), np.array([1, 0]), 256)
     assert crops == [None, None]
     assert all(f and "gone" in f for f in fails), fails

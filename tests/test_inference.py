@@ -14,6 +14,7 @@ from faceswap.faces.parsing import parse_from_landmarks
 from faceswap.serving.inference import BLENDS, DEFAULT_BLEND, NoFaceError, SwapPipeline, face_mask, paste_back
 from faceswap_models.swap import SwapGenerator
 from tests.imageutil import write_rgb
+from paramsutil import section  # noqa: E402
 
 ALIGN = 64  # crop size of the tiny bundle (generator runs at 32 px)
 
@@ -27,7 +28,7 @@ def _one_thread():
 def bundle_dir(tmp_path_factory):
     torch.manual_seed(0)
     return save_bundle(tmp_path_factory.mktemp("bundle") / "swap", SwapGenerator(SwapConfig.tiny()),
-                       align_size=ALIGN, template_scale=1.4, meta={"note": "random weights"})
+                       align_size=ALIGN, template_scale=1.4, meta={"note": "random weights"}, detect=section("detect"))
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ class FakeShapePipeline(SwapPipeline):
 def big_bundle_dir(tmp_path_factory):
     torch.manual_seed(0)
     return save_bundle(tmp_path_factory.mktemp("bundle") / "swap", SwapGenerator(SwapConfig.tiny()),
-                       align_size=BIG, template_scale=1.4, meta={"note": "random weights"})
+                       align_size=BIG, template_scale=1.4, meta={"note": "random weights"}, detect=section("detect"))
 
 
 def fake_swap(bundle_dir, blend: str, source, target, **kw) -> tuple[np.ndarray, FakeShapePipeline]:
@@ -361,7 +362,7 @@ def test_pipeline_runs_the_generator_as_trained(tmp_path):
     g = SwapGenerator(cfg)
     for p in g.decoder.skips.parameters():  # skip branches non-zero, as after training
         torch.nn.init.normal_(p, std=0.1)
-    pipe = SwapPipeline.from_bundle(save_bundle(tmp_path / "swap", g, align_size=ALIGN, template_scale=1.4))
+    pipe = SwapPipeline.from_bundle(save_bundle(tmp_path / "swap", g, align_size=ALIGN, template_scale=1.4, detect=section("detect")))
     rng = np.random.default_rng(1)
     s, t = (pipe.to_tensor(rng.integers(0, 256, (3, ALIGN, ALIGN, 3), dtype=np.uint8)) for _ in range(2))
     with torch.no_grad():

@@ -1,6 +1,6 @@
-"""params.yaml is the one source of defaults: every typed config section names every field, and no
-dataclass default disagrees with it (a default that differs would silently win wherever a config
-is built without params, e.g. in a library call)."""
+"""params.yaml is the one source of defaults: the params tree loads it whole (every section names
+every field), and no section config has a default of its own that could silently win wherever a
+config is built without params (a library call, a test)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,66 +8,64 @@ from pathlib import Path
 
 import pytest
 
-from faceswap.core import config as C
-from faceswap.core.config import load_params
+from faceswap import params
+from faceswap.core.config import ConfigError, load_params
+from faceswap.data.records import AugmentConfig
+from faceswap.training.loop import LoopConfig
+from faceswap_models.auxiliary.regressor import RegressorAugment
 
 REPO = Path(__file__).resolve().parents[1]
-SCALAR = (bool, int, float, str, type(None))
+# Configs params.yaml rules besides the sections themselves (nested or built from a section).
+ALSO_RULED = (AugmentConfig, RegressorAugment, LoopConfig)
 
 
-def _sections() -> dict[str, type]:
-    from faceswap.training.config import STAGE_CONFIGS, TrainConfig
-    from flows.retrain import RetrainConfig
-    from stages.evaluate import EvaluateConfig
-    from faceswap.serving.registry import RegisterConfig
-
-    return {"ingest": C.IngestConfig, "detect": C.DetectConfig, "filter": C.FilterConfig, "align": C.AlignConfig,
-            "segment": C.SegmentConfig, "threedmm": C.ThreeDMMConfig, "split": C.SplitConfig,
-            "evaluate": EvaluateConfig, "train": TrainConfig, **STAGE_CONFIGS, "register": RegisterConfig,
-            "retrain": RetrainConfig}
+def section_classes() -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else type(getattr(params.load(REPO / "params.yaml"), f.name))
+            for f in dataclasses.fields(params.Params)}
 
 
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return dataclasses.MISSING
+def defaults_of(cls: type) -> list[str]:
+    """The fields of dataclass `cls` that have a default (value or factory)."""
+    return [f.name for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
 
 
-@pytest.mark.parametrize("section", sorted(_sections()))
-def test_dataclass_defaults_agree_with_params_yaml(section):
-    params = load_params(REPO / "params.yaml")[section]
-    cls = _sections()[section]
-    missing, differ = [], []
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        if f.name not in params:
-            missing.append(f.name)
-            continue
-        d = _default(f)
-        if d is dataclasses.MISSING or not isinstance(d, SCALAR + (list, tuple)):
-            continue  # no default, or a nested mapping checked by its own section's loader
-        got = params[f.name]
-        if isinstance(d, (list, tuple)):
-            d, got = list(d), list(got) if isinstance(got, (list, tuple)) else got
-        if isinstance(d, float) or isinstance(got, float):
-            same = d is not None and got is not None and float(d) == float(got)
-        else:
-            same = d == got
-        if not same:
-            differ.append(f"{f.name}: dataclass {d!r} vs params.yaml {got!r}")
-    assert not missing, f"{section}: params.yaml lacks {missing}"
-    assert not differ, f"{section}: " + "; ".join(differ)
+@pytest.mark.parametrize("name", sorted(f.name for f in dataclasses.fields(params.Params)))
+def test_section_configs_have_no_defaults(name):
+    cls = section_classes()[name]
+    assert not defaults_of(cls), f"{cls.__name__} ({name}) has defaults {defaults_of(cls)}: params.yaml rules them"
 
 
-def test_loop_defaults_follow_the_train_section():
-    """LoopConfig is built from `train` by the stages; its own defaults (used by tests and library
-    callers) must be the same numbers."""
-    from faceswap.training.loop import LoopConfig
+@pytest.mark.parametrize("cls", ALSO_RULED, ids=lambda c: c.__name__)
+def test_nested_configs_have_no_defaults(cls):
+    assert not defaults_of(cls), f"{cls.__name__} has defaults {defaults_of(cls)}: params.yaml rules them"
 
-    train = load_params(REPO / "params.yaml")["train"]
+
+def test_the_check_sees_a_default():
+    @dataclasses.dataclass
+    class Bad:
+        a: int
+        b: int = 3
+
+    assert defaults_of(Bad) == ["b"]
+
+
+def test_params_yaml_loads_whole_and_a_missing_key_fails(tmp_path):
+    import yaml
+
+    p = params.load(REPO / "params.yaml")
+    assert p.align.size >= 32 and p.train_swap.augment == p.pretrain_mae.augment.__class__(**vars(p.train_swap.augment))
+    raw = load_params(REPO / "params.yaml")
+    del raw["filter"]["blur_min"]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"filter: missing key 'blur_min'"):
+        params.load(tmp_path / "p.yaml")
+
+
+def test_loop_config_is_the_train_section():
+    """The loop settings come from `train` (and the stage's steps / batch size), nowhere else."""
+    p = params.load(REPO / "params.yaml")
+    loop = p.train.loop(steps=7, batch_size=3)
     for f in dataclasses.fields(LoopConfig):
-        if f.name in train and f.default is not dataclasses.MISSING:
-            assert f.default == train[f.name], f"LoopConfig.{f.name}: {f.default!r} vs train.{f.name} {train[f.name]!r}"
+        if f.name not in ("steps", "batch_size"):
+            assert getattr(loop, f.name) == getattr(p.train, f.name), f.name

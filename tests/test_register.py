@@ -17,6 +17,7 @@ from faceswap.core.config import ConfigError, from_dict
 from faceswap.evaluation.gates import resolve_bound
 from faceswap.core.images import read_rgb
 from faceswap.serving import registry as R
+from paramsutil import section  # noqa: E402
 
 GATES = {"model.shape_error": {"max": 0.5}, "model.id_top1": {"min": "baselines.copy_target.id_top1"}}
 
@@ -39,7 +40,7 @@ def bundle(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     return save_bundle(tmp_path_factory.mktemp("bundle"), SwapGenerator(SwapConfig.tiny()), align_size=32,
-                       template_scale=1.4, meta={"step": 3, "run": "test"})
+                       template_scale=1.4, meta={"step": 3, "run": "test"}, detect=section("detect"))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def use(root: Path):
 
 
 def make_cfg(root: Path, **kw) -> R.RegisterConfig:
-    return R.RegisterConfig(tracking_uri="sqlite:///ignored.db", artifact_root=str(root / "artifacts"),
+    return section("register", tracking_uri="sqlite:///ignored.db", artifact_root=str(root / "artifacts"),
                             gates=GATES, lock_timeout_s=120.0, **kw)
 
 

@@ -14,6 +14,7 @@ import cv2
 import yaml
 
 from prefectutil import latest_artifact
+from paramsutil import section  # noqa: E402
 
 
 def fake_train(params, data_dir, models_dir, out_dir, init_bundle, metrics_path) -> dict:
@@ -26,7 +27,7 @@ def fake_train(params, data_dir, models_dir, out_dir, init_bundle, metrics_path)
 
     torch.manual_seed(0)
     gen = load_bundle(init_bundle).generator if init_bundle else SwapGenerator(SwapConfig.tiny())
-    save_bundle(out_dir, gen, align_size=32, template_scale=1.4, meta={"init": str(init_bundle)})
+    save_bundle(out_dir, gen, align_size=32, template_scale=1.4, meta={"init": str(init_bundle)}, detect=section("detect"))
     return {"steps": 2, "init": f"fake fine-tune from {Path(init_bundle).name}" if init_bundle else "fake, from scratch",
             "init_had_bundle": bool(init_bundle and (Path(init_bundle) / "generator.json").is_file())}
 

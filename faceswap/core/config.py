@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -136,14 +136,14 @@ def load_section(cls: type[T], name: str, params_path: str | Path = "params.yaml
 class IngestConfig:
     """ingest: enumerate a source into manifest.parquet."""
 
-    source: typing.Literal["demo", "folder"] = "demo"
-    root: str = "data/raw"  # folder source root; for `demo` the generated corpus is written here
-    layout: typing.Literal["auto", "identity_folders", "flat"] = "auto"
-    extensions: list[str] = field(default_factory=lambda: [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"])
-    demo_identities: int = 64
-    demo_images_per_identity: int = 10
-    demo_size: int = 512
-    seed: int = 0
+    source: typing.Literal["demo", "folder"]
+    root: str  # folder source root; for `demo` the generated corpus is written here
+    layout: typing.Literal["auto", "identity_folders", "flat"]
+    extensions: list[str]
+    demo_identities: int
+    demo_images_per_identity: int
+    demo_size: int
+    seed: int
 
     def validate(self) -> None:
         if self.demo_identities < 1 or self.demo_images_per_identity < 1:
@@ -154,27 +154,27 @@ class IngestConfig:
 class DetectConfig:
     """detect: the face detector shared by filter (face rules) and align (landmarks)."""
 
-    backend: typing.Literal["dlib", "retinaface"] = "dlib"
-    retinaface_weights: str | None = None  # local .pth/.safetensors of a RetinaFace-R50
-    retinaface_threshold: float = 0.8
-    max_side: int = 640  # images are downscaled to this for detection
-    upsample: int = 0  # dlib HOG pyramid upsampling (finds smaller faces, slower)
-    device: str = "cpu"
+    backend: typing.Literal["dlib", "retinaface"]
+    retinaface_weights: str | None  # local .pth/.safetensors of a RetinaFace-R50
+    retinaface_threshold: float
+    max_side: int  # images are downscaled to this for detection
+    upsample: int  # dlib HOG pyramid upsampling (finds smaller faces, slower)
+    device: str
 
 
 @dataclass(frozen=True)
 class FilterConfig:
     """filter: reason-coded quality rejects."""
 
-    max_pixels: int = 40_000_000  # larger images are refused before decoding (decompression bombs)
-    min_side: int = 64
-    blur_min: float = 30.0  # variance of Laplacian on the grey face crop resized to 128px
-    min_score: float = 0.0  # detector confidence floor
-    dominance_ratio: float = 2.0  # largest face area / next largest area needed to keep a multi-face image
-    min_face_px: int = 48  # face box side in source pixels
-    max_yaw: float = 45.0  # degrees, estimated from the 5 landmarks
-    phash_max_distance: int = 3  # Hamming distance at or below which faces are near-duplicates; -1 = off
-    workers: int = 2
+    max_pixels: int  # larger images are refused before decoding (decompression bombs)
+    min_side: int
+    blur_min: float  # variance of Laplacian on the grey face crop resized to 128px
+    min_score: float  # detector confidence floor
+    dominance_ratio: float  # largest face area / next largest area needed to keep a multi-face image
+    min_face_px: int  # face box side in source pixels
+    max_yaw: float  # degrees, estimated from the 5 landmarks
+    phash_max_distance: int  # Hamming distance at or below which faces are near-duplicates; -1 = off
+    workers: int
 
     def validate(self) -> None:
         if not -1 <= self.phash_max_distance <= 16:
@@ -187,11 +187,11 @@ class FilterConfig:
 class AlignConfig:
     """align: similarity transform to the ArcFace 5-point template, crops + landmarks."""
 
-    size: int = 256
-    template_scale: float = 1.4  # >1 zooms out around the template centre (keeps chin + jaw contour)
-    image_format: typing.Literal["png", "jpg"] = "png"
-    jpeg_quality: int = 95
-    workers: int = 2
+    size: int
+    template_scale: float  # >1 zooms out around the template centre (keeps chin + jaw contour)
+    image_format: typing.Literal["png", "jpg"]
+    jpeg_quality: int
+    workers: int
 
     def validate(self) -> None:
         if self.size < 32:
@@ -202,30 +202,30 @@ class AlignConfig:
 class SegmentConfig:
     """segment: face parsing maps."""
 
-    backend: typing.Literal["landmarks", "bisenet"] = "landmarks"
-    bisenet_weights: str | None = None
-    workers: int = 2
+    backend: typing.Literal["landmarks", "bisenet"]
+    bisenet_weights: str | None
+    workers: int
 
 
 @dataclass(frozen=True)
 class ThreeDMMConfig:
     """threedmm: 3DMM coefficients per aligned face."""
 
-    backend: typing.Literal["learned", "file"] = "learned"
-    model_file: str | None = None  # user-supplied linear 3DMM (.npz: mean, id_basis, exp_basis)
-    n_shape: int = 20
-    n_exp: int = 10
-    learn_max_faces: int = 20000  # learned backend: a deterministic sample this size bounds time and memory
-    workers: int = 2
+    backend: typing.Literal["learned", "file"]
+    model_file: str | None  # user-supplied linear 3DMM (.npz: mean, id_basis, exp_basis)
+    n_shape: int
+    n_exp: int
+    learn_max_faces: int  # learned backend: a deterministic sample this size bounds time and memory
+    workers: int
 
 
 @dataclass(frozen=True)
 class SplitConfig:
     """split: identity-disjoint train/val/test."""
 
-    val_frac: float = 0.15
-    test_frac: float = 0.15
-    seed: int = 0
+    val_frac: float
+    test_frac: float
+    seed: int
 
     def validate(self) -> None:
         if not (0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1):

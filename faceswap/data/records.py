@@ -14,7 +14,7 @@ Typical use (one worker pool for the whole run, resumed after `batches_done` bat
 
     records = FaceRecords.load(aligned, aligned_dir, segments, parsing_dir, threedmm, splits)
     pairs = PairDataset(records, size=128, same_identity_ratio=0.25, seed=0,
-                        augment=AugmentConfig(), threedmm_model="data/threedmm_model.npz")
+                        augment=params.train_swap.augment, threedmm_model="data/threedmm_model.npz")
     loader = make_loader(pairs, 8, num_workers=2, seed=0, rank=rank, world_size=ws,
                          epochs=None, skip_batches=batches_done)
     for batch in loader:  # batch["source"]["image"]: (B, 3, S, S), batch["p12"]: (B, K, 2)
@@ -82,11 +82,11 @@ class AugmentConfig:
     flipped item the 3DMM contour is an approximation. Off by default.
     """
 
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    hue: float = 0.0
-    hflip: bool = False
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    hflip: bool
 
     def validate(self) -> None:
         for name in ("brightness", "contrast", "saturation"):

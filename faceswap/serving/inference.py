@@ -239,10 +239,10 @@ class SwapPipeline:
     def from_bundle(cls, bundle_dir: str | os.PathLike | SwapBundle, *, detect: DetectConfig | None = None,
                     device: str | torch.device = "cpu", blend: str = DEFAULT_BLEND,
                     min_score: float = 0.0) -> SwapPipeline:
-        """A bundle directory (or an already loaded SwapBundle) and the face detector (`detect`
-        defaults to DetectConfig())."""
+        """A bundle directory (or an already loaded SwapBundle) and the face detector (`detect`: the
+        bundle's, i.e. the one the training data was found with, unless given)."""
         bundle = bundle_dir if isinstance(bundle_dir, SwapBundle) else load_bundle(bundle_dir, device)
-        return cls(bundle, _shared_detector(detect or DetectConfig(), min_score), device=device, blend=blend)
+        return cls(bundle, _shared_detector(detect or bundle.detect, min_score), device=device, blend=blend)
 
     # ------------------------------------------------------------------ faces
     def align(self, rgb: np.ndarray, which: str, landmarks68: bool = False) -> AlignedFace:

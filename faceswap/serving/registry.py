@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -52,17 +52,17 @@ INFERENCE_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "open
 class RegisterConfig:
     """register: MLflow logging, registry version, champion gate."""
 
-    tracking_uri: str = "sqlite:///mlflow.db"  # $MLFLOW_TRACKING_URI wins when set
-    artifact_root: str | None = "mlartifacts"  # artifact location of a newly created experiment (None: MLflow default)
-    experiment: str = "faceswap"
-    model_name: str = "flowfacepp"
-    primary_metric: str = "model.id_top1"  # dotted path into eval.json
-    higher_is_better: bool = True
+    tracking_uri: str  # $MLFLOW_TRACKING_URI wins when set
+    artifact_root: str | None  # artifact location of a newly created experiment (None: MLflow default)
+    experiment: str
+    model_name: str
+    primary_metric: str  # dotted path into eval.json
+    higher_is_better: bool
     # metric path -> {min: b} and/or {max: b}; b = a bound or a list of bounds (all must hold); a bound is
     # a number or an expression on a dotted path into eval.json: "path", "k * path", "path + c", "k * path - c"
-    gates: dict[str, Any] = field(default_factory=dict)
-    lock_timeout_s: float = 300.0
-    requirements: str = "requirements.txt"  # where pip pins are read from
+    gates: dict[str, Any]
+    lock_timeout_s: float
+    requirements: str  # where pip pins are read from
 
     def validate(self) -> None:
         if not isinstance(self.gates, dict):

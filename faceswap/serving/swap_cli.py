@@ -27,7 +27,7 @@ import numpy as np
 
 from faceswap.serving import watermark
 from faceswap.serving.watermark import package_version, provenance_text
-from faceswap.core.config import ConfigError, DetectConfig, load_params, load_section
+from faceswap.core.config import ConfigError, DetectConfig, load_section
 from faceswap.core.images import BadImage, decode_rgb
 from faceswap.core.io import atomic_path, atomic_write_bytes, atomic_write_text
 from faceswap.core.weights import WeightsError
@@ -53,11 +53,9 @@ def read_image(path: str, which: str) -> np.ndarray:
         raise CLIError(f"{which} file {path} is unreadable: {e}") from None
 
 
-def _detect_config(params: str | None) -> DetectConfig:
-    """The `detect` section of params.yaml when there is one (same detector as the data stages)."""
-    if params and Path(params).is_file() and "detect" in load_params(params):
-        return load_section(DetectConfig, "detect", params)
-    return DetectConfig()
+def _detect_config(params: str | None) -> DetectConfig | None:
+    """--params' `detect` section, or None: the detector recorded in the bundle (the training data's)."""
+    return load_section(DetectConfig, "detect", params) if params else None
 
 
 def _no_progress() -> bool:
@@ -153,7 +151,8 @@ def swap_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", required=True, help="photo or video (.mp4 .mov .m4v .avi .mkv) to put the face into")
     p.add_argument("-o", "--output", required=True, help="output file (.jpg/.png for photos, a video suffix for videos)")
     p.add_argument("--tracking-uri", default=None, help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
-    p.add_argument("--params", default="params.yaml", help="params file; its `detect` section picks the detector when present")
+    p.add_argument("--params", default=None,
+                   help="a params file whose `detect` section replaces the detector recorded in the model")
     p.add_argument("--blend", default="shape", choices=("shape", "parsing", "crop"),
                    help="shape (default): the target's face mask united with the swapped face's own parsing, so "
                         "the new contour is kept (falls back to parsing when the output shows no face); parsing: "

@@ -56,16 +56,16 @@ class LoopConfig:
 
     steps: int
     batch_size: int  # per worker and micro-batch
-    grad_accum: int = 1
-    precision: Precision = "fp32"
-    checkpoint_every: int = 20  # defaults = params.yaml `train` (tests/test_params_defaults.py)
-    keep_checkpoints: int = 2
-    sample_every: int = 20
-    log_every: int = 5
-    max_nonfinite: int = 10
-    ema_decay: float = 0.99
-    seed: int = 0
-    loader_workers: int = 0
+    grad_accum: int
+    precision: Precision
+    checkpoint_every: int  # defaults = params.yaml `train` (tests/test_params_defaults.py)
+    keep_checkpoints: int
+    sample_every: int
+    log_every: int
+    max_nonfinite: int
+    ema_decay: float
+    seed: int
+    loader_workers: int
 
 
 @dataclass

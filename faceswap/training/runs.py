@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from faceswap.core.cli import write_metrics
-from faceswap.core.config import load_params
+
 from faceswap.core.layout import DATA, DataLayout
 from faceswap.core.io import absolute_tracking_uri, atomic_write_text, fingerprint, sha256_file
 from faceswap.training import tracking
-from faceswap.training.config import TrainConfig, training_configs
+from faceswap.training.config import TrainConfig
 from faceswap.data.records import FaceRecords
 from faceswap.training.loop import METRICS_FILE
 from faceswap.training.ray_runner import WorkerFn, run_workers
@@ -166,22 +166,6 @@ def loop_summary(result: Any) -> dict[str, Any]:
             "seconds": round(result.seconds, 3), "samples_per_s": round(result.samples_per_s, 3),
             **{k.replace("/", "_"): round(v, 6) for k, v in result.last.items()
                if k not in ("nonfinite", "samples_per_s")}}
-
-
-def load_stage_params(params_path: str | os.PathLike, stage: str, checkpoint_root: str | None = None
-                      ) -> tuple[dict[str, Any], TrainConfig, Any]:
-    """(all training params, the `train` section (checkpoint_root overridden if given), the stage's section)."""
-    return stage_params(load_params(Path(params_path)), str(params_path), stage, checkpoint_root)
-
-
-def stage_params(raw: Mapping[str, Any], where: str, stage: str, checkpoint_root: str | None = None
-                 ) -> tuple[dict[str, Any], TrainConfig, Any]:
-    """`load_stage_params` of an already parsed params mapping (`where` names it in errors)."""
-    params = training_configs(raw, where)
-    tcfg: TrainConfig = params["train"]
-    if checkpoint_root:
-        tcfg = dataclasses.replace(tcfg, checkpoint_root=checkpoint_root)
-    return params, tcfg, params[stage]
 
 
 def train_validated(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str, val_every: int,

@@ -65,12 +65,12 @@ class RegressorAugment:
     face has other 3DMM shape coefficients).
     """
 
-    scale: float = 0.05
-    shift: float = 0.03
-    rotate: float = 5.0
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
+    scale: float
+    shift: float
+    rotate: float
+    brightness: float
+    contrast: float
+    saturation: float
 
     @classmethod
     def off(cls) -> RegressorAugment:

@@ -14,6 +14,7 @@ from faceswap_models.auxiliary import WeightsError
 from faceswap_models.auxiliary.regressor import (FaceAttributeRegressor, FaceTableDataset,
                                                  RegressorConfig, load_regressor, regressor_loss,
                                                  train_regressor)
+from paramsutil import regressor_augment  # noqa: E402
 
 CFG = RegressorConfig.tiny()
 
@@ -230,7 +231,7 @@ def test_augmentation_moves_3dmm_and_landmark_targets_with_the_pixels() -> None:
            "camera": torch.tensor(np.stack([c.camera for c in cs]), dtype=torch.float32)
            / torch.tensor([1, side, side]),
            "shape": torch.zeros(b, 3), "expression": torch.zeros(b, 2)}
-    aug = RegressorAugment(scale=0.1, shift=0.05, rotate=10.0, brightness=0.0, contrast=0.0, saturation=0.0)
+    aug = regressor_augment(scale=0.1, shift=0.05, rotate=10.0, brightness=0.0, contrast=0.0, saturation=0.0)
     img2, t2 = augment_sample(img, tgt, aug, torch.Generator().manual_seed(3))
     assert not torch.allclose(t2["landmarks"], tgt["landmarks"])
     for i, c in enumerate(cs):
@@ -260,4 +261,4 @@ def test_params_yaml_augment_names_the_library_defaults() -> None:
 
     root = Path(__file__).resolve().parents[2]
     aug = yaml.safe_load((root / "params.yaml").read_text())["train_aux"]["augment"]
-    assert aug == {k: v for k, v in RegressorAugment().__dict__.items()}
+    assert aug == {k: v for k, v in regressor_augment().__dict__.items()}

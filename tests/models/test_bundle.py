@@ -8,12 +8,13 @@ from faceswap.core.weights import WeightsError
 from faceswap.artifacts import load_bundle, save_bundle
 from faceswap_models.config import SwapConfig
 from faceswap_models.swap import SwapGenerator
+from paramsutil import section  # noqa: E402
 
 
 def test_bundle_roundtrip(tmp_path):
     torch.manual_seed(0)
     gen = SwapGenerator(SwapConfig.tiny())
-    save_bundle(tmp_path / "b", gen, align_size=32, template_scale=1.4, meta={"step": 7})
+    save_bundle(tmp_path / "b", gen, align_size=32, template_scale=1.4, meta={"step": 7}, detect=section("detect"))
     b = load_bundle(tmp_path / "b")
     assert b.align_size == 32 and b.template_scale == pytest.approx(1.4) and b.meta == {"step": 7}
     x = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -31,7 +32,7 @@ def test_bundle_keeps_the_target_low_pass_and_spared_regions(tmp_path):
                               target_face_spare=[[0.47, 0.39, 0.05, 0.075], [0.73, 0.49, 0.08, 0.13]])
     torch.manual_seed(0)
     gen = SwapGenerator(cfg)
-    save_bundle(tmp_path / "b", gen, align_size=32, template_scale=1.4)
+    save_bundle(tmp_path / "b", gen, align_size=32, template_scale=1.4, detect=section("detect"))
     b = load_bundle(tmp_path / "b")
     assert b.swap == cfg and b.swap.target_face_spare[1] == (0.73, 0.49, 0.08, 0.13)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
@@ -52,7 +53,7 @@ def test_bundle_keeps_whether_the_decoder_skip_is_open(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     for is_open in (False, True):
         gen.skip_open.fill_(is_open)
-        save_bundle(tmp_path / str(is_open), gen, align_size=32, template_scale=1.4)
+        save_bundle(tmp_path / str(is_open), gen, align_size=32, template_scale=1.4, detect=section("detect"))
         b = load_bundle(tmp_path / str(is_open))
         assert bool(b.generator.skip_open) is is_open
         with torch.no_grad():
@@ -63,7 +64,7 @@ def test_bundle_errors(tmp_path):
     with pytest.raises(WeightsError, match="not a generator artifact"):
         load_bundle(tmp_path)
     gen = SwapGenerator(SwapConfig.tiny())
-    save_bundle(tmp_path, gen, align_size=32, template_scale=1.0)
+    save_bundle(tmp_path, gen, align_size=32, template_scale=1.0, detect=section("detect"))
     meta = tmp_path / "generator.json"
     good = json.loads(meta.read_text())
     meta.write_text(json.dumps({**good, "format": 99}))
@@ -93,7 +94,7 @@ def test_every_network_artifact_has_one_format(tmp_path):
     dshape = ShapeDiscriminator(ShapeConfig.tiny())
     artifacts.save_network(tmp_path, artifacts.DSHAPE, dshape, dshape.cfg)
     assert artifacts.load_dshape(tmp_path).cfg == dshape.cfg
-    save_bundle(tmp_path, SwapGenerator(SwapConfig.tiny()), align_size=32, template_scale=1.4)
+    save_bundle(tmp_path, SwapGenerator(SwapConfig.tiny()), align_size=32, template_scale=1.4, detect=section("detect"))
     for name in (artifacts.MAE, artifacts.DSHAPE, artifacts.GENERATOR):
         doc = json.loads(artifacts.config_file(tmp_path, name).read_text())
         assert doc["format"] == artifacts.FORMAT and set(doc) >= {"config", "meta"}

@@ -13,9 +13,10 @@ from faceswap.data.records import (
     IBUG68_MIRROR, AugmentConfig, FaceDataset, FaceRecords, PairDataset, batches_per_epoch, color_jitter,
     decode_only_rate, loader_rate, make_loader, resume_position, shard,
 )
+from paramsutil import augment  # noqa: E402
 
-NO_AUG = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, hflip=False)
-FLIP_ONLY = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, hflip=True)
+NO_AUG = augment(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, hflip=False)
+FLIP_ONLY = augment(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, hflip=True)
 
 
 def _load(t, split="train"):
@@ -43,7 +44,7 @@ def test_records_join_and_dropped(train_tables, train_records):
 
 
 def test_face_item_shapes_dtypes_ranges(train_records):
-    ds = FaceDataset(train_records, 32, augment=AugmentConfig(hue=0.1, hflip=True), seed=1)
+    ds = FaceDataset(train_records, 32, augment=augment(hue=0.1, hflip=True), seed=1)
     assert len(ds) == 16
     it = ds[5]
     expect = {"image": (3, 32, 32), "parsing": (32, 32), "landmarks68": (68, 2), "contour": (6, 2),
@@ -81,7 +82,7 @@ def test_coordinates_scale_with_size(train_tables, train_records):
 
 
 def test_augmentation_is_a_pure_function_of_seed_epoch_index(train_records):
-    ds = FaceDataset(train_records, 32, augment=AugmentConfig(hue=0.05), seed=3)
+    ds = FaceDataset(train_records, 32, augment=augment(hue=0.05), seed=3)
     plain = FaceDataset(train_records, 32, augment=NO_AUG)[2]["image"]
     a, b = ds[(0, 2)]["image"], ds[(0, 2)]["image"]
     assert torch.equal(a, b)
@@ -89,7 +90,7 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_index(train_records):
     assert not torch.equal(a, plain)
     ds.set_epoch(1)
     assert torch.equal(ds[2]["image"], ds[(1, 2)]["image"])
-    assert torch.equal(FaceDataset(train_records, 32, augment=AugmentConfig(hue=0.05), seed=3)[(0, 2)]["image"], a)
+    assert torch.equal(FaceDataset(train_records, 32, augment=augment(hue=0.05), seed=3)[(0, 2)]["image"], a)
 
 
 def test_color_jitter_hand_cases():
@@ -105,7 +106,7 @@ def test_color_jitter_hand_cases():
     assert np.allclose(turned @ np.array([0.299, 0.587, 0.114]), soft @ np.array([0.299, 0.587, 0.114]), atol=1e-4)
     assert np.allclose(color_jitter(rgb, np.array([1, 1, 1, 1.0])), rgb, atol=1e-5)  # a full turn
     with pytest.raises(ValueError):
-        AugmentConfig(brightness=1.5).validate()
+        augment(brightness=1.5).validate()
 
 
 def test_hflip_mirrors_everything_consistently(train_records):
@@ -143,7 +144,7 @@ def test_same_identity_ratio_and_pair_rules(train_records):
         if s:
             assert src != tgt  # every identity has 4 faces: another face of the same person
     # the paper's reconstruction pairs (default): I_s = I_t, the very same image and augmentation
-    paper = PairDataset(r, 32, same_identity_ratio=0.5, seed=0, length=200, augment=AugmentConfig())
+    paper = PairDataset(r, 32, same_identity_ratio=0.5, seed=0, length=200, augment=augment())
     n_same = 0
     for i in range(40):
         src, tgt, s = paper.choose(0, i)
@@ -221,7 +222,7 @@ def test_ranks_get_disjoint_shards_covering_the_epoch(train_records):
 
 
 def test_pair_batches_collate(train_tables, train_records):
-    pairs = PairDataset(train_records, 16, threedmm_model=train_tables["threedmm_model"], augment=AugmentConfig())
+    pairs = PairDataset(train_records, 16, threedmm_model=train_tables["threedmm_model"], augment=augment())
     b = next(iter(make_loader(pairs, 4)))
     assert b["source"]["image"].shape == (4, 3, 16, 16) and b["target"]["parsing"].shape == (4, 16, 16)
     assert b["same_identity"].shape == (4,) and b["same_identity"].dtype == torch.bool
@@ -229,7 +230,7 @@ def test_pair_batches_collate(train_tables, train_records):
 
 
 def test_resume_mid_epoch_is_exact(train_records):
-    pairs = PairDataset(train_records, 16, augment=AugmentConfig(), seed=4)
+    pairs = PairDataset(train_records, 16, augment=augment(), seed=4)
     straight = make_loader(pairs, 4, seed=4, epochs=None)  # 4 batches per epoch
     it = iter(straight)
     ref = [next(it) for _ in range(7)]
@@ -243,7 +244,7 @@ def test_resume_mid_epoch_is_exact(train_records):
 
 
 def test_workers_deliver_the_same_stream(train_records):
-    ds = FaceDataset(train_records, 16, augment=AugmentConfig(), seed=1)
+    ds = FaceDataset(train_records, 16, augment=augment(), seed=1)
     a = list(make_loader(ds, 4, seed=1, epoch=2))
     b = list(make_loader(ds, 4, seed=1, epoch=2, num_workers=2))
     assert len(a) == len(b) == 4
@@ -251,7 +252,7 @@ def test_workers_deliver_the_same_stream(train_records):
 
 
 def test_preload_gives_the_same_items(train_tables, train_records):
-    kw = dict(same_identity_ratio=0.5, seed=6, augment=AugmentConfig(hflip=True),
+    kw = dict(same_identity_ratio=0.5, seed=6, augment=augment(hflip=True),
               threedmm_model=train_tables["threedmm_model"])
     disk, mem = PairDataset(train_records, 32, **kw), PairDataset(train_records, 32, preload=True, **kw)
     assert mem.faces._cache[0].shape == (16, 32, 32, 3) and mem.faces._cache[1].shape == (16, 32, 32)

@@ -14,6 +14,7 @@ from faceswap.data.records import FaceDataset, PairDataset
 from faceswap.training.loop import LoopConfig, NonFiniteLossError, train
 from faceswap.training.steps import Phase
 from tinytasks import SIZE, mae_task, swap_task
+from paramsutil import loop, section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("kind", ["mae", "swap"])
 def test_k_steps_resume_k_steps_equals_2k_straight(kind, train_records, train_tables, tmp_path):
     k = 3
-    cfg = LoopConfig(steps=2 * k, batch_size=4, checkpoint_every=k, sample_every=0, log_every=1, ema_decay=0.9)
+    cfg = loop(steps=2 * k, batch_size=4, checkpoint_every=k, sample_every=0, log_every=1, ema_decay=0.9)
     if kind == "mae":
         make, ds = mae_task, FaceDataset(train_records, SIZE, seed=0)
     else:
@@ -63,7 +64,7 @@ def test_k_steps_resume_k_steps_equals_2k_straight(kind, train_records, train_ta
 def test_checkpoint_holds_everything(train_records, train_tables, tmp_path):
     task = swap_task(train_tables["threedmm_model"])
     ds = PairDataset(train_records, SIZE, seed=0)
-    cfg = LoopConfig(steps=2, batch_size=2, checkpoint_every=1, keep_checkpoints=1, sample_every=0)
+    cfg = loop(steps=2, batch_size=2, checkpoint_every=1, keep_checkpoints=1, sample_every=0)
     train(task, ds, cfg, ckpt_dir=tmp_path, progress=False, config={"lr": 1e-3})
     assert [s for s, _ in list_checkpoints(tmp_path)] == [2]  # pruned to the newest
     ck = load_checkpoint(latest_checkpoint(tmp_path))
@@ -76,7 +77,7 @@ def test_checkpoint_holds_everything(train_records, train_tables, tmp_path):
 def test_bf16_autocast_and_grad_accumulation_train(train_records, tmp_path):
     task = mae_task()
     w0 = task.modules["mae"].decoder.pred.weight.clone()
-    cfg = LoopConfig(steps=2, batch_size=2, grad_accum=2, precision="bf16", sample_every=0, log_every=1)
+    cfg = loop(steps=2, batch_size=2, grad_accum=2, precision="bf16", sample_every=0, log_every=1)
     r = train(task, FaceDataset(train_records, SIZE), cfg, ckpt_dir=tmp_path, progress=False)
     assert r.nonfinite == 0 and r.steps == 2 and r.samples_per_s > 0
     assert torch.isfinite(torch.tensor(r.last["mae/total"]))
@@ -87,7 +88,7 @@ def test_bf16_autocast_and_grad_accumulation_train(train_records, tmp_path):
 def test_too_many_nonfinite_steps_stop(train_records, tmp_path):
     task = mae_task()
     task.phases = lambda step: [Phase("mae", "mae", lambda b: {"total": task.modules["mae"](b["image"])[0] / 0.0 * 0.0})]
-    cfg = LoopConfig(steps=10, batch_size=2, max_nonfinite=2, sample_every=0)
+    cfg = loop(steps=10, batch_size=2, max_nonfinite=2, sample_every=0)
     with pytest.raises(NonFiniteLossError, match="3 non-finite"):
         train(task, FaceDataset(train_records, SIZE), cfg, ckpt_dir=tmp_path, progress=False)
 
@@ -117,13 +118,13 @@ def test_skip_schedule_needs_a_skip_and_known_pair_kinds():
     from faceswap.training.config import SwapStageConfig
 
     with pytest.raises(ConfigError, match="need decoder.skip"):
-        SwapStageConfig(skip_start_step=100).validate()
+        section("train_swap", skip_start_step=100).validate()
     with pytest.raises(ConfigError, match="skip_reconstruction_pairs"):
-        SwapStageConfig(decoder={"skip": ["source"]}, skip_reconstruction_pairs="same_person").validate()
-    cfg = SwapStageConfig(decoder={"skip": ["source"]}, skip_start_step=100, skip_reconstruction_pairs="same_identity")
+        section("train_swap", decoder={"skip": ["source"]}, skip_reconstruction_pairs="same_person").validate()
+    cfg = section("train_swap", decoder={"skip": ["source"]}, skip_start_step=100, skip_reconstruction_pairs="same_identity")
     cfg.validate()
     assert cfg.pair_schedule() == ("same_image", "same_identity")
-    assert SwapStageConfig().pair_schedule() == ("same_image", "same_image")
+    assert section("train_swap").pair_schedule() == ("same_image", "same_image")
 
 
 def test_paper_switch_replaces_only_training_sections():
@@ -183,7 +184,7 @@ def test_validate_runs_every_val_every_steps_on_the_exported_weights(train_recor
         seen.append((len(seen), w, gen is task.modules["gen"]))
         return {"val/score": float(len(seen))}
 
-    cfg = LoopConfig(steps=5, batch_size=4, checkpoint_every=100, sample_every=0, log_every=1, ema_decay=0.9)
+    cfg = loop(steps=5, batch_size=4, checkpoint_every=100, sample_every=0, log_every=1, ema_decay=0.9)
     res = train(task, ds, cfg, ckpt_dir=tmp_path / "ck", progress=False, validate=validate, val_every=2)
     assert len(seen) == 3  # steps 2, 4 and the last (5)
     assert not any(same for _, _, same in seen)  # a copy, never the training module itself
@@ -216,7 +217,7 @@ def test_select_keeps_the_best_validated_snapshot_across_resume(train_records, t
     def select(vals):
         return keys[int(vals["val/step"])]
 
-    cfg = LoopConfig(steps=8, batch_size=4, checkpoint_every=2, sample_every=0, log_every=1, ema_decay=0.9)
+    cfg = loop(steps=8, batch_size=4, checkpoint_every=2, sample_every=0, log_every=1, ema_decay=0.9)
     ck = tmp_path / "ck"
     first = train(task, ds, cfg, ckpt_dir=ck, progress=False, validate=validate, val_every=2, select=select,
                   stop_after=4)  # validated at 2 and 4, checkpoint at 4
@@ -241,7 +242,7 @@ def test_fewer_steps_than_a_finished_run_resumes_below_them(train_records, tmp_p
     not the longer run's: it resumes from the latest checkpoint at most `steps` and leaves the later
     ones alone (raising steps again continues from them)."""
     ds = FaceDataset(train_records, SIZE, seed=0)
-    cfg = LoopConfig(steps=4, batch_size=4, checkpoint_every=2, keep_checkpoints=1, sample_every=0, ema_decay=0.9)
+    cfg = loop(steps=4, batch_size=4, checkpoint_every=2, keep_checkpoints=1, sample_every=0, ema_decay=0.9)
     straight = mae_task()
     r_straight = train(straight, ds, replace(cfg, steps=2), ckpt_dir=tmp_path / "a", progress=False)
     long = mae_task()

@@ -15,6 +15,7 @@ import yaml
 from faceswap.artifacts import load_bundle
 from faceswap.training.checkpoint import latest_checkpoint
 from faceswap.training.runs import DataPaths
+from paramsutil import section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,9 +37,10 @@ TINY = {
 
 
 def write_params(path: Path, **overrides: dict) -> Path:
-    params = {k: dict(v) for k, v in TINY.items()}
-    for section, values in overrides.items():
-        params[section].update(values)
+    """The repository's params.yaml with the TINY training sections (and `overrides`) merged in."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, values in [*TINY.items(), *overrides.items()]:
+        params[name].update(values)
     path.write_text(yaml.safe_dump(params))
     return path
 
@@ -79,7 +81,7 @@ def test_stage_chain_writes_models_bundle_metrics_and_plots(train_tables, tmp_pa
     x = torch.zeros(1, 3, 32, 32)
     assert bundle.generator(x, x).shape == (1, 3, 32, 32)
     # the swap generator's frozen encoder is the pretrained MAE encoder
-    mae_w = pretrain_mae.FaceMAE(pretrain_mae.MAEStageConfig(**TINY["pretrain_mae"]).mae_config())
+    mae_w = pretrain_mae.FaceMAE(section("pretrain_mae", **TINY["pretrain_mae"]).mae_config())
     from faceswap.core.weights import load_into
 
     load_into(mae_w, m / "mae" / "mae.safetensors")

@@ -11,6 +11,7 @@ from faceswap.data.records import FaceDataset, PairDataset
 from faceswap.training.loop import LoopConfig, run_step
 from faceswap.training.steps import Phase, flow_to_rgb, sample_grid
 from tinytasks import SIZE, mae_task, shape_task, swap_task
+from paramsutil import loop  # noqa: E402
 
 CPU = torch.device("cpu")
 SCALER = torch.amp.GradScaler("cpu", enabled=False)
@@ -108,7 +109,7 @@ def test_shape_generator_loss_falls_and_d_phase_leaves_gres_alone(pair_batch, tr
     gres0 = {k: v.clone() for k, v in task.modules["dshape"].state_dict().items()}
     d_only = [p for p in task.phases(0) if p.name == "d"]
     task.phases = lambda step: d_only  # one D update must not move Gres
-    run_step(task, [pair_batch], 0, LoopConfig(steps=1, batch_size=1), SCALER, CPU, 1)
+    run_step(task, [pair_batch], 0, loop(steps=1, batch_size=1), SCALER, CPU, 1)
     assert all(torch.equal(gres0[k], v) for k, v in task.modules["dshape"].state_dict().items())
     del task.phases
     logs = run_steps(task, pair_batch, 20)
@@ -165,7 +166,7 @@ def test_nonfinite_loss_skips_the_update(face_batch):
     task = mae_task()
     w0 = {k: v.clone() for k, v in task.modules["mae"].state_dict().items()}
     task.phases = lambda step: [Phase("mae", "mae", lambda b: {"total": task.modules["mae"](b["image"])[0] * float("nan")})]
-    logs, skipped = run_step(task, [face_batch], 0, LoopConfig(steps=1, batch_size=1), SCALER, CPU, 1)
+    logs, skipped = run_step(task, [face_batch], 0, loop(steps=1, batch_size=1), SCALER, CPU, 1)
     assert skipped and np.isnan(logs["mae/total"])
     assert all(torch.equal(w0[k], v) for k, v in task.modules["mae"].state_dict().items())
 
