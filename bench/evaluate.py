@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from faceswap import artifacts  # noqa: E402
 from faceswap import params as P  # noqa: E402
 from faceswap.core.config import load_params  # noqa: E402
+from faceswap.data.records import alignment  # noqa: E402
 from faceswap.core.images import read_rgb  # noqa: E402
 from faceswap.core.io import atomic_write_text  # noqa: E402
 from faceswap.faces.threedmm import LinearFaceModel  # noqa: E402
@@ -55,10 +56,9 @@ class Timed:
             self.calls += 1
 
 
-def demo_bundle(out: Path, params: dict, aligned: Path) -> Path:
+def demo_bundle(out: Path, params: dict, align: tuple[int, float]) -> Path:
     """A random-weights bundle with the demo train_swap/pretrain_mae sizes of params.yaml."""
     from faceswap.artifacts import save_bundle
-    from faceswap.data.records import alignment
     from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig
     from faceswap_models.swap import SwapGenerator
 
@@ -68,7 +68,7 @@ def demo_bundle(out: Path, params: dict, aligned: Path) -> Path:
     dec = DecoderConfig(in_dim=mae.dim, grid_size=mae.grid_size, channels=tuple(sw["decoder"]["channels"]))
     cfg = SwapConfig(mae=mae, fusion=FusionConfig(dim=mae.dim, **sw["fusion"]), decoder=dec)
     torch.manual_seed(0)
-    align_size, template_scale = alignment(aligned)  # as the crops were made
+    align_size, template_scale = align  # as the crops it will swap were made (data.records.alignment)
     return save_bundle(out, SwapGenerator(cfg), align_size=align_size, template_scale=template_scale,
                        detect=P.load(REPO / "params.yaml").detect,
                        meta={"bench": "random weights"})
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         model = Path(a.model) if a.model else REPO / "models" / "swap"
         random_model = not artifacts.is_bundle(model)
         if random_model:
-            model = demo_bundle(tmp / "swap", params, d / "aligned.parquet")
+            model = demo_bundle(tmp / "swap", params, alignment(d / "aligned.parquet"))
         rows = test_set(d / "aligned.parquet", d / "splits.parquet", d / "threedmm.parquet")
         crops = [read_rgb(d / "aligned" / r["crop"]) for r in rows]
         cfg = dataclasses.replace(P.load(REPO / "params.yaml").evaluate, pairs=a.pairs)

@@ -7,6 +7,10 @@ import tempfile
 os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
 import flows  # noqa: E402,F401  (sets flows.FLOW_ENV: no Prefect / Ray / DVC telemetry, no Ray auth prompt)
+# Prefect configures logging when first imported (logging.config.dictConfig), which closes every existing
+# handler: absl's (mediapipe's) holds the stderr pytest captures, and closing it broke the session when a
+# test imported Prefect after a data-stage test had loaded mediapipe. Importing it first avoids that.
+import prefect.main  # noqa: E402,F401  (prefect itself imports lazily)
 
 from pathlib import Path  # noqa: E402
 
@@ -16,7 +20,6 @@ import pytest  # noqa: E402
 from faceswap.core.config import (  # noqa: E402
     AlignConfig, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
 )
-from paramsutil import section  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +50,8 @@ def prefect_harness():
 @pytest.fixture()
 def cfgs():
     """Default stage configs with one worker (tests stay in-process and fast)."""
+    from paramsutil import section
+
     return {
         "ingest": section("ingest", source="folder"),
         "detect": section("detect"),

@@ -181,22 +181,28 @@ def test_rerun_after_adding_images_reads_only_new_ones(prepared, face_rgb, tmp_p
 
 
 def test_config_rejects_unknown_keys_and_wrong_types():
+    from paramsutil import RAW
+
     with pytest.raises(ConfigError, match="unknown key"):
-        from_dict(FilterConfig, {"blur_minimum": 3}, "filter")
+        from_dict(FilterConfig, {**RAW["filter"], "blur_minimum": 3}, "filter")
     with pytest.raises(ConfigError, match="expected a number"):
-        from_dict(FilterConfig, {"blur_min": "sharp"}, "filter")
+        from_dict(FilterConfig, {**RAW["filter"], "blur_min": "sharp"}, "filter")
     with pytest.raises(ConfigError, match="not one of"):
-        from_dict(IngestConfig, {"source": "internet"}, "ingest")
-    assert from_dict(FilterConfig, {"blur_min": 10}, "filter").blur_min == 10.0
+        from_dict(IngestConfig, {**RAW["ingest"], "source": "internet"}, "ingest")
+    with pytest.raises(ConfigError, match="filter: missing key 'blur_min'"):
+        from_dict(FilterConfig, {k: v for k, v in RAW["filter"].items() if k != "blur_min"}, "filter")
+    assert from_dict(FilterConfig, {**RAW["filter"], "blur_min": 10}, "filter").blur_min == 10.0
 
 
 def test_params_yaml_loads_every_section():
+    from faceswap import params
     from faceswap.core import config as C
-    p = Path(__file__).parents[1] / "params.yaml"
+
+    p = params.load(Path(__file__).parents[1] / "params.yaml")
     for cls, name in [(C.IngestConfig, "ingest"), (C.DetectConfig, "detect"), (C.FilterConfig, "filter"),
                       (C.AlignConfig, "align"), (C.SegmentConfig, "segment"), (C.ThreeDMMConfig, "threedmm"),
                       (C.SplitConfig, "split")]:
-        assert isinstance(C.load_section(cls, name, p), cls)
+        assert isinstance(getattr(p, name), cls)
 
 
 def test_schema_check_on_read(tmp_path):

@@ -20,6 +20,7 @@ from faceswap.core.schemas import ALIGNED, SPLITS, THREEDMM, read_table, write_t
 from stages import align, ingest, threedmm  # noqa: E402
 from stages import filter as filter_stage  # noqa: E402
 from faceswap.serving import registry as R  # noqa: E402
+from faceswap.data.records import alignment  # noqa: E402
 from paramsutil import section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def evaluated(prepared):
 
     work = prepared
     params = load_params(REPO / "params.yaml")
-    bundle = demo_bundle(work / "random_bundle", params)
+    bundle = demo_bundle(work / "random_bundle", params, alignment(work / "aligned.parquet"))
     cfg = section("evaluate", pairs=24, batch_size=8, grid_rows=2, bootstrap=500)
     m = run(cfg, bundle, work / "aligned.parquet", work / "aligned", work / "splits.parquet",
             work / "threedmm.parquet", work / "threedmm_model.npz", work / "out" / "pairs.parquet",
@@ -140,7 +141,7 @@ def test_missing_photos_are_misses_with_a_reason_not_a_crash(tmp_path):
     from bench.evaluate import demo_bundle
     from stages.evaluate import blended_pairs
 
-    bundle = demo_bundle(tmp_path / "b", load_params(REPO / "params.yaml"))
+    bundle = demo_bundle(tmp_path / "b", load_params(REPO / "params.yaml"), (256, 1.4))
     rows = [{"path": str(tmp_path / "gone.jpg"), "matrix": [1, 0, 0, 0, 1, 0]},
             {"path": str(tmp_path / "also_gone.png"), "matrix": [1, 0, 0, 0, 1, 0]}]
     from faceswap.serving.inference import SwapPipeline
@@ -182,7 +183,8 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
                       distractor_identities=[r["identity"] for r in other], pairs=16, seed=0,
                       expressions=np.array([r["expression"] for r in val]))
     try:
-        noise = v(load_bundle(demo_bundle(work / "rand", load_params(REPO / "params.yaml"))).generator)
+        noise = v(load_bundle(demo_bundle(work / "rand", load_params(REPO / "params.yaml"),
+                                          alignment(work / "aligned.parquet"))).generator)
         copy, paste = v(_Fixed("target")), v(_Fixed("source"))
         reg = load_params(REPO / "params.yaml")["register"]
         select = GateSelector(v, reg["gates"], reg["primary_metric"], reg["higher_is_better"])

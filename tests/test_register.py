@@ -17,7 +17,7 @@ from faceswap.core.config import ConfigError, from_dict
 from faceswap.evaluation.gates import resolve_bound
 from faceswap.core.images import read_rgb
 from faceswap.serving import registry as R
-from paramsutil import section  # noqa: E402
+from paramsutil import RAW, section  # noqa: E402
 
 GATES = {"model.shape_error": {"max": 0.5}, "model.id_top1": {"min": "baselines.copy_target.id_top1"}}
 
@@ -139,14 +139,14 @@ def test_default_gates_fail_noise_copy_and_paste_and_pass_a_swap():
 
 def test_config_rejects_malformed_gates():
     with pytest.raises(ConfigError, match="gates.model.x"):
-        from_dict(R.RegisterConfig, {"gates": {"model.x": {"above": 1}}}, "register")
+        from_dict(R.RegisterConfig, {**RAW["register"], "gates": {"model.x": {"above": 1}}}, "register")
     with pytest.raises(ConfigError, match="not a number"):
-        from_dict(R.RegisterConfig, {"gates": {"model.x": {"min": True}}}, "register")
-    assert from_dict(R.RegisterConfig, {"gates": {"a.b": {"min": 0, "max": "c.d"}}}, "register").gates["a.b"]["max"] == "c.d"
+        from_dict(R.RegisterConfig, {**RAW["register"], "gates": {"model.x": {"min": True}}}, "register")
+    assert from_dict(R.RegisterConfig, {**RAW["register"], "gates": {"a.b": {"min": 0, "max": "c.d"}}}, "register").gates["a.b"]["max"] == "c.d"
     with pytest.raises(ConfigError, match="expression"):
-        from_dict(R.RegisterConfig, {"gates": {"model.x": {"min": ["c.d + 1", "c.d ** 2"]}}}, "register")
+        from_dict(R.RegisterConfig, {**RAW["register"], "gates": {"model.x": {"min": ["c.d + 1", "c.d ** 2"]}}}, "register")
     with pytest.raises(ConfigError, match="expression"):
-        from_dict(R.RegisterConfig, {"gates": {"model.x": {"min": "__import__('os')"}}}, "register")
+        from_dict(R.RegisterConfig, {**RAW["register"], "gates": {"model.x": {"min": "__import__('os')"}}}, "register")
 
 
 def test_pip_requirements_are_pinned_from_requirements(tmp_path):

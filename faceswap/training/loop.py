@@ -148,45 +148,22 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
     rank, world = _distributed()
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    sink = sink or MetricsSink()
     task.to(device)
     task.train()
     emas = {name: EMA(task.modules[name], decay=cfg.ema_decay) for name in task.ema}
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-
-    start, nonfinite = 0, 0
-    # at most cfg.steps: lowering `steps` below a finished run's (same run key) resumes from an earlier
-    # checkpoint, or starts again, instead of exporting the longer run; its later checkpoints stay
-    latest = latest_checkpoint(ckpt_dir, max_step=cfg.steps)
-    if rank == 0 and latest != latest_checkpoint(ckpt_dir):
-        log.info("%s: checkpoints beyond steps=%d in %s left aside", desc, cfg.steps, ckpt_dir)
-    if latest is not None:
-        ckpt = load_checkpoint(latest)
-        start = restore_checkpoint(ckpt, task.modules, task.optimizers, scaler, emas)
-        nonfinite = int((ckpt.get("extra") or {}).get("nonfinite", 0))
-        if rank == 0:
-            log.info("%s: resumed from %s (step %d)", desc, latest, start)
-    metrics_path = ckpt_dir / METRICS_FILE
-    best = None
-    if rank == 0:
-        _trim_jsonl(metrics_path, start)
-        best = _load_best(ckpt_dir / BEST_FILE, start) if select is not None else None
-
+    start, nonfinite = _resume(task, cfg, ckpt_dir, scaler, emas, desc, rank)
     if world > 1:  # wrap after restoring (state dicts are the unwrapped modules')
-        ids = [device.index] if device.type == "cuda" else None
-        for name, m in list(task.modules.items()):
-            if any(p.requires_grad for p in m.parameters()):
-                task.modules[name] = DDP(m, device_ids=ids, forward_sync_buffers=False)
+        _wrap_ddp(task, device)
 
     loader = make_loader(dataset, cfg.batch_size, num_workers=cfg.loader_workers, seed=cfg.seed, rank=rank,
                          world_size=world, epochs=None, skip_batches=start * cfg.grad_accum)
     batches = iter(loader)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0,
-               disable=not progress or rank != 0 or os.environ.get("FACESWAP_NO_PROGRESS") == "1")
     samples_per_step = cfg.batch_size * cfg.grad_accum * world
-    t_start = t_log = time.perf_counter()
-    steps_since_log, last = 0, {}
+    report = (_Reporter(task, emas, cfg, ckpt_dir, sink or MetricsSink(), desc, start, samples_per_step,
+                        validate, val_every, select, progress) if rank == 0 else None)
+    t_start = time.perf_counter()
     step = start
     try:
         while step < end:
@@ -204,37 +181,8 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
                 for name, ema in emas.items():
                     ema.update(unwrap(task.modules[name]))
             step += 1
-            steps_since_log += 1
-            if rank == 0:
-                bar.update(1)
-                row: dict[str, float] = {}
-                if step % cfg.log_every == 0 or step == end:
-                    now = time.perf_counter()
-                    rate = steps_since_log * samples_per_step / max(now - t_log, 1e-9)
-                    t_log, steps_since_log = now, 0
-                    row = last = {**logs, "samples_per_s": rate, "nonfinite": float(nonfinite)}
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in last.items()
-                                     if k != "nonfinite" and "/w_" not in k and "/gn_" not in k}, refresh=False)
-                if validate is not None and val_every > 0 and (step % val_every == 0 or step == end):
-                    t_val = time.perf_counter()
-                    module = _exported(task, emas)
-                    vals = {**validate(module), "val/seconds": time.perf_counter() - t_val}
-                    if select is not None:
-                        key = tuple(float(k) for k in select(vals))
-                        if best is None or key > tuple(best["key"]):
-                            best = _save_best(ckpt_dir / BEST_FILE, step, key, module)
-                        vals["val/best_step"] = float(best["step"])
-                    t_log += vals["val/seconds"]  # validation time is not training time
-                    row, last = {**row, **vals}, {**last, **vals}
-                if row:
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": step, **row}) + "\n")
-                    sink.log_metrics(row, step)
-                if cfg.sample_every and (step % cfg.sample_every == 0 or step == end):
-                    try:
-                        sink.log_image(sample_grid(task.samples(micro[0])).numpy(), f"samples/step_{step:08d}.png")
-                    except Exception as e:  # samples are diagnostics: never kill training for them
-                        log.warning("%s: sample grid failed at step %d: %s", desc, step, e)
+            if report is not None:
+                report.after_step(step, end, logs, micro, nonfinite)
             if step % cfg.checkpoint_every == 0 or step == end:
                 if rank == 0:
                     save_checkpoint(ckpt_dir / f"step_{step:08d}.pt", step=step,
@@ -247,14 +195,100 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
                 if world > 1:
                     dist.barrier()
     finally:
-        bar.close()
+        if report is not None:
+            report.bar.close()
         del batches
     for name, m in list(task.modules.items()):
         task.modules[name] = unwrap(m)
     seconds = time.perf_counter() - t_start
     return LoopResult(start_step=start, steps=step, nonfinite=nonfinite, seconds=seconds,
-                      samples_per_s=(step - start) * samples_per_step / max(seconds, 1e-9), last=last,
-                      ema=emas, best=best)
+                      samples_per_s=(step - start) * samples_per_step / max(seconds, 1e-9),
+                      last=report.last if report is not None else {}, ema=emas,
+                      best=report.best if report is not None else None)
+
+
+def _resume(task: TrainTask, cfg: LoopConfig, ckpt_dir: Path, scaler: torch.amp.GradScaler,
+            emas: dict[str, EMA], desc: str, rank: int) -> tuple[int, int]:
+    """Restore the latest checkpoint at most `cfg.steps` into task / optimizers / scaler / EMAs;
+    returns (its step, its non-finite count), or (0, 0) with none.
+
+    At most cfg.steps: lowering `steps` below a finished run's (same run key) resumes from an earlier
+    checkpoint, or starts again, instead of exporting the longer run; its later checkpoints stay."""
+    latest = latest_checkpoint(ckpt_dir, max_step=cfg.steps)
+    if rank == 0 and latest != latest_checkpoint(ckpt_dir):
+        log.info("%s: checkpoints beyond steps=%d in %s left aside", desc, cfg.steps, ckpt_dir)
+    if latest is None:
+        return 0, 0
+    ckpt = load_checkpoint(latest)
+    start = restore_checkpoint(ckpt, task.modules, task.optimizers, scaler, emas)
+    if rank == 0:
+        log.info("%s: resumed from %s (step %d)", desc, latest, start)
+    return start, int((ckpt.get("extra") or {}).get("nonfinite", 0))
+
+
+def _wrap_ddp(task: TrainTask, device: torch.device) -> None:
+    """Wrap every module with trainable parameters in DistributedDataParallel."""
+    ids = [device.index] if device.type == "cuda" else None
+    for name, m in list(task.modules.items()):
+        if any(p.requires_grad for p in m.parameters()):
+            task.modules[name] = DDP(m, device_ids=ids, forward_sync_buffers=False)
+
+
+class _Reporter:
+    """Rank 0's work after each step: the progress bar, metrics rows (JSONL + sink) every log_every
+    steps, validation of the exported (EMA) module and the best snapshot, sample grids."""
+
+    def __init__(self, task: TrainTask, emas: dict[str, EMA], cfg: LoopConfig, ckpt_dir: Path, sink: MetricsSink,
+                 desc: str, start: int, samples_per_step: int,
+                 validate: Callable[[nn.Module], Mapping[str, float]] | None, val_every: int,
+                 select: Callable[[Mapping[str, float]], tuple[float, ...]] | None, progress: bool) -> None:
+        self.task, self.emas, self.cfg, self.ckpt_dir, self.sink, self.desc = task, emas, cfg, ckpt_dir, sink, desc
+        self.samples_per_step, self.validate, self.val_every, self.select = samples_per_step, validate, val_every, select
+        self.metrics_path = ckpt_dir / METRICS_FILE
+        _trim_jsonl(self.metrics_path, start)
+        self.best = _load_best(ckpt_dir / BEST_FILE, start) if select is not None else None
+        self.bar = tqdm(total=cfg.steps, initial=start, desc=desc, dynamic_ncols=True, mininterval=1.0,
+                        disable=not progress or os.environ.get("FACESWAP_NO_PROGRESS") == "1")
+        self.t_log, self.steps_since_log = time.perf_counter(), 0
+        self.last: dict[str, float] = {}
+
+    def after_step(self, step: int, end: int, logs: Mapping[str, float], micro: list[Any], nonfinite: int) -> None:
+        cfg = self.cfg
+        self.steps_since_log += 1
+        self.bar.update(1)
+        row: dict[str, float] = {}
+        if step % cfg.log_every == 0 or step == end:
+            now = time.perf_counter()
+            rate = self.steps_since_log * self.samples_per_step / max(now - self.t_log, 1e-9)
+            self.t_log, self.steps_since_log = now, 0
+            row = self.last = {**logs, "samples_per_s": rate, "nonfinite": float(nonfinite)}
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in self.last.items()
+                                  if k != "nonfinite" and "/w_" not in k and "/gn_" not in k}, refresh=False)
+        if self.validate is not None and self.val_every > 0 and (step % self.val_every == 0 or step == end):
+            vals = self.validated(step)
+            self.t_log += vals["val/seconds"]  # validation time is not training time
+            row, self.last = {**row, **vals}, {**self.last, **vals}
+        if row:
+            with open(self.metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+            self.sink.log_metrics(row, step)
+        if cfg.sample_every and (step % cfg.sample_every == 0 or step == end):
+            try:
+                self.sink.log_image(sample_grid(self.task.samples(micro[0])).numpy(), f"samples/step_{step:08d}.png")
+            except Exception as e:  # samples are diagnostics: never kill training for them
+                log.warning("%s: sample grid failed at step %d: %s", self.desc, step, e)
+
+    def validated(self, step: int) -> dict[str, float]:
+        """Validate the exported module; with `select`, keep it as the best snapshot when it ranks highest."""
+        t_val = time.perf_counter()
+        module = _exported(self.task, self.emas)
+        vals = {**self.validate(module), "val/seconds": time.perf_counter() - t_val}
+        if self.select is not None:
+            key = tuple(float(k) for k in self.select(vals))
+            if self.best is None or key > tuple(self.best["key"]):
+                self.best = _save_best(self.ckpt_dir / BEST_FILE, step, key, module)
+            vals["val/best_step"] = float(self.best["step"])
+        return vals
 
 
 def _load_best(path: Path, start: int) -> dict[str, Any] | None:

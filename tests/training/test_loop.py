@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from faceswap.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from faceswap.training.config import load_training_params, overlay_sections
+from faceswap import params
+from faceswap.core.config import load_params
+from faceswap.params import overlay_sections
 from faceswap.data.records import FaceDataset, PairDataset
 from faceswap.training.loop import LoopConfig, NonFiniteLossError, train
 from faceswap.training.steps import Phase
@@ -94,11 +96,11 @@ def test_too_many_nonfinite_steps_stop(train_records, tmp_path):
 
 
 def test_both_params_files_load_and_validate():
-    demo = load_training_params(ROOT / "params.yaml")
+    demo = vars(params.load(ROOT / "params.yaml"))
     assert demo["pretrain_mae"].image_size == demo["train_shape"].image_size <= 128
     assert not hasattr(demo["train_swap"], "image_size")  # the swap model's size is the pretrained MAE's
     assert demo["train"].num_workers >= 1 and not demo["train"].use_gpu
-    paper = load_training_params(ROOT / "params-paper.yaml")
+    paper = vars(params.parse({**load_params(ROOT / "params.yaml"), **load_params(ROOT / "params-paper.yaml")}, "paper"))
     shape, swap = paper["train_shape"], paper["train_swap"]
     assert (shape.steps, swap.steps, swap.flow_start_step) == (250_000, 640_000, 320_000)
     for s in (shape, swap):
@@ -140,7 +142,7 @@ def test_cpu_recipe_differs_from_the_demo_only_where_its_header_says():
     """params-cpu.yaml = params.yaml's training sections with a longer, faster Fswa run (docs/training.md)."""
     import yaml
 
-    from faceswap.training.config import TRAINING_SECTIONS
+    from faceswap.params import TRAINING_SECTIONS
 
     base, cpu = (yaml.safe_load((ROOT / f).read_text()) for f in ("params.yaml", "params-cpu.yaml"))
     assert set(cpu) == set(TRAINING_SECTIONS)
@@ -156,7 +158,7 @@ def test_recipe_switch_cli_rewrites_training_sections_and_refuses_a_bad_recipe(t
     """`--recipe FILE` puts FILE's training sections into params.yaml; an invalid recipe leaves it untouched."""
     import yaml
 
-    from faceswap.training.config import main as config_main
+    from faceswap.params import main as config_main
 
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text())

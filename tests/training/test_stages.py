@@ -32,7 +32,8 @@ TINY = {
                     "disc": {"base_channels": 8, "max_channels": 16, "num_down": 2}},
     "train_swap": {"steps": 2, "flow_start_step": 1, "val_every": 0, "batch_size": 2,
                    "fusion": {"heads": 2, "num_blocks": 1}, "decoder": {"channels": [16, 8, 8, 8]},
-                   "disc": {"base_channels": 8, "max_channels": 16, "num_down": 2}},
+                   "disc": {"base_channels": 8, "max_channels": 16, "num_down": 2},
+                   "weights": {}},  # the paper's loss weights: every term, the flow loss included
 }
 
 

@@ -40,7 +40,7 @@ def phase_total(task, name, batch, step=0, seed=0):
         return float(phase.loss(batch)["total"])
 
 
-def run_steps(task, batch, n, cfg=LoopConfig(steps=1, batch_size=1)):
+def run_steps(task, batch, n, cfg=loop(steps=1, batch_size=1)):
     logs = []
     for s in range(n):
         torch.manual_seed(s)
