@@ -25,7 +25,6 @@ from pathlib import Path
 
 os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from faceswap import artifacts  # noqa: E402
@@ -36,7 +35,8 @@ from faceswap.core.images import read_rgb  # noqa: E402
 from faceswap.core.io import atomic_write_text  # noqa: E402
 from faceswap.faces.threedmm import LinearFaceModel  # noqa: E402
 from faceswap.evaluation.features import FaceAttributes, build_recogniser  # noqa: E402
-from stages.evaluate import run, test_set  # noqa: E402
+from faceswap.evaluation.suite import test_set  # noqa: E402
+from stages.evaluate import run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.schemas import ALIGNED, read_table, write_table
 from faceswap import artifacts, params
-from faceswap_models.auxiliary.regressor import evaluate_regressor, load_regressor, train_regressor
+from faceswap_models.auxiliary.regressor import load_regressor
+from faceswap.training.regressor import evaluate_regressor, train_regressor
 from faceswap.training.config import AuxStageConfig
 from faceswap.training.runs import DataPaths, add_data_args, data_paths
 

@@ -17,10 +17,6 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from faceswap.core.config import (  # noqa: E402
-    AlignConfig, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
-)
-
 
 @pytest.fixture(scope="session")
 def face_rgb() -> np.ndarray:

@@ -14,7 +14,7 @@ from faceswap import params
 from faceswap.core.config import from_dict, load_params
 from faceswap.data.records import AugmentConfig
 from faceswap.training.loop import LoopConfig
-from faceswap_models.auxiliary.regressor import RegressorAugment
+from faceswap.training.regressor import RegressorAugment
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = load_params(REPO / "params.yaml")

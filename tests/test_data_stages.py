@@ -1,7 +1,6 @@
 """The data-preparation stages end to end on a tiny demo corpus, plus each stage's contract."""
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -23,9 +22,6 @@ from paramsutil import section  # noqa: E402
 @pytest.fixture(scope="module")
 def prepared(tiny_corpus, tmp_path_factory):
     """Run ingest -> filter -> align -> segment -> threedmm -> split once; return the work dir."""
-    from faceswap.core.config import (
-        AlignConfig, DetectConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
-    )
     work = tmp_path_factory.mktemp("work")
     src = work / "raw"
     shutil.copytree(tiny_corpus, src)
@@ -60,7 +56,6 @@ def test_filter_invariant_and_demo_reasons(prepared):
 def test_alignment_maps_landmarks_onto_the_template(prepared):
     work, _ = prepared
     rows = read_table(work / "aligned.parquet", ALIGNED).to_pylist()
-    from faceswap.core.config import AlignConfig
     template = arcface_template(256, section("align").template_scale)
     for r in rows:
         lm5 = np.asarray(r["landmarks5"]).reshape(5, 2)
@@ -110,7 +105,6 @@ def test_threedmm_table_and_split_are_identity_disjoint(prepared):
 
 
 def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
-    from faceswap.core.config import ThreeDMMConfig
     work, m = prepared
     assert m["threedmm"]["model_learned_this_run"] is True
     again = threedmm.run(section("threedmm", workers=1, n_shape=3, n_exp=3), work / "aligned.parquet", work / "aligned",
@@ -123,7 +117,6 @@ def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
 
 def test_new_alignment_settings_invalidate_parsing_maps_and_meshes(prepared, tmp_path):
     """Files downstream of align are named after the crop, whose name fingerprints the alignment."""
-    from faceswap.core.config import AlignConfig, DetectConfig, SegmentConfig, ThreeDMMConfig
     work, m = prepared
     for d in ("aligned", "parsing", "meshes"):
         shutil.copytree(work / d, tmp_path / d)
@@ -153,7 +146,6 @@ def test_threedmm_learning_sample_is_bounded_and_deterministic():
 
 
 def test_split_is_seeded():
-    from faceswap.core.config import SplitConfig
     ids = [f"id{i}" for i in range(20)]
     a = split.assign_identities(ids, section("split", seed=1))
     assert a == split.assign_identities(list(reversed(ids)), section("split", seed=1))
@@ -162,7 +154,6 @@ def test_split_is_seeded():
 
 
 def test_rerun_after_adding_images_reads_only_new_ones(prepared, face_rgb, tmp_path):
-    from faceswap.core.config import AlignConfig, DetectConfig
     from imageutil import write_rgb
     work, m = prepared
     src = work / "raw"
@@ -222,7 +213,6 @@ def test_yaw_sign_flips_for_mirrored_landmarks():
 
 def test_retinaface_loads_local_weights_and_errors_name_the_file(tmp_path, face_rgb):
     import torch
-    from faceswap.core.config import DetectConfig
     from faceswap.faces.detectors import RetinaFaceDetector, build_retinaface
     from faceswap.core.weights import WeightsError
     torch.manual_seed(0)

@@ -13,7 +13,6 @@ import torch
 pytest.importorskip("mediapipe")
 
 from faceswap.faces.detectors import DlibDetector, align_face  # noqa: E402
-from faceswap.core.config import DetectConfig  # noqa: E402
 from faceswap.core.images import encode_image  # noqa: E402
 from faceswap.core.schemas import ALIGNED, EVAL_PAIRS, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
 from faceswap.faces import threedmm as T  # noqa: E402
@@ -288,7 +287,6 @@ def _run(tmp_path, bundle, cfg):
 def test_evaluate_stage_end_to_end(tmp_path, synthetic):
     """Model at the crop resolution (no resize): the baselines reproduce their definitions exactly;
     a random generator's outputs without a face mesh get a reason, not a crash."""
-    from faceswap.evaluation.config import EvaluateConfig
 
     _write_inputs(tmp_path, synthetic)
     from torchvision.models import inception_v3
@@ -341,7 +339,6 @@ def test_evaluate_stage_end_to_end(tmp_path, synthetic):
 def test_evaluate_stage_resizes_for_a_smaller_model(tmp_path, synthetic):
     """A 32px model on 128px crops: baselines go through the same down/up resize (refit, so the
     baseline errors are small but no longer exactly 0); a wrong crop size is a clear error."""
-    from faceswap.evaluation.config import EvaluateConfig
 
     _write_inputs(tmp_path, synthetic)
     m = _run(tmp_path, _tiny_bundle(tmp_path / "swap32", 32), section("evaluate", pairs=4, grid_rows=2, blended=False))

@@ -13,9 +13,7 @@ import torch
 
 pytest.importorskip("mediapipe")
 
-from faceswap.core.config import (  # noqa: E402
-    AlignConfig, DetectConfig, FilterConfig, IngestConfig, ThreeDMMConfig, load_params, load_section,
-)
+from faceswap.core.config import load_params, load_section  # noqa: E402
 from faceswap.core.schemas import ALIGNED, SPLITS, THREEDMM, read_table, write_table  # noqa: E402
 from stages import align, ingest, threedmm  # noqa: E402
 from stages import filter as filter_stage  # noqa: E402
@@ -59,7 +57,6 @@ def prepared(tmp_path_factory):
 def evaluated(prepared):
     """Evaluate a random-init bundle of the demo training size (raw and blended) on `prepared`."""
     from bench.evaluate import demo_bundle
-    from faceswap.evaluation.config import EvaluateConfig
     from stages.evaluate import run
 
     work = prepared
@@ -139,7 +136,7 @@ def test_copy_target_fails_identity(evaluated):
 
 def test_missing_photos_are_misses_with_a_reason_not_a_crash(tmp_path):
     from bench.evaluate import demo_bundle
-    from stages.evaluate import blended_pairs
+    from faceswap.evaluation.suite import blended_pairs
 
     bundle = demo_bundle(tmp_path / "b", load_params(REPO / "params.yaml"), (256, 1.4))
     rows = [{"path": str(tmp_path / "gone.jpg"), "matrix": [1, 0, 0, 0, 1, 0]},

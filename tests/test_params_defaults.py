@@ -12,7 +12,7 @@ from faceswap import params
 from faceswap.core.config import ConfigError, load_params
 from faceswap.data.records import AugmentConfig
 from faceswap.training.loop import LoopConfig
-from faceswap_models.auxiliary.regressor import RegressorAugment
+from faceswap.training.regressor import RegressorAugment
 
 REPO = Path(__file__).resolve().parents[1]
 # Configs params.yaml rules besides the sections themselves (nested or built from a section).

@@ -61,8 +61,8 @@ def test_retrain_flow_end_to_end(prefect_harness, tmp_path, monkeypatch):
     raw = build_demo_corpus(tmp_path / "raw", identities=3, per_identity=2)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     params = yaml.safe_load(open("params.yaml"))
-    for section in ("filter", "align", "segment", "threedmm"):
-        params[section]["workers"] = 1
+    for name in ("filter", "align", "segment", "threedmm"):
+        params[name]["workers"] = 1
     params["threedmm"].update(n_shape=3, n_exp=3)
     params["split"].update(val_frac=0.0, test_frac=0.34)
     params["register"].update(tracking_uri=uri, artifact_root=str(tmp_path / "artifacts"),

@@ -206,57 +206,10 @@ class FaceRecords:
         if split is not None and splits_parquet is None:
             raise ValueError(f"FaceRecords.load: split={split!r} needs a splits table")
         splits = schemas.read_table(splits_parquet, schemas.SPLITS) if splits_parquet is not None else None
-
-        def index(table: pa.Table) -> dict[str, int]:
-            out: dict[str, int] = {}
-            for j, sha in enumerate(table.column("sha256").to_pylist()):
-                out.setdefault(sha, j)
-            return out
-
-        seg_at, tdmm_at = index(segments), index(tdmm)
-        split_of = dict(zip(splits.column("sha256").to_pylist(), splits.column("split").to_pylist())) if splits else {}
-        dropped: dict[str, int] = {}
-
-        def drop(reason: str) -> None:
-            dropped[reason] = dropped.get(reason, 0) + 1
-
-        a_sha = aligned.column("sha256").to_pylist()
-        a_id = aligned.column("identity").to_pylist()
-        a_crop = aligned.column("crop").to_pylist()
-        keep: list[tuple[str, str, int]] = []  # (identity, sha, aligned row)
-        seen: set[str] = set()
-        for j, sha in enumerate(a_sha):
-            if sha is None or sha in seen:
-                drop("duplicate")
-                continue
-            seen.add(sha)
-            if sha not in seg_at:
-                drop("no_segment")
-            elif sha not in tdmm_at:
-                drop("no_threedmm")
-            elif splits is not None and sha not in split_of:
-                drop("no_split")
-            elif split is not None and split_of[sha] != split:
-                drop(f"split_{split_of[sha]}")
-            else:
-                keep.append((a_id[j], sha, j))
-        for name, at in (("segments", seg_at), ("threedmm", tdmm_at)):
-            orphans = len(set(at) - seen)
-            if orphans:
-                dropped[f"orphan_{name}"] = orphans
-        keep.sort()
-
-        seg_paths = segments.column("parsing").to_pylist()
-        aligned_dir, parsing_dir = Path(aligned_dir), Path(parsing_dir)
-        rows, crops, parsings = [], [], []
-        for ident, sha, j in keep:
-            crop, parsing = aligned_dir / a_crop[j], parsing_dir / seg_paths[seg_at[sha]]
-            if not (crop.is_file() and parsing.is_file()):
-                drop("missing_file")
-                continue
-            rows.append((ident, sha, j))
-            crops.append(str(crop))
-            parsings.append(str(parsing))
+        seg_at, tdmm_at = _first_row_of(segments), _first_row_of(tdmm)
+        keep, dropped = _join(aligned, seg_at, tdmm_at, splits, split)
+        rows, crops, parsings = _with_files(keep, aligned, segments, seg_at, Path(aligned_dir), Path(parsing_dir),
+                                            dropped)
         if not rows:
             raise ValueError(
                 f"FaceRecords.load: no usable rows for split={split!r} in {aligned_parquet} (dropped: {dropped})"
@@ -296,6 +249,68 @@ class FaceRecords:
             split=split,
             dropped=dropped,
         )
+
+
+def _first_row_of(table: pa.Table) -> dict[str, int]:
+    """sha256 -> the index of its first row in `table`."""
+    out: dict[str, int] = {}
+    for j, sha in enumerate(table.column("sha256").to_pylist()):
+        out.setdefault(sha, j)
+    return out
+
+
+def _join(aligned: pa.Table, seg_at: dict[str, int], tdmm_at: dict[str, int], splits: pa.Table | None,
+          split: str | None) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
+    """The aligned rows with a segment, a 3DMM fit and (given splits) the wanted split, sorted by
+    (identity, sha256), as (identity, sha256, aligned row); and the count left out per reason."""
+    split_of = dict(zip(splits.column("sha256").to_pylist(), splits.column("split").to_pylist())) if splits else {}
+    dropped: dict[str, int] = {}
+
+    def drop(reason: str) -> None:
+        dropped[reason] = dropped.get(reason, 0) + 1
+
+    a_id = aligned.column("identity").to_pylist()
+    keep: list[tuple[str, str, int]] = []  # (identity, sha, aligned row)
+    seen: set[str] = set()
+    for j, sha in enumerate(aligned.column("sha256").to_pylist()):
+        if sha is None or sha in seen:
+            drop("duplicate")
+            continue
+        seen.add(sha)
+        if sha not in seg_at:
+            drop("no_segment")
+        elif sha not in tdmm_at:
+            drop("no_threedmm")
+        elif splits is not None and sha not in split_of:
+            drop("no_split")
+        elif split is not None and split_of[sha] != split:
+            drop(f"split_{split_of[sha]}")
+        else:
+            keep.append((a_id[j], sha, j))
+    for name, at in (("segments", seg_at), ("threedmm", tdmm_at)):
+        orphans = len(set(at) - seen)
+        if orphans:
+            dropped[f"orphan_{name}"] = orphans
+    keep.sort()
+    return keep, dropped
+
+
+def _with_files(keep: list[tuple[str, str, int]], aligned: pa.Table, segments: pa.Table, seg_at: dict[str, int],
+                aligned_dir: Path, parsing_dir: Path, dropped: dict[str, int]
+                ) -> tuple[list[tuple[str, str, int]], list[str], list[str]]:
+    """The kept rows whose crop and parsing files exist, with those paths (a missing one counts in `dropped`)."""
+    a_crop = aligned.column("crop").to_pylist()
+    seg_paths = segments.column("parsing").to_pylist()
+    rows, crops, parsings = [], [], []
+    for ident, sha, j in keep:
+        crop, parsing = aligned_dir / a_crop[j], parsing_dir / seg_paths[seg_at[sha]]
+        if not (crop.is_file() and parsing.is_file()):
+            dropped["missing_file"] = dropped.get("missing_file", 0) + 1
+            continue
+        rows.append((ident, sha, j))
+        crops.append(str(crop))
+        parsings.append(str(parsing))
+    return rows, crops, parsings
 
 
 # ----------------------------------------------------------------------------- datasets

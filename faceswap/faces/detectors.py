@@ -23,6 +23,15 @@ ARCFACE_112 = np.array(
 )
 
 
+class NoFaceError(ValueError):
+    """No usable face in one input; `which` is "source" or "target" (or "frame N")."""
+
+    def __init__(self, which: str, reason: str) -> None:
+        super().__init__(f"no face in {which} image: {reason}")
+        self.which = which
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Face:
     box: np.ndarray  # (4,) x0, y0, x1, y1

@@ -32,7 +32,9 @@ import torch
 from torch import Tensor
 
 from faceswap.core.config import DetectConfig
-from faceswap.faces.detectors import Face, FaceDetector, align_face, build_detector, transform_points
+from faceswap.faces.detectors import (  # noqa: F401  (NoFaceError: re-exported, the swap CLI's error)
+    Face, FaceDetector, NoFaceError, align_face, build_detector, transform_points,
+)
 from faceswap.faces.parsing import parse_from_landmarks
 from faceswap.artifacts import SwapBundle, load_bundle
 
@@ -55,15 +57,6 @@ class EncodedSource(NamedTuple):
 
     tokens: Tensor
     image: Tensor
-
-
-class NoFaceError(ValueError):
-    """No usable face in one input; `which` is "source" or "target" (or "frame N")."""
-
-    def __init__(self, which: str, reason: str) -> None:
-        super().__init__(f"no face in {which} image: {reason}")
-        self.which = which
-        self.reason = reason
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from faceswap.core.config import ConfigError
-from faceswap_models.auxiliary.regressor import RegressorAugment, RegressorConfig
+from faceswap_models.auxiliary.regressor import RegressorConfig
+from faceswap.training.regressor import RegressorAugment
 from faceswap_models.config import (
     DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, ShapeConfig, ShapeLossWeights, SwapLossWeights,
 )

@@ -18,5 +18,5 @@ __all__ = [
     "IDENTITY_ENCODERS", "build_identity_encoder", "WeightsError", "load_state_dict_file",
     "read_state_dict", "save_safetensors_atomic",
 ]
-from .regressor import FaceAttributeRegressor, FaceTableDataset, RegressorConfig, load_regressor, regressor_loss, train_regressor  # noqa: E402,F401
-__all__ += ["FaceAttributeRegressor", "FaceTableDataset", "RegressorConfig", "load_regressor", "regressor_loss", "train_regressor"]
+from .regressor import FaceAttributeRegressor, RegressorConfig, load_regressor, regressor_loss  # noqa: E402,F401
+__all__ += ["FaceAttributeRegressor", "RegressorConfig", "load_regressor", "regressor_loss"]

@@ -11,9 +11,8 @@ import torch
 
 from faceswap.core.schemas import ALIGNED, THREEDMM, write_table
 from faceswap_models.auxiliary import WeightsError
-from faceswap_models.auxiliary.regressor import (FaceAttributeRegressor, FaceTableDataset,
-                                                 RegressorConfig, load_regressor, regressor_loss,
-                                                 train_regressor)
+from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig, load_regressor, regressor_loss
+from faceswap.training.regressor import FaceTableDataset, train_regressor
 from paramsutil import regressor_augment  # noqa: E402
 
 CFG = RegressorConfig.tiny()
@@ -124,7 +123,7 @@ def test_train_reduces_loss_and_round_trips(table: tuple[Path, Path, Path], tmp_
 
 
 def test_r_squared_known_values() -> None:
-    from faceswap_models.auxiliary.regressor import r_squared
+    from faceswap.training.regressor import r_squared
 
     rng = np.random.default_rng(0)
     y = rng.normal(size=(50, 4))
@@ -137,7 +136,8 @@ def test_r_squared_known_values() -> None:
 def test_evaluate_regressor_separates_trained_from_random(table: tuple[Path, Path, Path], tmp_path: Path) -> None:
     """Held-out figures on the training rows themselves: a model trained on them beats a random one
     on landmark NME and shape R² (a sanity check that the numbers can tell)."""
-    from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, evaluate_regressor
+    from faceswap_models.auxiliary.regressor import FaceAttributeRegressor
+    from faceswap.training.regressor import evaluate_regressor
 
     out = tmp_path / "w" / "regressor.safetensors"
     train_regressor(*table, CFG, steps=60, batch_size=8, lr=3e-3, seed=0, out_path=out, device="cpu")
@@ -213,7 +213,7 @@ def test_augmentation_moves_3dmm_and_landmark_targets_with_the_pixels() -> None:
     """Warping the crop and the targets together stays exact: the 3DMM projection with the new camera
     and roll lands on the moved points, and a drawn dot moves to the moved landmark."""
     from faceswap.faces.threedmm import Coefficients, LinearFaceModel
-    from faceswap_models.auxiliary.regressor import RegressorAugment, augment_sample
+    from faceswap.training.regressor import augment_sample
 
     rng = np.random.default_rng(0)
     fm = LinearFaceModel(mean=rng.normal(size=(30, 3)), id_basis=0.05 * rng.normal(size=(3, 30, 3)),
@@ -257,7 +257,6 @@ def test_target_stats_travel_with_the_weights(table: tuple[Path, Path, Path], tm
 def test_params_yaml_augment_names_the_library_defaults() -> None:
     import yaml
 
-    from faceswap_models.auxiliary.regressor import RegressorAugment
 
     root = Path(__file__).resolve().parents[2]
     aug = yaml.safe_load((root / "params.yaml").read_text())["train_aux"]["augment"]

@@ -10,8 +10,8 @@ import torch
 
 from faceswap.faces.threedmm import LinearFaceModel
 from faceswap.data.records import (
-    IBUG68_MIRROR, AugmentConfig, FaceDataset, FaceRecords, PairDataset, batches_per_epoch, color_jitter,
-    decode_only_rate, loader_rate, make_loader, resume_position, shard,
+    IBUG68_MIRROR, FaceDataset, FaceRecords, PairDataset, batches_per_epoch, color_jitter, decode_only_rate,
+    loader_rate, make_loader, resume_position, shard,
 )
 from paramsutil import augment  # noqa: E402
 

@@ -13,7 +13,7 @@ from faceswap import params
 from faceswap.core.config import load_params
 from faceswap.params import overlay_sections
 from faceswap.data.records import FaceDataset, PairDataset
-from faceswap.training.loop import LoopConfig, NonFiniteLossError, train
+from faceswap.training.loop import NonFiniteLossError, train
 from faceswap.training.steps import Phase
 from tinytasks import SIZE, mae_task, swap_task
 from paramsutil import loop, section  # noqa: E402
@@ -117,7 +117,6 @@ def test_skip_schedule_needs_a_skip_and_known_pair_kinds():
     """train_swap.skip_start_step / skip_reconstruction_pairs are refused without decoder.skip or with an
     unknown pair kind; with a skip they give the pair schedule the stage follows."""
     from faceswap.core.config import ConfigError
-    from faceswap.training.config import SwapStageConfig
 
     with pytest.raises(ConfigError, match="need decoder.skip"):
         section("train_swap", skip_start_step=100).validate()

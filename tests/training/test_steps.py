@@ -8,7 +8,7 @@ import torch
 from faceswap.faces.threedmm import LinearFaceModel
 from faceswap.training.contour import ContourProjector
 from faceswap.data.records import FaceDataset, PairDataset
-from faceswap.training.loop import LoopConfig, run_step
+from faceswap.training.loop import run_step
 from faceswap.training.steps import Phase, flow_to_rgb, sample_grid
 from tinytasks import SIZE, mae_task, shape_task, swap_task
 from paramsutil import loop  # noqa: E402

@@ -104,7 +104,7 @@ def drawn_tables(tmp_path_factory) -> DataPaths:
 
 def _mean_baseline(data: DataPaths) -> dict[str, float]:
     """Val figures of predicting the training mean for every face."""
-    from faceswap_models.auxiliary.regressor import r_squared
+    from faceswap.training.regressor import r_squared
 
     tr, va = data.records("train"), data.records("val")
     t = schemas.read_table(data.threedmm, schemas.THREEDMM).to_pylist()
