@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from faceswap import params  # noqa: E402
+from faceswap.core.layout import DataLayout  # noqa: E402
 from faceswap.data.demo_corpus import build_demo_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,21 +33,22 @@ def run_stages(src: Path, work: Path, workers: int) -> tuple[float, dict, dict]:
     """All data stages in-process (one shared worker pool); returns (seconds, metrics, seconds per stage)."""
     from stages import align, filter as filter_stage, ingest, segment, split, threedmm
 
-    c = work / "cache"
+    L = DataLayout(work)
+    c = L.cache
     p = PARAMS
     w = {"workers": workers}
     calls = {
-        "ingest": lambda: ingest.run(replace(p.ingest, source="folder", root=str(src)), work / "manifest.parquet", c),
-        "filter": lambda: filter_stage.run(replace(p.filter, **w), p.detect, work / "manifest.parquet",
-                                           work / "filtered.parquet", work / "rejects.parquet", c),
-        "align": lambda: align.run(replace(p.align, **w), p.detect, 10**8, work / "filtered.parquet",
-                                   work / "aligned", work / "aligned.parquet", work / "align_rejects.parquet", c),
-        "segment": lambda: segment.run(replace(p.segment, **w), work / "aligned.parquet", work / "aligned",
-                                       work / "parsing", work / "segments.parquet"),
-        "threedmm": lambda: threedmm.run(replace(p.threedmm, **w), work / "aligned.parquet", work / "aligned",
-                                         work / "meshes", work / "threedmm.parquet", work / "threedmm_model.npz",
-                                         work / "threedmm_rejects.parquet", c),
-        "split": lambda: split.run(p.split, work / "threedmm.parquet", work / "splits.parquet"),
+        "ingest": lambda: ingest.run(replace(p.ingest, source="folder", root=str(src)), L.manifest, c),
+        "filter": lambda: filter_stage.run(replace(p.filter, **w), p.detect, L.manifest,
+                                           L.filtered, L.rejects, c),
+        "align": lambda: align.run(replace(p.align, **w), p.detect, 10**8, L.filtered,
+                                   L.aligned_dir, L.aligned, L.align_rejects, c),
+        "segment": lambda: segment.run(replace(p.segment, **w), L.aligned, L.aligned_dir,
+                                       L.parsing_dir, L.segments),
+        "threedmm": lambda: threedmm.run(replace(p.threedmm, **w), L.aligned, L.aligned_dir,
+                                         L.mesh_dir, L.threedmm, L.threedmm_model,
+                                         L.threedmm_rejects, c),
+        "split": lambda: split.run(p.split, L.threedmm, L.splits),
     }
     m, per_stage = {}, {}
     t0 = time.perf_counter()
@@ -90,23 +92,23 @@ def peak_rss_per_stage(src: Path, work: Path) -> dict[str, float]:
     work.mkdir(parents=True, exist_ok=True)
     pfile = work / "params.yaml"
     pfile.write_text(yaml.safe_dump(params))
-    d = work / "data"
+    d = DataLayout(work / "data")
     cmds = {
-        "ingest": ["stages.ingest", "--out", f"{d}/manifest.parquet"],
-        "filter": ["stages.filter", "--manifest", f"{d}/manifest.parquet", "--out", f"{d}/filtered.parquet",
-                   "--rejects", f"{d}/rejects.parquet"],
-        "align": ["stages.align", "--filtered", f"{d}/filtered.parquet", "--out-dir", f"{d}/aligned",
-                  "--out", f"{d}/aligned.parquet", "--rejects", f"{d}/align_rejects.parquet"],
-        "segment": ["stages.segment", "--aligned", f"{d}/aligned.parquet", "--aligned-dir", f"{d}/aligned",
-                    "--out-dir", f"{d}/parsing", "--out", f"{d}/segments.parquet"],
-        "threedmm": ["stages.threedmm", "--aligned", f"{d}/aligned.parquet", "--aligned-dir", f"{d}/aligned",
-                     "--mesh-dir", f"{d}/meshes", "--out", f"{d}/threedmm.parquet",
-                     "--model-out", f"{d}/threedmm_model.npz", "--rejects", f"{d}/threedmm_rejects.parquet"],
-        "split": ["stages.split", "--table", f"{d}/threedmm.parquet", "--out", f"{d}/splits.parquet"],
+        "ingest": ["stages.ingest", "--out", str(d.manifest)],
+        "filter": ["stages.filter", "--manifest", str(d.manifest), "--out", str(d.filtered),
+                   "--rejects", str(d.rejects)],
+        "align": ["stages.align", "--filtered", str(d.filtered), "--out-dir", str(d.aligned_dir),
+                  "--out", str(d.aligned), "--rejects", str(d.align_rejects)],
+        "segment": ["stages.segment", "--aligned", str(d.aligned), "--aligned-dir", str(d.aligned_dir),
+                    "--out-dir", str(d.parsing_dir), "--out", str(d.segments)],
+        "threedmm": ["stages.threedmm", "--aligned", str(d.aligned), "--aligned-dir", str(d.aligned_dir),
+                     "--mesh-dir", str(d.mesh_dir), "--out", str(d.threedmm),
+                     "--model-out", str(d.threedmm_model), "--rejects", str(d.threedmm_rejects)],
+        "split": ["stages.split", "--table", str(d.threedmm), "--out", str(d.splits)],
     }
     out = {}
     for name, args in cmds.items():
-        proc = subprocess.Popen([sys.executable, "-m", *args, "--params", str(pfile), "--cache-dir", f"{d}/cache"],
+        proc = subprocess.Popen([sys.executable, "-m", *args, "--params", str(pfile), "--cache-dir", str(d.cache)],
                                 cwd=REPO, stdout=subprocess.DEVNULL)
         out[name] = _tree_rss_peak(proc)
     return out

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 
 from faceswap import artifacts  # noqa: E402
 from faceswap import params as P  # noqa: E402
+from faceswap.core.layout import DataLayout  # noqa: E402
 from faceswap.core.config import load_params  # noqa: E402
 from faceswap.data.records import alignment  # noqa: E402
 from faceswap.core.images import read_rgb  # noqa: E402
@@ -84,18 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     params = load_params(REPO / "params.yaml")
-    d = Path(a.data)
+    d = DataLayout(a.data)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = Path(a.model) if a.model else REPO / "models" / "swap"
         random_model = not artifacts.is_bundle(model)
         if random_model:
-            model = demo_bundle(tmp / "swap", params, alignment(d / "aligned.parquet"))
-        rows = test_set(d / "aligned.parquet", d / "splits.parquet", d / "threedmm.parquet")
-        crops = [read_rgb(d / "aligned" / r["crop"]) for r in rows]
+            model = demo_bundle(tmp / "swap", params, alignment(d.aligned))
+        rows = test_set(d.aligned, d.splits, d.threedmm)
+        crops = [read_rgb(d.aligned_dir / r["crop"]) for r in rows]
         cfg = dataclasses.replace(P.load(REPO / "params.yaml").evaluate, pairs=a.pairs)
         rec = build_recogniser(cfg.recogniser, None)
-        attr = FaceAttributes(LinearFaceModel.load(d / "threedmm_model.npz"))
+        attr = FaceAttributes(LinearFaceModel.load(d.threedmm_model))
         rec.embed = Timed(rec.embed)
         attr_call = Timed(attr.read)
         # per-face mesh + fit on real faces (what a swap with a face costs)
@@ -109,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             close = staticmethod(attr.close)
 
         t0 = time.perf_counter()
-        m = run(cfg, model, d / "aligned.parquet", d / "aligned", d / "splits.parquet", d / "threedmm.parquet",
-                d / "threedmm_model.npz", tmp / "pairs.parquet", tmp / "grid.png", tmp / "eval.md",
+        m = run(cfg, model, d.aligned, d.aligned_dir, d.splits, d.threedmm,
+                d.threedmm_model, tmp / "pairs.parquet", tmp / "grid.png", tmp / "eval.md",
                 recogniser=rec, attributes=_Attr())
         wall = time.perf_counter() - t0
         attr.close()

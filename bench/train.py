@@ -27,6 +27,7 @@ os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 import torch  # noqa: E402
 
 from faceswap import params as P  # noqa: E402
+from faceswap.core.layout import DataLayout  # noqa: E402
 from faceswap.core.config import load_params  # noqa: E402
 from faceswap.data.records import FaceDataset  # noqa: E402
 from faceswap.training.loop import LoopConfig, train  # noqa: E402
@@ -103,7 +104,7 @@ def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae:
                   dshape=ShapeDiscriminator(ShapeConfig.paper() if paper else ShapeConfig.from_dict(
                       {"img_size": size, "num_landmarks": k, "base_channels": 16, "max_channels": 64, "num_down": 3}))
                   .eval().requires_grad_(False),
-                  contour=ContourProjector.load(REPO / "data" / "threedmm_model.npz"), crop_size=256)
+                  contour=ContourProjector.load(DataLayout(REPO / "data").threedmm_model), crop_size=256)
     gen = SwapGenerator(swap_config(cfg, mae))
     return SwapTask(gen, PatchDiscriminator(cfg.disc_config(mae.img_size)), aux, cfg.loss_weights(), lr=cfg.lr, betas=cfg.betas,
                     flow_start_step=0)
@@ -147,7 +148,7 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     dev = torch.device("cuda")
     paper = training_params({**load_params(REPO / "params.yaml"), **load_params(REPO / "params-paper.yaml")})
     cfg = paper["train_swap"]
-    contour = ContourProjector.load(REPO / "data" / "threedmm_model.npz")
+    contour = ContourProjector.load(DataLayout(REPO / "data").threedmm_model)
     k, b, s = contour.num_points, 8, 256
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(0)}
 
@@ -274,8 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(REPO / "bench-results" / "train.json"))
     a = p.parse_args(argv)
     d = Path(a.data)
-    data = DataPaths(str(d / "aligned.parquet"), str(d / "aligned"), str(d / "segments.parquet"), str(d / "parsing"),
-                     str(d / "threedmm.parquet"), str(d / "threedmm_model.npz"), str(d / "splits.parquet")).resolved()
+    data = DataPaths.of(DataLayout(d)).resolved()
     params = training_params(load_params(a.params))
     params["train"] = dataclasses.replace(params["train"], mlflow_tracking_uri="")
     res: dict[str, Any] = {}

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from faceswap import params  # noqa: E402
+from faceswap.core.layout import DataLayout  # noqa: E402
 from faceswap.data.records import (  # noqa: E402
     FaceRecords, PairDataset, decode_only_rate, loader_rate,
 )
@@ -34,12 +35,12 @@ AUGMENT = params.load(REPO_PARAMS).train_swap.augment  # as the swap stage train
 
 def tables_in(data: str | os.PathLike) -> dict[str, str]:
     """The prepared-table paths of a data folder as the stages write them (dvc.yaml outs)."""
-    d = Path(data)
+    d = DataLayout(data)
     return {
-        "aligned_parquet": str(d / "aligned.parquet"), "aligned_dir": str(d / "aligned"),
-        "segments_parquet": str(d / "segments.parquet"), "parsing_dir": str(d / "parsing"),
-        "threedmm_parquet": str(d / "threedmm.parquet"), "threedmm_model": str(d / "threedmm_model.npz"),
-        "splits_parquet": str(d / "splits.parquet"),
+        "aligned_parquet": str(d.aligned), "aligned_dir": str(d.aligned_dir),
+        "segments_parquet": str(d.segments), "parsing_dir": str(d.parsing_dir),
+        "threedmm_parquet": str(d.threedmm), "threedmm_model": str(d.threedmm_model),
+        "splits_parquet": str(d.splits),
     }
 
 

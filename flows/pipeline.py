@@ -19,10 +19,10 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from faceswap.core.config import flatten
-from flows.prepare import _retry_on_io
+from flows.prepare import retry_on_io
 
 
-@task(retries=1, retry_delay_seconds=5, retry_condition_fn=_retry_on_io)
+@task(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_io)
 def dvc_repro(repo: str, targets: list[str], force: bool = False) -> str:
     """`dvc repro [targets]` in `repo` under one parent MLflow run; raises with DVC's output when it fails."""
     cmd = ["dvc", "repro", *(["--force"] if force else []), *targets]

@@ -18,7 +18,7 @@ from faceswap.core.cli import write_metrics
 from faceswap.core.layout import DataLayout
 
 
-def _retry_on_io(task, task_run, state) -> bool:
+def retry_on_io(task, task_run, state) -> bool:
     """Retry only when the task failed with an OSError (disk, network filesystem)."""
     try:
         state.result()
@@ -29,7 +29,7 @@ def _retry_on_io(task, task_run, state) -> bool:
     return False
 
 
-io_task = task(retries=2, retry_delay_seconds=2, retry_condition_fn=_retry_on_io)
+io_task = task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 
 
 @io_task
