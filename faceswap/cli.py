@@ -8,8 +8,10 @@ import sys
 from collections.abc import Callable
 
 from faceswap.serving import swap_cli
-from stages import (align, evaluate, filter, ingest, pretrain_mae, register, segment, split, threedmm,
-                    train_aux, train_shape, train_swap)
+from stages import (
+    align, evaluate, filter, ingest, pretrain_mae, register, segment, split, threedmm, train_aux, train_shape,
+    train_swap,
+)
 
 # name -> function taking argv (without the name) and returning an exit code.
 COMMANDS: dict[str, Callable[[list[str]], int]] = {

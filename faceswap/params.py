@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from faceswap.core.config import (
-    AlignConfig, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig, from_dict,
-    ConfigError, load_params, parse_params,
+    AlignConfig, ConfigError, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
+    from_dict, load_params, parse_params,
 )
 from faceswap.evaluation.config import EvaluateConfig
 from faceswap.serving.registry import RegisterConfig
-from faceswap.training.config import (
-    AuxStageConfig, MAEStageConfig, ShapeStageConfig, SwapStageConfig, TrainConfig,
-)
+from faceswap.training.config import AuxStageConfig, MAEStageConfig, ShapeStageConfig, SwapStageConfig, TrainConfig
 
 
 @dataclass(frozen=True)

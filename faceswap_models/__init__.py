@@ -1,7 +1,7 @@
 """FlowFace++ networks: face MAE, swap generator Fswa, shape discriminator Dshape, discriminators, losses."""
 from faceswap_models.config import (
-    VARIANTS, ConfigError, DecoderConfig, DiscriminatorConfig, FlowFaceConfig, FusionConfig, MAEConfig,
-    ShapeConfig, ShapeLossWeights, SwapConfig, SwapLossWeights, get_variant,
+    VARIANTS, ConfigError, DecoderConfig, DiscriminatorConfig, FlowFaceConfig, FusionConfig, MAEConfig, ShapeConfig,
+    ShapeLossWeights, SwapConfig, SwapLossWeights, get_variant,
 )
 from faceswap_models.decoder import ConvDecoder
 from faceswap_models.discriminator import Dres, PatchDiscriminator

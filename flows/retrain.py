@@ -33,10 +33,11 @@ from prefect.artifacts import create_markdown_artifact
 from faceswap import params as P
 from faceswap.core import config as C
 from faceswap.core.cli import write_metrics
-from faceswap.core.layout import DataLayout
 from faceswap.core.io import atomic_write_bytes, atomic_write_text, sha256_file
+from faceswap.core.layout import DataLayout
 from faceswap.core.schemas import MANIFEST, read_table
 from flows.prepare import prepare
+
 
 # --------------------------------------------------------------------------- default train / evaluate
 def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Path, init_bundle: Path | None,

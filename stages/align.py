@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from faceswap.core.layout import DATA
+from faceswap import params
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap import params
 from faceswap.core.config import AlignConfig, DetectConfig
-from faceswap.faces.detectors import Landmarker68, align_face, transform_points
 from faceswap.core.images import BadImage, decode_rgb, encode_image
 from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
+from faceswap.core.layout import DATA
 from faceswap.core.parallel import pmap
 from faceswap.core.schemas import ALIGNED, FILTERED, REJECTS, read_table, write_table
+from faceswap.faces.detectors import Landmarker68, align_face, transform_points
 
 CODE_VERSION = 2  # 2: crop names carry the alignment fingerprint
 

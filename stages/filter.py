@@ -13,15 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from faceswap.core.layout import DATA
+from faceswap import params
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap import params
 from faceswap.core.config import DetectConfig, FilterConfig
-from faceswap.faces.detectors import build_detector, yaw_from_landmarks
 from faceswap.core.images import BadImage, decode_rgb, hamming64, laplacian_variance, phash64
 from faceswap.core.io import fingerprint
+from faceswap.core.layout import DATA
 from faceswap.core.schemas import FILTERED, MANIFEST, REJECTS, read_table, write_table
+from faceswap.faces.detectors import build_detector, yaw_from_landmarks
 
 CODE_VERSION = 1
 REASONS = (

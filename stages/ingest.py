@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from faceswap.core.layout import DATA
+from faceswap import params
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap import params
 from faceswap.core.config import IngestConfig
 from faceswap.core.images import BadImage, probe
 from faceswap.core.io import fingerprint, sha256_file
+from faceswap.core.layout import DATA
 from faceswap.core.schemas import MANIFEST, write_table
 
 CODE_VERSION = 1

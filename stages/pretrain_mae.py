@@ -14,16 +14,15 @@ import torch
 
 from faceswap import artifacts, params
 from faceswap.core.cli import parser
-from faceswap_models.mae import FaceMAE
-from faceswap.training.config import MAEStageConfig, TrainConfig
 from faceswap.data.records import FaceDataset
+from faceswap.training.config import MAEStageConfig, TrainConfig
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
-    train_validated,
+    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage, train_validated,
 )
 from faceswap.training.steps import MAETask
 from faceswap.training.validation import MAEValidator
+from faceswap_models.mae import FaceMAE
 
 STAGE = "pretrain_mae"
 

@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from faceswap.core.layout import DATA
 from faceswap import params
+from faceswap.core.layout import DATA
 from faceswap.serving.registry import RegisterConfig, register_model
 
 

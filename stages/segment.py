@@ -12,16 +12,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceswap.core.layout import DATA
-from faceswap.faces.labels import LABELS
-from faceswap.core.cli import parser, write_metrics
 from faceswap import params
+from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import SegmentConfig
 from faceswap.core.images import encode_image, read_rgb
 from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
+from faceswap.core.layout import DATA
 from faceswap.core.parallel import pmap
-from faceswap.faces.parsing import parse_from_landmarks
 from faceswap.core.schemas import ALIGNED, SEGMENTS, read_table, write_table
+from faceswap.faces.labels import LABELS
+from faceswap.faces.parsing import parse_from_landmarks
 
 CODE_VERSION = 1
 N_LABELS = len(LABELS)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from faceswap.core.layout import DATA
-from faceswap.core.cli import parser, write_metrics
 from faceswap import params
+from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import SplitConfig
+from faceswap.core.layout import DATA
 from faceswap.core.schemas import SPLITS, THREEDMM, read_table, write_table
 
 

@@ -13,16 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from faceswap.core.layout import DATA
-from faceswap.core.cli import parser, write_metrics
 from faceswap import params
+from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import ThreeDMMConfig
 from faceswap.core.images import read_rgb
 from faceswap.core.io import atomic_path, fingerprint, remove_stale
+from faceswap.core.layout import DATA
 from faceswap.core.parallel import pmap
 from faceswap.core.schemas import ALIGNED, REJECTS, THREEDMM, read_table, write_table
 from faceswap.faces.threedmm import LinearFaceModel, MeshLandmarker, learn_model
-
 
 LEARN_VERSION = 1  # bump when learn_model changes: invalidates cached learned models
 

@@ -14,13 +14,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from faceswap import artifacts, params
 from faceswap.core.cli import parser, write_metrics
 from faceswap.core.schemas import ALIGNED, read_table, write_table
-from faceswap import artifacts, params
-from faceswap_models.auxiliary.regressor import load_regressor
-from faceswap.training.regressor import evaluate_regressor, train_regressor
 from faceswap.training.config import AuxStageConfig
+from faceswap.training.regressor import evaluate_regressor, train_regressor
 from faceswap.training.runs import DataPaths, add_data_args, data_paths
+from faceswap_models.auxiliary.regressor import load_regressor
 
 STAGE = "train_aux"
 

@@ -19,18 +19,17 @@ import torch
 from faceswap import artifacts, params
 from faceswap.core.cli import parser
 from faceswap.core.io import sha256_file
-from faceswap_models.discriminator import Dres
-from faceswap_models.shape import ShapeDiscriminator
+from faceswap.data.records import PairDataset
 from faceswap.training.config import ShapeStageConfig, TrainConfig
 from faceswap.training.contour import ContourProjector
-from faceswap.data.records import PairDataset
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
-    train_validated,
+    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage, train_validated,
 )
 from faceswap.training.steps import ShapeAux, ShapeTask
 from faceswap.training.validation import ShapeValidator
+from faceswap_models.discriminator import Dres
+from faceswap_models.shape import ShapeDiscriminator
 
 STAGE = "train_shape"
 

@@ -19,21 +19,20 @@ import torch
 from faceswap import artifacts, params
 from faceswap.core.cli import parser
 from faceswap.core.io import sha256_file
+from faceswap.data.records import PairDataset, alignment
+from faceswap.training.config import SwapStageConfig, TrainConfig
+from faceswap.training.contour import ContourProjector
+from faceswap.training.loop import load_best_state
+from faceswap.training.ray_runner import WorkerContext
+from faceswap.training.runs import (
+    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage, train_validated,
+)
+from faceswap.training.steps import SwapAux, SwapTask
+from faceswap.training.validation import GateSelector, SwapValidator
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
 from faceswap_models.config import MAEConfig, SwapConfig
 from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.swap import SwapGenerator
-from faceswap.training.config import SwapStageConfig, TrainConfig
-from faceswap.training.contour import ContourProjector
-from faceswap.data.records import PairDataset, alignment
-from faceswap.training.ray_runner import WorkerContext
-from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage,
-    train_validated,
-)
-from faceswap.training.loop import load_best_state
-from faceswap.training.steps import SwapAux, SwapTask
-from faceswap.training.validation import GateSelector, SwapValidator
 
 STAGE = "train_swap"
 

@@ -5,8 +5,8 @@ import argparse
 import json
 from pathlib import Path
 
-from faceswap.core.layout import DATA
 from faceswap.core.io import atomic_write_text
+from faceswap.core.layout import DATA
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -39,8 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceswap.core.io import atomic_write_bytes, atomic_write_text, fingerprint
 from faceswap.core.images import encode_image
+from faceswap.core.io import atomic_write_bytes, atomic_write_text, fingerprint
 
 CORPUS_VERSION = 5
 GENERATOR_DIST = "gan-face-generate"  # pinned in requirements-nodeps.txt

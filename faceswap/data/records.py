@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from faceswap.core import schemas
-from faceswap.faces.bisenet import LABELS
 from faceswap.core.config import ConfigError
+from faceswap.faces.bisenet import LABELS
 from faceswap.faces.threedmm import Coefficients, LinearFaceModel
 
 log = logging.getLogger(__name__)

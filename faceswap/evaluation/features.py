@@ -12,17 +12,16 @@ detection (never from a fixed box), so noise cannot be "recognised" from where a
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataclasses import dataclass, field
-
+from faceswap.core.weights import load_into
 from faceswap.faces.detectors import align_face
 from faceswap.faces.threedmm import Coefficients, LinearFaceModel, MeshLandmarker
-from faceswap.core.weights import load_into
 
 # dlib's 68-point predictor box in an aligned crop, in inter-ocular distances around the template:
 # half-width, margin above the eyes, margin below the mouth (2 px mean landmark error vs the

@@ -20,8 +20,7 @@ from faceswap.core.images import BadImage, decode_rgb
 from faceswap.core.schemas import ALIGNED, SPLITS, THREEDMM, read_table
 from faceswap.evaluation import metrics as E
 from faceswap.evaluation.config import EvaluateConfig
-from faceswap.evaluation.features import (FaceAttributes, FaceReading, InceptionFeatures, Recogniser,
-                                           to_tensor, to_uint8)
+from faceswap.evaluation.features import FaceAttributes, FaceReading, InceptionFeatures, Recogniser, to_tensor, to_uint8
 from faceswap.faces.detectors import NoFaceError
 from faceswap.faces.threedmm import Coefficients
 from faceswap_models.auxiliary.hopenet import HopenetPose

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .labels import CELEBAMASK19, CELEBAMASK19_TO_LABELS, LABELS
 from faceswap.core.weights import load_into
+
+from .labels import CELEBAMASK19, CELEBAMASK19_TO_LABELS, LABELS
 
 __all__ = ["LABELS", "CELEBAMASK19", "CELEBAMASK19_TO_LABELS", "BiSeNet", "BiSeNetParser"]
 

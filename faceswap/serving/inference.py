@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from faceswap.artifacts import SwapBundle, load_bundle
 from faceswap.core.config import DetectConfig
 from faceswap.faces.detectors import (  # noqa: F401  (NoFaceError: re-exported, the swap CLI's error)
     Face, FaceDetector, NoFaceError, align_face, build_detector, transform_points,
 )
 from faceswap.faces.parsing import parse_from_landmarks
-from faceswap.artifacts import SwapBundle, load_bundle
 
 # shape: union of the target's and the generated face's parsing (keeps the new contour; default);
 # parsing: the target's face parsing only (the new contour is cut to the old one); crop: the whole

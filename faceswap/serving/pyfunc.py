@@ -21,13 +21,13 @@ import os
 import warnings
 from typing import Any
 
+import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import mlflow.pyfunc
-from faceswap.serving import watermark
 from faceswap.core.images import BadImage, encode_image, to_rgb
+from faceswap.serving import watermark
 
 BUNDLE_ARTIFACT = "bundle"  # artifact key and directory name of the bundle inside the model
 INPUT_COLUMNS = ("source", "target")

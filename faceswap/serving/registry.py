@@ -36,8 +36,8 @@ import yaml
 from faceswap import artifacts
 from faceswap.core.cli import write_metrics
 from faceswap.core.config import ConfigError, flatten, load_params
-from faceswap.evaluation.gates import check_gates, is_bound_expression
 from faceswap.core.io import absolute_tracking_uri, sha256_file
+from faceswap.evaluation.gates import check_gates, is_bound_expression
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # --tracking-uri and $MLFLOW_TRACKING_URI win

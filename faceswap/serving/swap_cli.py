@@ -25,13 +25,13 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from faceswap.serving import watermark
-from faceswap.serving.watermark import package_version, provenance_text
 from faceswap.core.config import ConfigError, DetectConfig, load_section
 from faceswap.core.images import BadImage, decode_rgb
 from faceswap.core.io import atomic_path, atomic_write_bytes, atomic_write_text
 from faceswap.core.weights import WeightsError
+from faceswap.serving import watermark
 from faceswap.serving.registry import DEFAULT_TRACKING_URI, ModelURIError, resolve_model
+from faceswap.serving.watermark import package_version, provenance_text
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = {".mp4": "mp4v", ".mov": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+
 def package_version() -> str:
     """This project's installed version (the watermark's payload)."""
     try:

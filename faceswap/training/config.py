@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from faceswap.core.config import ConfigError
-from faceswap_models.auxiliary.regressor import RegressorConfig
+from faceswap.data.records import AugmentConfig
+from faceswap.training.loop import LoopConfig
 from faceswap.training.regressor import RegressorAugment
+from faceswap_models.auxiliary.regressor import RegressorConfig
 from faceswap_models.config import (
     DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, ShapeConfig, ShapeLossWeights, SwapLossWeights,
 )
-from faceswap.data.records import AugmentConfig
-from faceswap.training.loop import LoopConfig
 
 MLFLOW_URI_ENV = "FACESWAP_MLFLOW_TRACKING_URI"
 

@@ -33,10 +33,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from faceswap.core.io import atomic_path
+from faceswap.data.records import make_loader
 from faceswap.training.checkpoint import (
     EMA, latest_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint, unwrap,
 )
-from faceswap.data.records import make_loader
 from faceswap.training.steps import TrainTask, sample_grid
 
 log = logging.getLogger(__name__)

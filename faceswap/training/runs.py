@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from faceswap.core.cli import write_metrics
-
-from faceswap.core.layout import DATA, DataLayout
 from faceswap.core.io import absolute_tracking_uri, atomic_write_text, fingerprint, sha256_file
+from faceswap.core.layout import DATA, DataLayout
+from faceswap.data.records import FaceRecords
 from faceswap.training import tracking
 from faceswap.training.config import TrainConfig
-from faceswap.data.records import FaceRecords
 from faceswap.training.loop import METRICS_FILE
 from faceswap.training.ray_runner import WorkerFn, run_workers
 

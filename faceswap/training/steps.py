@@ -20,18 +20,17 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from faceswap.training.checkpoint import unwrap
+from faceswap.training.contour import ContourProjector
 from faceswap_models.config import ShapeLossWeights, SwapLossWeights
-from faceswap_models.losses import (
-    discriminator_loss, expression_loss, flow_loss, g_hinge_loss, identity_loss, landmark_loss,
-    landmark_mse, perceptual_loss, r1_penalty, reconstruction_loss, shape_generator_loss,
-    structural_loss, swap_generator_loss,
-)
 from faceswap_models.layers import patchify, unpatchify
+from faceswap_models.losses import (
+    discriminator_loss, expression_loss, flow_loss, g_hinge_loss, identity_loss, landmark_loss, landmark_mse,
+    perceptual_loss, r1_penalty, reconstruction_loss, shape_generator_loss, structural_loss, swap_generator_loss,
+)
 from faceswap_models.mae import FaceMAE
 from faceswap_models.shape import ShapeDiscriminator
 from faceswap_models.swap import SwapGenerator
-from faceswap.training.checkpoint import unwrap
-from faceswap.training.contour import ContourProjector
 
 Batch = Mapping[str, Any]
 Terms = dict[str, Tensor]

@@ -33,14 +33,14 @@ import cv2
 import numpy as np
 import torch
 
-from faceswap.evaluation.gates import check_gates
 from faceswap.core.images import read_rgb
-from faceswap.faces.threedmm import LinearFaceModel
+from faceswap.data.records import FaceDataset, FaceRecords, PairDataset
 from faceswap.evaluation import metrics as E
 from faceswap.evaluation.features import EXPRESSION_MEASURES, DlibRecogniser, FaceAttributes, to_tensor, to_uint8
-from faceswap_models.losses import landmark_mse
-from faceswap.data.records import FaceDataset, FaceRecords, PairDataset
+from faceswap.evaluation.gates import check_gates
+from faceswap.faces.threedmm import LinearFaceModel
 from faceswap.training.steps import regressed_contour
+from faceswap_models.losses import landmark_mse
 
 
 class SwapValidator:

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import FrozenEncoder, check_rgb, resize_to
 from faceswap.core.weights import load_state_dict_file
+
+from .common import FrozenEncoder, check_rgb, resize_to
 
 __all__ = ["IResNet", "iresnet50", "iresnet100", "ArcFaceEncoder", "IRESNET_LAYERS"]
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .facenet import InceptionResnetV1
 from faceswap.core.weights import WeightsError, read_state_dict, save_safetensors_atomic
+
+from .facenet import InceptionResnetV1
 
 __all__ = ["FACENET_WEIGHTS_NAME", "find_facenet_graph", "convert_facenet_graph",
            "ensure_facenet_weights", "default_cache_dir"]

@@ -18,10 +18,11 @@ import os
 import torch
 from torch import nn
 
+from faceswap.core.weights import load_state_dict_file
+
 from .common import FrozenEncoder, check_rgb
 from .facenet import FaceNetEncoder
 from .facenet_convert import ensure_facenet_weights
-from faceswap.core.weights import load_state_dict_file
 
 __all__ = ["VGG16Features", "PerceptualFeatures", "build_perceptual", "PERCEPTUAL_BACKENDS"]
 
