@@ -91,10 +91,15 @@ def read_config(folder: str | os.PathLike, name: str, *required: str) -> dict[st
 
 
 # --------------------------------------------------------------------------- the auxiliary regressor
-def load_aux_regressor(folder: str | os.PathLike) -> tuple[FaceAttributeRegressor, int]:
-    """(frozen regressor, the crop side it was trained on) from a train_aux output folder."""
+def load_aux_regressor(folder: str | os.PathLike, crop_size: int) -> FaceAttributeRegressor:
+    """The frozen regressor of a train_aux output folder, to score crops of side `crop_size` (the aligned
+    table's): its landmark / camera outputs are in the pixels of the crops it was trained on, so a
+    regressor trained on another crop size is refused (ValueError: re-run train_aux)."""
     doc = read_config(folder, REGRESSOR, "crop_size")
-    return load_regressor(weights_file(folder, REGRESSOR), RegressorConfig(**doc["config"])), int(doc["crop_size"])
+    if int(doc["crop_size"]) != int(crop_size):
+        raise ValueError(f"{config_file(folder, REGRESSOR)}: the regressor was trained on {doc['crop_size']} px crops, "
+                         f"the aligned table holds {crop_size} px crops: re-run train_aux")
+    return load_regressor(weights_file(folder, REGRESSOR), RegressorConfig(**doc["config"]))
 
 
 # --------------------------------------------------------------------------- MAE and Dshape

@@ -19,7 +19,7 @@ import torch
 from faceswap import artifacts, params
 from faceswap.core.cli import parser
 from faceswap.core.io import sha256_file
-from faceswap.data.records import PairDataset
+from faceswap.data.records import PairDataset, alignment
 from faceswap.training.config import ShapeStageConfig, TrainConfig
 from faceswap.training.contour import ContourProjector
 from faceswap.training.ray_runner import WorkerContext
@@ -34,8 +34,10 @@ from faceswap_models.shape import ShapeDiscriminator
 STAGE = "train_shape"
 
 
-def build_task(cfg: ShapeStageConfig, contour: ContourProjector, aux_dir: str | Path, seed: int) -> ShapeTask:
-    regressor, crop_size = artifacts.load_aux_regressor(aux_dir)
+def build_task(cfg: ShapeStageConfig, contour: ContourProjector, aux_dir: str | Path, crop_size: int,
+               seed: int) -> ShapeTask:
+    """Dshape + Dres + the frozen regressor; `crop_size`: the aligned crops' side (the regressor's must match)."""
+    regressor = artifacts.load_aux_regressor(aux_dir, crop_size)
     torch.manual_seed(seed)  # identical initial weights on every rank
     dshape = ShapeDiscriminator(cfg.shape_config(contour.num_points))
     return ShapeTask(dshape, Dres(cfg.disc_config()), ShapeAux(regressor, contour, crop_size), cfg.loss_weights(),
@@ -48,7 +50,8 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     data: DataPaths = spec["data"]
     dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
                           seed=tcfg.seed, augment=cfg.augment_config(), threedmm_model=data.threedmm_model)
-    task = build_task(cfg, ContourProjector.load(data.threedmm_model), spec["aux_dir"], tcfg.seed)
+    task = build_task(cfg, ContourProjector.load(data.threedmm_model), spec["aux_dir"], alignment(data.aligned)[0],
+                      tcfg.seed)
     result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every,  # Dshape's val landmark curve
                              lambda: ShapeValidator.from_records(data.records("val"), cfg.image_size,
                                                                  data.threedmm_model, task.aux, pairs=cfg.val_pairs))

@@ -64,16 +64,17 @@ def init_mismatch(init_bundle: str | Path, mae_dir: str | Path, cfg: SwapStageCo
 
 
 def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir: str | Path,
-               threedmm_model: str | Path, seed: int, init_bundle: str | Path | None = None,
+               threedmm_model: str | Path, crop_size: int, seed: int, init_bundle: str | Path | None = None,
                stats_every: int = 0) -> SwapTask:
-    """Fswa + Dswa + frozen auxiliaries; `stats_every` = the loop's log_every for the term balance."""
+    """Fswa + Dswa + frozen auxiliaries; `crop_size`: the aligned crops' side (the regressor's must match);
+    `stats_every` = the loop's log_every for the term balance."""
     scfg = swap_config(cfg, artifacts.mae_config(mae_dir))
     dshape = artifacts.load_dshape(shape_dir)
     if dshape.cfg.img_size != scfg.mae.img_size:
         raise ValueError(f"{shape_dir}: Dshape was trained at {dshape.cfg.img_size} px but the MAE in {mae_dir} (the "
                          f"swap model's size) at {scfg.mae.img_size} px: train_shape.image_size must equal "
                          "pretrain_mae.image_size")
-    regressor, crop_size = artifacts.load_aux_regressor(aux_dir)
+    regressor = artifacts.load_aux_regressor(aux_dir, crop_size)
     identity = build_identity_encoder(cfg.identity_encoder, cfg.identity_weights, cfg.aux_cache_dir)
     perceptual = (cfg.perceptual if cfg.perceptual in ("ssim", "shared")
                   else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
@@ -109,9 +110,10 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     dataset = PairDataset(data.records("train"), image_size, same_identity_ratio=cfg.same_identity_ratio,
                           same=dataset_pairs(cfg),
                           seed=tcfg.seed, augment=cfg.augment_config())
+    align_size, template_scale = alignment(data.aligned)  # how the training crops were made
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
-                      threedmm_model=data.threedmm_model, seed=tcfg.seed, init_bundle=spec.get("init_bundle"),
-                      stats_every=tcfg.log_every)
+                      threedmm_model=data.threedmm_model, crop_size=align_size, seed=tcfg.seed,
+                      init_bundle=spec.get("init_bundle"), stats_every=tcfg.log_every)
     # the in-training val evaluation; a val split with fewer than 2 identities: said once, no validation
     # export: best_val keeps the snapshot that passes most of the registry's gates on val
     gate = spec["select"]
@@ -128,7 +130,6 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     if cfg.export == "best_val" and result.best is not None:
         gen.load_state_dict(load_best_state(result.best))
         selected = result.best["step"]
-    align_size, template_scale = alignment(data.aligned)  # how the training crops were made
     artifacts.save_bundle(spec["out_dir"], gen, align_size=align_size, template_scale=template_scale,
                           detect=spec["detect"],
                 meta={"stage": STAGE, "steps": result.steps, "selected_step": selected, "export": cfg.export,

@@ -43,4 +43,14 @@ def test_train_swap_refuses_a_dshape_of_another_size_than_the_mae(tmp_path):
     cfg = section("train_swap", fusion={"heads": 2, "num_blocks": 1}, decoder={"channels": [16, 8, 8, 8]})
     with pytest.raises(ValueError, match="train_shape.image_size must equal pretrain_mae.image_size"):
         train_swap.build_task(cfg, mae_dir=tmp_path / "mae", shape_dir=tmp_path / "shape", aux_dir=tmp_path / "aux",
-                              threedmm_model=tmp_path / "none.npz", seed=0)
+                              threedmm_model=tmp_path / "none.npz", crop_size=64, seed=0)
+
+
+def test_a_regressor_trained_on_other_crops_is_refused(tmp_path):
+    """The regressor's landmarks / camera are in the pixels of its training crops: one trained on 64 px
+    crops cannot score 128 px crops."""
+    from faceswap_models.auxiliary.regressor import RegressorConfig
+
+    artifacts.write_config(tmp_path, artifacts.REGRESSOR, RegressorConfig.paper(), crop_size=64)
+    with pytest.raises(ValueError, match="trained on 64 px crops, the aligned table holds 128 px crops"):
+        artifacts.load_aux_regressor(tmp_path, 128)
