@@ -48,7 +48,7 @@ def mae_worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | Non
     from stages.pretrain_mae import build_task
 
     cfg = spec["cfg"]
-    ds = FaceDataset(spec["data"].records("train"), cfg.image_size, augment=cfg.augment_config())
+    ds = FaceDataset(spec["data"].records("train"), cfg.image_size, augment=cfg.augment)
     loop = dataclasses.replace(spec["train"].loop(steps=spec["steps"], batch_size=cfg.batch_size),
                                checkpoint_every=spec["warmup"], sample_every=0, log_every=10**9)
     r = steady_state(build_task(cfg, 0), ds, loop, spec["warmup"], spec["ckpt_dir"], ctx.device)
@@ -106,7 +106,7 @@ def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae:
                   .eval().requires_grad_(False),
                   contour=ContourProjector.load(DataLayout(REPO / "data").threedmm_model), crop_size=256)
     gen = SwapGenerator(swap_config(cfg, mae))
-    return SwapTask(gen, PatchDiscriminator(cfg.disc_config(mae.img_size)), aux, cfg.loss_weights(), lr=cfg.lr, betas=cfg.betas,
+    return SwapTask(gen, PatchDiscriminator(cfg.disc_config(mae.img_size)), aux, cfg.weights, lr=cfg.lr, betas=cfg.betas,
                     flow_start_step=0)
 
 
@@ -123,7 +123,7 @@ def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root
     size = params["pretrain_mae"].image_size  # the swap model's size
     task = swap_task_random(size, k, records.shape.shape[1], records.expression.shape[1], cfg,
                             mae=params["pretrain_mae"].mae_config())
-    ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment_config())
+    ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment)
     loop = dataclasses.replace(params["train"].loop(steps=steps, batch_size=cfg.batch_size), checkpoint_every=warmup,
                                sample_every=0, log_every=10**9)
     r = steady_state(task, ds, loop, warmup, str(root / "swap"), torch.device("cpu"))

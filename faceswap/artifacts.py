@@ -19,6 +19,7 @@ in a `WeightsError`; nothing falls back to a default when a key is missing.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -53,11 +54,8 @@ def config_file(folder: str | os.PathLike, name: str) -> Path:
 
 def write_config(folder: str | os.PathLike, name: str, config: Any, meta: Mapping[str, Any] | None = None,
                  **extra: Any) -> Path:
-    """`<name>.json`: format, the typed config (`to_dict()` or a dataclass), provenance, extra keys."""
-    import dataclasses
-
-    cfg = config.to_dict() if hasattr(config, "to_dict") else dataclasses.asdict(config)
-    doc = {"format": FORMAT, "config": cfg, "meta": dict(meta or {}), **extra}
+    """`<name>.json`: format, the typed config (a dataclass), provenance, extra keys."""
+    doc = {"format": FORMAT, "config": dataclasses.asdict(config), "meta": dict(meta or {}), **extra}
     path = config_file(folder, name)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
@@ -134,8 +132,6 @@ class SwapBundle:
 def save_bundle(out_dir: str | os.PathLike, generator: SwapGenerator, *, align_size: int,
                 template_scale: float, detect: DetectConfig, meta: Mapping[str, Any] | None = None) -> Path:
     """Write `generator`, its SwapConfig and the detection + alignment it was trained on into `out_dir`."""
-    import dataclasses
-
     save_network(out_dir, GENERATOR, generator, generator.cfg, meta,
                  align={"size": int(align_size), "template_scale": float(template_scale)},
                  detect=dataclasses.asdict(detect))

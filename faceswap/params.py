@@ -8,6 +8,7 @@ An entry point loads the tree once and hands each stage function only its own se
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,7 +18,7 @@ from faceswap.core.config import (
     from_dict, load_params, parse_params,
 )
 from faceswap.evaluation.config import EvaluateConfig
-from faceswap.serving.registry import RegisterConfig
+from faceswap.serving.config import RegisterConfig
 from faceswap.training.config import AuxStageConfig, MAEStageConfig, ShapeStageConfig, SwapStageConfig, TrainConfig
 
 
@@ -63,8 +64,6 @@ def load(path: str | Path = "params.yaml") -> Params:
 
 def training(path: str | Path, stage: str, checkpoint_root: str | None = None) -> tuple[Params, TrainConfig, Any]:
     """(the tree, its `train` section with checkpoint_root overridden when given, `stage`'s section)."""
-    import dataclasses
-
     p = load(path)
     train = dataclasses.replace(p.train, checkpoint_root=checkpoint_root) if checkpoint_root else p.train
     return p, train, getattr(p, stage)

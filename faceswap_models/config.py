@@ -339,3 +339,25 @@ def get_variant(name: str) -> FlowFaceConfig:
         return VARIANTS[name]()
     except KeyError:
         raise ConfigError(f"unknown model variant {name!r}; known: {sorted(VARIANTS)}") from None
+
+
+# --------------------------------------------------------------------------- auxiliary networks
+@dataclass(frozen=True)
+class RegressorConfig:
+    """Regressor size. ``n_shape``/``n_exp`` must match threedmm.parquet (pipeline default 20/10)."""
+
+    image_size: int = 256  # internal working resolution (input is resized to this)
+    width: int = 32  # channels of the first stage; stages use width * (1, 2, 4, 8)
+    n_landmarks: int = 68
+    n_shape: int = 20
+    n_exp: int = 10
+    hidden: int = 512  # shared FC trunk before the heads
+    dropout: float = 0.0  # on the trunk features during training
+
+    @classmethod
+    def paper(cls) -> RegressorConfig:
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> RegressorConfig:
+        return cls(image_size=32, width=8, hidden=64)

@@ -37,7 +37,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     cfg: MAEStageConfig = spec["cfg"]
     tcfg: TrainConfig = spec["train"]
     data: DataPaths = spec["data"]
-    dataset = FaceDataset(data.records("train"), cfg.image_size, augment=cfg.augment_config(), seed=tcfg.seed)
+    dataset = FaceDataset(data.records("train"), cfg.image_size, augment=cfg.augment, seed=tcfg.seed)
     task = build_task(cfg, tcfg.seed)
     result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every,  # the val reconstruction curve
                              lambda: MAEValidator.from_records(data.records("val"), cfg.image_size))

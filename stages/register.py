@@ -1,16 +1,7 @@
 """register: log the swap model to MLflow, register a version and promote it by the champion gate.
 
-One run logs: the pyfunc model (faceswap/serving/pyfunc.py; bundle artifact `bundle/`, signature,
-input example = a real aligned face pair, pinned pip requirements, project code), params.yaml
-(flattened), every numeric leaf of eval.json as a metric, the data fingerprint (dvc.lock stage
-hashes + git commit) and a markdown model card. The run's model becomes a new version of
-`register.model_name`; alias `challenger` always moves to it; alias `champion` moves only when every
-gate passes AND it beats the current champion on `primary_metric` (or there is none).
-
-Concurrency: the read-compare-set of aliases (and MLflow's first-time database setup) runs under
-an exclusive fcntl lock keyed by tracking URI + model name, so two registrations at once leave
-`champion` on the better of the two. The lock is per machine: registrations from several machines
-against one tracking server need a single writer (see docs/registry.md).
+The run, the aliases (`challenger` always, `champion` only through every gate) and the lock are the
+registry's: faceswap/serving/registry.py says what one registration logs and how; docs/registry.md.
 """
 from __future__ import annotations
 
@@ -21,7 +12,8 @@ from typing import Any
 
 from faceswap import params
 from faceswap.core.layout import DATA
-from faceswap.serving.registry import RegisterConfig, register_model
+from faceswap.serving.config import RegisterConfig
+from faceswap.serving.registry import register_model
 
 
 def run(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str | Path, example: tuple[Any, Any],

@@ -28,7 +28,7 @@ STAGE = "train_aux"
 def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.yaml", *,
         metrics: str | None = None) -> dict:
     cfg: AuxStageConfig = params.load(params_path).train_aux
-    rcfg = cfg.regressor_config()
+    rcfg = cfg.model
     records = data.records("train")  # same join + split as the training stages
     keep = set(records.sha256)
     table = read_table(data.aligned, ALIGNED)
@@ -50,7 +50,7 @@ def run(data: DataPaths, out_dir: str | Path, params_path: str | Path = "params.
         m = train_regressor(subset, data.aligned_dir, data.threedmm, rcfg, steps=cfg.steps,
                             batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             head_weight_decay=cfg.head_weight_decay, warmup=cfg.warmup, seed=cfg.seed,
-                            augment=cfg.augment_config(), val_parquet=val, eval_every=cfg.eval_every,
+                            augment=cfg.augment, val_parquet=val, eval_every=cfg.eval_every,
                             out_path=artifacts.weights_file(out, artifacts.REGRESSOR))
         if val is not None:
             model = load_regressor(artifacts.weights_file(out, artifacts.REGRESSOR), rcfg)

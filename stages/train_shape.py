@@ -40,7 +40,7 @@ def build_task(cfg: ShapeStageConfig, contour: ContourProjector, aux_dir: str | 
     regressor = artifacts.load_aux_regressor(aux_dir, crop_size)
     torch.manual_seed(seed)  # identical initial weights on every rank
     dshape = ShapeDiscriminator(cfg.shape_config(contour.num_points))
-    return ShapeTask(dshape, Dres(cfg.disc_config()), ShapeAux(regressor, contour, crop_size), cfg.loss_weights(),
+    return ShapeTask(dshape, Dres(cfg.disc_config()), ShapeAux(regressor, contour, crop_size), cfg.weights,
                      lr=cfg.lr, betas=cfg.betas)
 
 
@@ -49,7 +49,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     tcfg: TrainConfig = spec["train"]
     data: DataPaths = spec["data"]
     dataset = PairDataset(data.records("train"), cfg.image_size, same_identity_ratio=cfg.same_identity_ratio,
-                          seed=tcfg.seed, augment=cfg.augment_config(), threedmm_model=data.threedmm_model)
+                          seed=tcfg.seed, augment=cfg.augment, threedmm_model=data.threedmm_model)
     task = build_task(cfg, ContourProjector.load(data.threedmm_model), spec["aux_dir"], alignment(data.aligned)[0],
                       tcfg.seed)
     result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every,  # Dshape's val landmark curve

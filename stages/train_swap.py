@@ -90,7 +90,7 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
             raise ValueError(f"init bundle {init_bundle}: its SwapConfig differs from train_swap's; "
                              "fine-tuning needs the same architecture (or train from scratch)")
         gen.load_state_dict(init.generator.state_dict())
-    return SwapTask(gen, PatchDiscriminator(cfg.disc_config(scfg.mae.img_size)), aux, cfg.loss_weights(), lr=cfg.lr,
+    return SwapTask(gen, PatchDiscriminator(cfg.disc_config(scfg.mae.img_size)), aux, cfg.weights, lr=cfg.lr,
                     betas=cfg.betas, flow_start_step=cfg.flow_start_step, stats_every=stats_every,
                     id_start_step=cfg.id_start_step, skip_start_step=cfg.skip_start_step,
                     pair_schedule=cfg.pair_schedule() if dataset_pairs(cfg) == "identity" else None)
@@ -109,7 +109,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     image_size = artifacts.mae_config(spec["mae_dir"]).img_size  # the swap model's size is the MAE's
     dataset = PairDataset(data.records("train"), image_size, same_identity_ratio=cfg.same_identity_ratio,
                           same=dataset_pairs(cfg),
-                          seed=tcfg.seed, augment=cfg.augment_config())
+                          seed=tcfg.seed, augment=cfg.augment)
     align_size, template_scale = alignment(data.aligned)  # how the training crops were made
     task = build_task(cfg, mae_dir=spec["mae_dir"], shape_dir=spec["shape_dir"], aux_dir=spec["aux_dir"],
                       threedmm_model=data.threedmm_model, crop_size=align_size, seed=tcfg.seed,

@@ -122,3 +122,25 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     assert layer_of("faceswap.core.io") < layer_of("faceswap.serving.registry")
     assert layer_of("faceswap.cli") == len(LAYERS) - 1 and layer_of("faceswap.core") == 0
     assert layer_of("numpy") is None
+
+
+def test_every_console_command_resolves_to_its_module():
+    """`faceswap NAME` reaches NAME's own main (the table in faceswap/cli.py imports lazily)."""
+    from faceswap import cli
+
+    for name in cli.COMMANDS:
+        fn = cli.command(name)
+        module = "faceswap.serving.swap_cli" if name in ("swap", "verify") else f"stages.{name}"
+        assert fn.__module__ == module and fn.__name__ in ("main", f"{name}_main"), (name, fn)
+
+
+def test_the_params_tree_and_the_data_stages_do_not_import_torch():
+    """Config modules stay light: the data stages (and each of their pool workers) load the params tree,
+    and importing torch there cost ~600 MiB and 2 s per process."""
+    import subprocess
+    import sys
+
+    code = ("import sys, faceswap.params, stages.ingest, stages.filter, stages.align, stages.segment, "
+            "stages.threedmm, stages.split; print(sorted(m for m in ('torch', 'ray', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

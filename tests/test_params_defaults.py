@@ -4,6 +4,7 @@ config is built without params (a library call, a test)."""
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,7 @@ ALSO_RULED = (AugmentConfig, RegressorAugment, LoopConfig)
 
 
 def section_classes() -> dict[str, type]:
-    return {f.name: f.type if isinstance(f.type, type) else type(getattr(params.load(REPO / "params.yaml"), f.name))
-            for f in dataclasses.fields(params.Params)}
+    return typing.get_type_hints(params.Params)
 
 
 def defaults_of(cls: type) -> list[str]:
@@ -54,7 +54,7 @@ def test_params_yaml_loads_whole_and_a_missing_key_fails(tmp_path):
     import yaml
 
     p = params.load(REPO / "params.yaml")
-    assert p.align.size >= 32 and p.train_swap.augment == p.pretrain_mae.augment.__class__(**vars(p.train_swap.augment))
+    assert p.align.size >= 32 and isinstance(p.train_swap.augment, AugmentConfig)
     raw = load_params(REPO / "params.yaml")
     del raw["filter"]["blur_min"]
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))

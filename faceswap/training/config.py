@@ -13,15 +13,54 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from faceswap.core.config import ConfigError
-from faceswap.data.records import AugmentConfig
-from faceswap.training.loop import LoopConfig
-from faceswap.training.regressor import RegressorAugment
-from faceswap_models.auxiliary.regressor import RegressorConfig
+from faceswap.data.config import AugmentConfig
 from faceswap_models.config import (
-    DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, ShapeConfig, ShapeLossWeights, SwapLossWeights,
+    DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, RegressorConfig, ShapeConfig, ShapeLossWeights,
+    SwapLossWeights,
 )
 
 MLFLOW_URI_ENV = "FACESWAP_MLFLOW_TRACKING_URI"
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Loop settings (params: the shared `train` section + the stage's steps / batch size)."""
+
+    steps: int
+    batch_size: int  # per worker and micro-batch
+    grad_accum: int
+    precision: Precision
+    checkpoint_every: int  # defaults = params.yaml `train` (tests/test_params_defaults.py)
+    keep_checkpoints: int
+    sample_every: int
+    log_every: int
+    max_nonfinite: int
+    ema_decay: float
+    seed: int
+    loader_workers: int
+
+
+@dataclass(frozen=True)
+class RegressorAugment:
+    """Training augmentation; geometric parts move the landmark and camera targets with the pixels.
+
+    scale: zoom factor drawn from [1 - scale, 1 + scale] about the crop centre; shift: translation
+    up to this fraction of the side; rotate: in-plane rotation up to this many degrees (adds to the
+    roll target); brightness / contrast / saturation: colour jitter amplitudes. No flip (a mirrored
+    face has other 3DMM shape coefficients).
+    """
+
+    scale: float
+    shift: float
+    rotate: float
+    brightness: float
+    contrast: float
+    saturation: float
+
+    @classmethod
+    def off(cls) -> RegressorAugment:
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -81,9 +120,6 @@ class _StageCommon:
     def betas(self) -> tuple[float, float]:
         return (self.beta1, self.beta2)
 
-    def augment_config(self) -> AugmentConfig:
-        return self.augment
-
     def _check(self, name: str) -> None:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"{name}: steps and batch_size must be >= 1")
@@ -132,12 +168,6 @@ class AuxStageConfig:
         if self.lr <= 0 or min(self.weight_decay, self.head_weight_decay, self.warmup, self.eval_every) < 0:
             raise ConfigError("train_aux: lr must be > 0; weight decays, warmup and eval_every >= 0")
 
-    def regressor_config(self) -> RegressorConfig:
-        return self.model
-
-    def augment_config(self) -> RegressorAugment:
-        return self.augment
-
 
 @dataclass(frozen=True)
 class ShapeStageConfig(_StageCommon):
@@ -162,9 +192,6 @@ class ShapeStageConfig(_StageCommon):
 
     def disc_config(self) -> DiscriminatorConfig:
         return dataclasses.replace(self.disc, img_size=self.image_size)
-
-    def loss_weights(self) -> ShapeLossWeights:
-        return self.weights
 
 
 @dataclass(frozen=True)
@@ -218,9 +245,6 @@ class SwapStageConfig(_StageCommon):
 
     def disc_config(self, image_size: int) -> DiscriminatorConfig:
         return dataclasses.replace(self.disc, img_size=image_size)
-
-    def loss_weights(self) -> SwapLossWeights:
-        return self.weights
 
     def pair_schedule(self) -> tuple[str, str]:
         """(reconstruction pairs before skip_start_step, from it on), each same_image | same_identity."""

@@ -24,7 +24,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -37,35 +37,17 @@ from faceswap.data.records import make_loader
 from faceswap.training.checkpoint import (
     EMA, latest_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint, unwrap,
 )
+from faceswap.training.config import LoopConfig, Precision
 from faceswap.training.steps import TrainTask, sample_grid
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["fp32", "bf16", "fp16"]
 METRICS_FILE = "metrics.jsonl"
 BEST_FILE = "best_val.pt"  # {"step", "key", "state_dict"}: the validated snapshot with the largest `select` key
 
 
 class NonFiniteLossError(RuntimeError):
     """More than `max_nonfinite` steps had a non-finite loss."""
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """Loop settings (params: the shared `train` section + the stage's steps / batch size)."""
-
-    steps: int
-    batch_size: int  # per worker and micro-batch
-    grad_accum: int
-    precision: Precision
-    checkpoint_every: int  # defaults = params.yaml `train` (tests/test_params_defaults.py)
-    keep_checkpoints: int
-    sample_every: int
-    log_every: int
-    max_nonfinite: int
-    ema_decay: float
-    seed: int
-    loader_workers: int
 
 
 @dataclass

@@ -8,7 +8,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +19,10 @@ from torch import Tensor
 from faceswap.core.images import read_rgb
 from faceswap.core.schemas import ALIGNED, THREEDMM, read_table
 from faceswap.core.weights import save_safetensors_atomic
+from faceswap.training.config import RegressorAugment
 from faceswap_models.auxiliary.regressor import (
     HEADS, FaceAttributeRegressor, RegressorConfig, normalised_targets, regressor_loss, resize_input,
 )
-
-
-@dataclass(frozen=True)
-class RegressorAugment:
-    """Training augmentation; geometric parts move the landmark and camera targets with the pixels.
-
-    scale: zoom factor drawn from [1 - scale, 1 + scale] about the crop centre; shift: translation
-    up to this fraction of the side; rotate: in-plane rotation up to this many degrees (adds to the
-    roll target); brightness / contrast / saturation: colour jitter amplitudes. No flip (a mirrored
-    face has other 3DMM shape coefficients).
-    """
-
-    scale: float
-    shift: float
-    rotate: float
-    brightness: float
-    contrast: float
-    saturation: float
-
-    @classmethod
-    def off(cls) -> RegressorAugment:
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-
 
 
 class FaceTableDataset(torch.utils.data.Dataset):

@@ -12,39 +12,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceswap.core.weights import load_state_dict_file
+from faceswap_models.config import RegressorConfig
 
 __all__ = ["RegressorConfig", "FaceAttributeRegressor", "regressor_loss", "load_regressor", "POSE_SCALE_DEG"]
 
 POSE_SCALE_DEG = 90.0  # unit pose scale of an untrained model / of regressor_loss without `std`
 HEADS = ("landmarks", "shape", "expression", "pose", "camera")
-
-
-@dataclass(frozen=True)
-class RegressorConfig:
-    """Regressor size. ``n_shape``/``n_exp`` must match threedmm.parquet (pipeline default 20/10)."""
-
-    image_size: int = 256  # internal working resolution (input is resized to this)
-    width: int = 32  # channels of the first stage; stages use width * (1, 2, 4, 8)
-    n_landmarks: int = 68
-    n_shape: int = 20
-    n_exp: int = 10
-    hidden: int = 512  # shared FC trunk before the heads
-    dropout: float = 0.0  # on the trunk features during training
-
-    @classmethod
-    def paper(cls) -> RegressorConfig:
-        return cls()
-
-    @classmethod
-    def tiny(cls) -> RegressorConfig:
-        return cls(image_size=32, width=8, hidden=64)
 
 
 class _Block(nn.Module):

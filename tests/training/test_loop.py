@@ -107,9 +107,9 @@ def test_both_params_files_load_and_validate():
         assert (s.lr, s.betas, s.batch_size) == (1e-4, (0.0, 0.99), 8)
     assert shape.image_size == paper["pretrain_mae"].image_size == 256
     assert swap.same_identity_ratio == 0.25
-    w = swap.loss_weights()
+    w = swap.weights
     assert (w.rec, w.id, w.exp, w.ldmk, w.perc, w.flow) == (10, 5, 10, 5000, 2, 3)
-    assert shape.loss_weights().ldmk == 800 and paper["pretrain_mae"].mae_config().dim == 768
+    assert shape.weights.ldmk == 800 and paper["pretrain_mae"].mae_config().dim == 768
     assert shape.shape_config(23).num_landmarks == 23 and shape.shape_config(23).img_size == 256
 
 

@@ -1,0 +1,1 @@
+"""The lowest layer: config, io, schemas, cache, parallel, images, weights, data layout, stage-CLI helpers."""

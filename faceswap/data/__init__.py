@@ -1,0 +1,1 @@
+"""Data: the demo corpus, the joined face records, datasets and the deterministic loader."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, feature extractors, gates, the evaluation suite."""

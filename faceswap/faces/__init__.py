@@ -1,0 +1,1 @@
+"""Faces: detectors + landmarks + alignment, parsing, the 3DMM."""

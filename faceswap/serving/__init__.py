@@ -1,0 +1,1 @@
+"""Serving: inference, the MLflow pyfunc, the registry, the watermark, the swap CLI."""

@@ -1,0 +1,39 @@
+"""The register section: MLflow logging, the registered model and its champion gate. Kept free of heavy
+imports: the params tree imports it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from faceswap.core.config import ConfigError
+from faceswap.evaluation.gates import is_bound_expression
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    """register: MLflow logging, registry version, champion gate."""
+
+    tracking_uri: str  # $MLFLOW_TRACKING_URI wins when set
+    artifact_root: str | None  # artifact location of a newly created experiment (None: MLflow default)
+    experiment: str
+    model_name: str
+    primary_metric: str  # dotted path into eval.json
+    higher_is_better: bool
+    # metric path -> {min: b} and/or {max: b}; b = a bound or a list of bounds (all must hold); a bound is
+    # a number or an expression on a dotted path into eval.json: "path", "k * path", "path + c", "k * path - c"
+    gates: dict[str, Any]
+    lock_timeout_s: float
+    requirements: str  # where pip pins are read from
+
+    def validate(self) -> None:
+        if not isinstance(self.gates, dict):
+            raise ConfigError("register.gates must be a mapping metric-path -> {min|max: value}")
+        for metric, rule in self.gates.items():
+            if not isinstance(rule, dict) or not rule or set(rule) - {"min", "max"}:
+                raise ConfigError(f"register.gates.{metric}: expected {{min: v}} and/or {{max: v}}, got {rule!r}")
+            for bounds in rule.values():
+                for bound in bounds if isinstance(bounds, list) else [bounds]:
+                    if isinstance(bound, bool) or not isinstance(bound, (int, float, str)) or (
+                            isinstance(bound, str) and not is_bound_expression(bound)):
+                        raise ConfigError(f"register.gates.{metric}: bound {bound!r} is not a number or an expression "
+                                          "'path', 'k * path', 'path + c' or 'k * path - c'")
