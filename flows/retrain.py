@@ -219,7 +219,7 @@ def effective_params(params_path: str, source_root: str, out: Path, keep_threedm
     return str(out)
 
 
-def keep_current_threedmm(params_path: str, data: Path) -> Path | None:
+def keep_current_threedmm(threedmm: C.ThreeDMMConfig, data: Path) -> Path | None:
     """A copy of the current learned 3DMM (data/threedmm_model.npz) for this run, or None.
 
     The models retraining does not retrain (train_aux's regressor, Dshape) were trained in this
@@ -228,7 +228,7 @@ def keep_current_threedmm(params_path: str, data: Path) -> Path | None:
     fine-tune would fail (Dshape: "expected (B, K, 2)") or silently mix two coefficient spaces.
     `dvc repro` re-learns it and retrains everything downstream."""
     current = DataLayout(data).threedmm_model
-    if P.load(params_path).threedmm.backend != "learned" or not current.is_file():
+    if threedmm.backend != "learned" or not current.is_file():
         return None
     kept = DataLayout(data).cache / "retrain_threedmm_model.npz"
     kept.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def retrain(params_path: str = "params.yaml", source_root: str | None = None, fr
     if len(r["scan"]["new"]) < cfg.min_new_images:
         r["status"] = "no_new_data"
     else:
-        kept = keep_current_threedmm(params_path, data)
+        kept = keep_current_threedmm(p.threedmm, data)
         r["threedmm_kept"] = str(kept) if kept else None
         params = effective_params(params_path, root, DataLayout(data).cache / "retrain_params.yaml", kept)
         r["prepare"] = prepare(params, str(data), str(metrics))
