@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv demo test bench flow clean-data
+.PHONY: venv demo test bench flow compare clean-data
 
 venv: $(STAMP)
 	@# A cached venv may hold an editable install of another clone: point it at this one.
@@ -30,6 +30,9 @@ $(STAMP):  # the hash of the requirement files is in the name
 demo: venv  # every stage, under one parent MLflow run (the stage runs nest under it)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m faceswap.training.tracking -- dvc repro
 	@echo "done: see metrics/*.json, data/*.parquet; 'dvc dag' shows the graph"
+
+compare: venv  # every architecture, same recipe and data -> docs/compare.md + an MLflow run (flows/compare.py)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m flows.compare
 
 test: venv
 	$(PY) -m pytest -q

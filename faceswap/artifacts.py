@@ -9,7 +9,9 @@ Folders (dvc.yaml outs):
                                 crop side it was trained on)
     models/mae    mae.*         pretrain_mae's FaceMAE; train_swap takes its encoder and its size
     models/shape  dshape.*      train_shape's Dshape, frozen inside train_swap's flow loss
-    models/swap   generator.*   the swap-model bundle: train_swap's SwapGenerator; extra keys "align"
+    models/swap/<architecture>   generator.*   the swap-model bundle of one architecture
+                                (faceswap_models/architectures.py): its SwapModel; extra keys "architecture"
+                                (which one, so any bundle loads without a per-architecture branch), "align"
                                 ({"size", "template_scale"}: how the training crops were aligned) and
                                 "detect" (the detector that found them), so inference finds and aligns
                                 new photos exactly as training did
@@ -33,9 +35,10 @@ from faceswap.core.config import DetectConfig, from_dict
 from faceswap.core.io import atomic_write_text
 from faceswap.core.weights import WeightsError, load_into, read_state_dict, save_safetensors_atomic
 from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig, load_regressor
-from faceswap_models.config import MAEConfig, ShapeConfig, SwapConfig
+from faceswap_models.architectures import ARCHITECTURES, Architecture
+from faceswap_models.config import MAEConfig, ShapeConfig
+from faceswap_models.generator import SwapModel
 from faceswap_models.shape import ShapeDiscriminator
-from faceswap_models.swap import SwapGenerator
 
 FORMAT = 1
 REGRESSOR = "regressor"
@@ -119,20 +122,28 @@ def load_dshape(folder: str | os.PathLike) -> ShapeDiscriminator:
 # --------------------------------------------------------------------------- the swap-model bundle
 @dataclass
 class SwapBundle:
-    """A loaded swap model plus what inference needs to prepare its inputs."""
+    """A loaded swap model (any architecture) plus what inference needs to prepare its inputs."""
 
-    generator: SwapGenerator
-    swap: SwapConfig
+    generator: SwapModel
+    architecture: Architecture
     align_size: int
     template_scale: float
     detect: DetectConfig
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def config(self) -> Any:
+        return self.generator.cfg
 
-def save_bundle(out_dir: str | os.PathLike, generator: SwapGenerator, *, align_size: int,
+    @property
+    def img_size(self) -> int:
+        return self.generator.img_size
+
+
+def save_bundle(out_dir: str | os.PathLike, generator: SwapModel, *, align_size: int,
                 template_scale: float, detect: DetectConfig, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write `generator`, its SwapConfig and the detection + alignment it was trained on into `out_dir`."""
-    save_network(out_dir, GENERATOR, generator, generator.cfg, meta,
+    """Write `generator` (its architecture, config, weights) and the detection + alignment it was trained on."""
+    save_network(out_dir, GENERATOR, generator, generator.cfg, meta, architecture=generator.architecture,
                  align={"size": int(align_size), "template_scale": float(template_scale)},
                  detect=dataclasses.asdict(detect))
     return Path(out_dir)
@@ -142,23 +153,34 @@ def is_bundle(folder: str | os.PathLike) -> bool:
     return config_file(folder, GENERATOR).is_file()
 
 
-def bundle_config(folder: str | os.PathLike) -> SwapConfig:
-    return SwapConfig.from_dict(read_config(folder, GENERATOR)["config"])
+def bundle_architecture(folder: str | os.PathLike) -> Architecture:
+    """The architecture a bundle folder holds (WeightsError naming the file when unknown)."""
+    name = read_config(folder, GENERATOR, "architecture")["architecture"]
+    if name not in ARCHITECTURES:
+        raise WeightsError(f"{config_file(folder, GENERATOR)}: unknown architecture {name!r}; this version knows "
+                           f"{sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def bundle_config(folder: str | os.PathLike) -> Any:
+    """The generator config of a bundle folder (its architecture's config type)."""
+    return bundle_architecture(folder).config.from_dict(read_config(folder, GENERATOR)["config"])
 
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> SwapBundle:
     """Load a bundle directory; the generator comes back in eval mode. Errors name the file."""
-    doc = read_config(path, GENERATOR, "align", "detect")
+    doc = read_config(path, GENERATOR, "architecture", "align", "detect")
+    arch = bundle_architecture(path)
     align = doc["align"]
     if not isinstance(align, dict) or not {"size", "template_scale"} <= set(align):
         raise WeightsError(f"{config_file(path, GENERATOR)}: align must hold size and template_scale, got {align!r}")
     try:
         detect = from_dict(DetectConfig, doc["detect"], "detect")
+        cfg = arch.config.from_dict(doc["config"])
     except ValueError as e:
         raise WeightsError(f"{config_file(path, GENERATOR)}: {e}") from e
-    cfg = SwapConfig.from_dict(doc["config"])
-    gen = SwapGenerator(cfg)
+    gen = arch.generator(cfg)
     load_into(gen, weights_file(path, GENERATOR), strict=True)
     gen.to(device).eval()
-    return SwapBundle(generator=gen, swap=cfg, align_size=int(align["size"]),
+    return SwapBundle(generator=gen, architecture=arch, align_size=int(align["size"]),
                       template_scale=float(align["template_scale"]), detect=detect, meta=doc["meta"])

@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 
 COMMANDS = ("ingest", "filter", "align", "segment", "threedmm", "split", "train_aux", "pretrain_mae",
-            "train_shape", "train_swap", "evaluate", "register", "swap", "verify")
+            "train_shape", "train_swap", "train_faceshifter", "train_hearnet", "train", "evaluate", "register",
+            "swap", "verify")
 
 
 def command(name: str) -> Callable[[list[str]], int]:
@@ -39,6 +40,12 @@ def command(name: str) -> Callable[[list[str]], int]:
             from stages import train_shape as stage
         case "train_swap":
             from stages import train_swap as stage
+        case "train_faceshifter":
+            from stages import train_faceshifter as stage
+        case "train_hearnet":
+            from stages import train_hearnet as stage
+        case "train":
+            return train_main
         case "evaluate":
             from stages import evaluate as stage
         case "register":
@@ -46,6 +53,50 @@ def command(name: str) -> Callable[[list[str]], int]:
         case _:
             raise KeyError(name)
     return stage.main
+
+
+def train_main(argv: list[str]) -> int:
+    """`faceswap train ARCHITECTURE`: run the architecture's training stages in order (dvc.yaml's train@<name>).
+
+    Each stage is its own Ray run, checkpoint folder and MLflow run. A stage before the last writes its
+    bundle to `<out-dir>/<stage>` and the next one reads it (`--input-bundle`); the last writes `--out-dir`.
+    Per-step curves go to `<plots-dir>/<stage>_steps.csv`; `--metrics` gets {stage: its metrics}."""
+    import argparse
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from faceswap.core.cli import write_metrics
+    from faceswap_models.architectures import architecture
+
+    p = argparse.ArgumentParser(prog="faceswap train", description=train_main.__doc__.splitlines()[0])
+    p.add_argument("architecture", help="a key of faceswap_models/architectures.py (params `architectures`)")
+    p.add_argument("--out-dir", required=True, help="the architecture's bundle folder")
+    p.add_argument("--metrics", default=None, help="JSON {stage: metrics}")
+    p.add_argument("--plots-dir", default=None, help="folder for each stage's per-step CSV")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--checkpoint-root", default=None, help="override train.checkpoint_root")
+    p.add_argument("--init-bundle", default=None, help="fine-tune from this bundle (same architecture)")
+    a = p.parse_args(argv)
+    arch = architecture(a.architecture)
+    out, previous, report = Path(a.out_dir), None, {}
+    if a.plots_dir:
+        Path(a.plots_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, stage in enumerate(arch.train_stages):
+            stage_out = out if i == len(arch.train_stages) - 1 else out / stage
+            args = ["--out-dir", str(stage_out), "--params", a.params, "--metrics", str(Path(tmp) / f"{stage}.json")]
+            args += ["--plots", str(Path(a.plots_dir) / f"{stage}_steps.csv")] if a.plots_dir else []
+            args += ["--checkpoint-root", a.checkpoint_root] if a.checkpoint_root else []
+            args += ["--init-bundle", a.init_bundle] if a.init_bundle else []
+            args += ["--input-bundle", str(previous)] if previous is not None else []
+            rc = command(stage)(args)
+            if rc:
+                return rc
+            report[stage] = json.loads((Path(tmp) / f"{stage}.json").read_text("utf-8"))
+            previous = stage_out
+    write_metrics(a.metrics, report)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

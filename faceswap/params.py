@@ -19,13 +19,17 @@ from faceswap.core.config import (
 )
 from faceswap.evaluation.config import EvaluateConfig
 from faceswap.serving.config import RegisterConfig
-from faceswap.training.config import AuxStageConfig, MAEStageConfig, ShapeStageConfig, SwapStageConfig, TrainConfig
+from faceswap.training.config import (
+    AuxStageConfig, FaceShifterStageConfig, HEARStageConfig, MAEStageConfig, ShapeStageConfig, SwapStageConfig,
+    TrainConfig,
+)
 
 
 @dataclass(frozen=True)
 class RetrainConfig:
     """retrain: the scheduled retraining flow."""
 
+    architecture: str  # which registered model the flow fine-tunes (a key of register.model_names)
     source_root: str  # folder watched for new images
     cron: str
     from_scratch: bool  # false: fine-tune from the current champion
@@ -36,6 +40,7 @@ class RetrainConfig:
 class Params:
     """Every section of params.yaml, typed."""
 
+    architectures: list[str]  # the swap architectures dvc.yaml trains, evaluates and registers
     ingest: IngestConfig
     detect: DetectConfig
     filter: FilterConfig
@@ -49,6 +54,8 @@ class Params:
     train_aux: AuxStageConfig
     train_shape: ShapeStageConfig
     train_swap: SwapStageConfig
+    train_faceshifter: FaceShifterStageConfig
+    train_hearnet: HEARStageConfig
     register: RegisterConfig
     retrain: RetrainConfig
 
@@ -70,7 +77,8 @@ def training(path: str | Path, stage: str, checkpoint_root: str | None = None) -
 
 
 # --------------------------------------------------------------------------- recipe switch
-TRAINING_SECTIONS = ("train", "pretrain_mae", "train_aux", "train_shape", "train_swap")
+TRAINING_SECTIONS = ("train", "pretrain_mae", "train_aux", "train_shape", "train_swap", "train_faceshifter",
+                     "train_hearnet")
 
 
 def _top_level_blocks(text: str) -> list[tuple[str | None, str]]:

@@ -10,10 +10,11 @@ from torch import Tensor, nn
 from faceswap_models.config import SwapConfig
 from faceswap_models.decoder import ConvDecoder
 from faceswap_models.fusion import CrossAttentionFusion
+from faceswap_models.generator import SwapModel
 from faceswap_models.mae import MAEEncoder
 
 
-class SwapGenerator(nn.Module):
+class SwapGenerator(SwapModel):
     """Fswa(I_s, I_t) -> I_o.
 
     The shared encoder Ef is pretrained (`FaceMAE`) and, with cfg.freeze_encoder (paper), kept
@@ -24,6 +25,8 @@ class SwapGenerator(nn.Module):
         >>> g.load_encoder_state(mae.state_dict())  # FaceMAE or MAEEncoder state dict
         >>> out = g(source, target)  # (B, 3, 32, 32) in [-1, 1]
     """
+
+    architecture = "flowfacepp"
 
     def __init__(self, cfg: SwapConfig) -> None:
         super().__init__()
@@ -65,6 +68,14 @@ class SwapGenerator(nn.Module):
             self.encoder.eval()
         return self
 
+    @property
+    def img_size(self) -> int:
+        return self.cfg.mae.img_size
+
+    def encode_source(self, source: Tensor) -> Tensor:
+        """The source's encoder tokens (B, N, L) (`swap_encoded`'s e_s)."""
+        return self.encode(source)
+
     def load_encoder_state(self, state: Mapping[str, Tensor]) -> None:
         """Load Ef from a `FaceMAE` state dict (keys 'encoder.*', decoder keys ignored) or an `MAEEncoder` one."""
         if any(k.startswith("encoder.") for k in state):
@@ -78,7 +89,8 @@ class SwapGenerator(nn.Module):
                 return self.encoder(imgs)
         return self.encoder(imgs)
 
-    def forward(self, source: Tensor, target: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, source: Tensor, target: Tensor,  # type: ignore[override]
+                return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Swap the identity of `source` onto `target`.
 
         Args:

@@ -4,7 +4,7 @@
    content hash): no new images -> a short report and an early stop.
 2. Run the incremental data stages (the `prepare` flow's tasks, as a subflow) on the source folder,
    fitting new faces with the current 3DMM (not re-learning it: the reused aux / Dshape models need it).
-3. Download the current champion's bundle (`models:/<register.model_name>@champion`) and fine-tune
+3. Download the current champion's bundle (`models:/<register.model_names[retrain.architecture]>@champion`) and fine-tune
    from it (`from_scratch` or no champion yet: train from scratch).
 4. Evaluate, register (faceswap/serving/registry.py: challenger always, champion only through the gate) and
    publish a markdown report artifact (`retrain-report`).
@@ -130,14 +130,15 @@ def champion_bundle_task(params: str, dst: Path) -> dict:
 
     from faceswap.serving import registry as R
 
-    cfg = P.load(params).register
+    p = P.load(params)
+    cfg, name = p.register, p.register.model_name(p.retrain.architecture)
     uri = R.resolve_tracking_uri(cfg)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return {"version": None, "bundle": None}
-    champ = R.current_champion(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), cfg.model_name)
+    champ = R.current_champion(mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), name)
     if champ is None:
         return {"version": None, "bundle": None}
-    bundle = R.resolve_model(f"models:/{cfg.model_name}/{champ.version}", dst, uri)
+    bundle = R.resolve_model(f"models:/{name}/{champ.version}", dst, uri)
     return {"version": int(champ.version), "bundle": str(bundle)}
 
 

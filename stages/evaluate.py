@@ -1,7 +1,7 @@
 """evaluate: swap fixed seeded test pairs (source identity != target identity) with the swap-model
 bundle and measure face detection, identity retrieval and margin, shape / expression / pose error and
 realism for the raw network output, the CLI's blended full-resolution output and two trivial
-baselines on the same pairs -> metrics/eval.json, eval_pairs.parquet, a grid, a report.
+baselines on the same pairs -> metrics/eval/<architecture>.json, the per-pair table, a grid, a report.
 
 Metric definitions, the gallery and the offline substitutes: docs/evaluation.md.
 Every output first goes through the evaluation's face detector (the mediapipe face mesh): an output
@@ -29,7 +29,7 @@ from faceswap.core.cli import parser, write_metrics
 from faceswap.core.config import DetectConfig
 from faceswap.core.images import encode_image, read_rgb
 from faceswap.core.io import atomic_write_bytes, atomic_write_text
-from faceswap.core.layout import DATA
+from faceswap.core.layout import DATA, ModelOutputs
 from faceswap.core.schemas import EVAL_PAIRS, write_table
 from faceswap.evaluation.config import EvaluateConfig
 from faceswap.evaluation.features import FaceAttributes, Recogniser, build_recogniser
@@ -38,6 +38,8 @@ from faceswap.evaluation.suite import (
 )
 from faceswap.faces.threedmm import LinearFaceModel
 from faceswap.serving.inference import SwapPipeline
+
+FLOWFACEPP = ModelOutputs("flowfacepp")  # the CLI's defaults: the default architecture's paths
 
 
 def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligned_dir: str | Path,
@@ -61,7 +63,7 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
     if crop_size != bundle.align_size:
         raise ValueError(f"evaluate: crops are {crop_size}px but the model was trained on {bundle.align_size}px "
                          "crops (generator.json align.size); re-run align with the model's size")
-    res = Resolution(crop_size, bundle.swap.mae.img_size)
+    res = Resolution(crop_size, bundle.img_size)
     rec = recogniser or build_recogniser(cfg.recogniser, cfg.recogniser_weights, cfg.device)
     attr = attributes or FaceAttributes(LinearFaceModel.load(threedmm_model))
     pipe = SwapPipeline.from_bundle(bundle, detect=detect, device=cfg.device) if cfg.blended else None
@@ -80,15 +82,15 @@ def run(cfg: EvaluateConfig, bundle_dir: str | Path, aligned: str | Path, aligne
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--model", default="models/swap", help="swap-model bundle directory")
+    p.add_argument("--model", default=str(FLOWFACEPP.bundle), help="swap-model bundle directory")
     p.add_argument("--aligned", default=str(DATA.aligned))
     p.add_argument("--aligned-dir", default=str(DATA.aligned_dir))
     p.add_argument("--splits", default=str(DATA.splits))
     p.add_argument("--threedmm", default=str(DATA.threedmm))
     p.add_argument("--threedmm-model", default=str(DATA.threedmm_model))
-    p.add_argument("--out", default=str(DATA.eval_pairs))
-    p.add_argument("--grid", default="reports/eval_grid.png")
-    p.add_argument("--report", default="reports/eval.md")
+    p.add_argument("--out", default=str(DATA.eval_pairs(FLOWFACEPP.architecture)))
+    p.add_argument("--grid", default=str(FLOWFACEPP.eval_grid))
+    p.add_argument("--report", default=str(FLOWFACEPP.eval_report))
     a = p.parse_args(argv)
     torch.manual_seed(0)
     p = params.load(a.params)

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from faceswap import params
-from faceswap.core.layout import DATA
+from faceswap.core.layout import DATA, ModelOutputs
 from faceswap.serving.config import RegisterConfig
 from faceswap.serving.registry import register_model
+
+FLOWFACEPP = ModelOutputs("flowfacepp")  # the CLI's defaults: the default architecture's paths
 
 
 def run(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str | Path, example: tuple[Any, Any],
@@ -41,13 +43,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--bundle", default="models/swap", help="swap-model bundle directory")
-    p.add_argument("--eval", default="metrics/eval.json")
+    p.add_argument("--bundle", default=str(FLOWFACEPP.bundle), help="swap-model bundle directory")
+    p.add_argument("--eval", default=str(FLOWFACEPP.eval_metrics))
     p.add_argument("--aligned", default=str(DATA.aligned), help="input example source")
     p.add_argument("--aligned-dir", default=str(DATA.aligned_dir))
     p.add_argument("--split-metrics", default="metrics/split.json", help="split counts for the model card")
     p.add_argument("--lock-file", default="dvc.lock")
-    p.add_argument("--out", default="metrics/register.json")
+    p.add_argument("--out", default=str(FLOWFACEPP.register_report))
     a = p.parse_args(argv)
     split = Path(a.split_metrics)
     data = json.loads(split.read_text("utf-8")) if split.is_file() else None

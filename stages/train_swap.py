@@ -86,7 +86,7 @@ def build_task(cfg: SwapStageConfig, *, mae_dir: str | Path, shape_dir: str | Pa
     gen.load_encoder_state(artifacts.mae_state(mae_dir))
     if init_bundle is not None:  # fine-tune: start from a previous swap model (e.g. the registry champion)
         init = artifacts.load_bundle(init_bundle)
-        if init.swap != scfg:
+        if init.config != scfg:
             raise ValueError(f"init bundle {init_bundle}: its SwapConfig differs from train_swap's; "
                              "fine-tuning needs the same architecture (or train from scratch)")
         gen.load_state_dict(init.generator.state_dict())

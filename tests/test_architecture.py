@@ -130,8 +130,20 @@ def test_every_console_command_resolves_to_its_module():
 
     for name in cli.COMMANDS:
         fn = cli.command(name)
-        module = "faceswap.serving.swap_cli" if name in ("swap", "verify") else f"stages.{name}"
+        module = ("faceswap.serving.swap_cli" if name in ("swap", "verify") else "faceswap.cli" if name == "train"
+                  else f"stages.{name}")
         assert fn.__module__ == module and fn.__name__ in ("main", f"{name}_main"), (name, fn)
+
+
+def test_every_training_stage_of_an_architecture_is_a_console_command():
+    """`faceswap train NAME` (dvc.yaml's train@NAME) runs the architecture's stages through the same table."""
+    from faceswap import cli
+    from faceswap_models.architectures import ARCHITECTURES
+
+    for arch in ARCHITECTURES.values():
+        assert arch.train_stages and set(arch.train_stages) <= set(cli.COMMANDS), arch.name
+        for stage in arch.train_stages:
+            assert cli.command(stage).__module__ == f"stages.{stage}"
 
 
 def test_the_params_tree_and_the_data_stages_do_not_import_torch():

@@ -272,11 +272,13 @@ def _dvc(c: Command, monkeypatch) -> str:
             node = node[part]
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for t in getattr(ns, "targets", None) or []:
-        assert t in stages, f"`{c.text}`: no stage {t!r} in dvc.yaml"
+        group, _, item = t.partition("@")  # a foreach stage's item: train@flowfacepp
+        assert group in stages and (not item or ("foreach" in stages[group] and item in params["architectures"])), \
+            f"`{c.text}`: no stage {t!r} in dvc.yaml"
     if args == ["dag"]:
         proc = subprocess.run([sys.executable, "-m", "dvc", "dag"], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)
-        assert proc.returncode == 0 and "train_swap" in proc.stdout and "register" in proc.stdout, proc.stderr
+        assert proc.returncode == 0 and "train@flowfacepp" in proc.stdout and "register" in proc.stdout, proc.stderr
         return "ran"
     return "parsed"
 

@@ -19,6 +19,7 @@ from faceswap.core.images import read_rgb
 from faceswap.serving import registry as R
 from paramsutil import RAW, section  # noqa: E402
 
+NAME = "flowfacepp"  # the registered model of the flowfacepp bundles these tests make (params register.model_names)
 GATES = {"model.shape_error": {"max": 0.5}, "model.id_top1": {"min": "baselines.copy_target.id_top1"}}
 
 
@@ -175,7 +176,7 @@ def sequence(registry, bundle, pair, tmp_path_factory):
     work = tmp_path_factory.mktemp("seq")
     cfg = make_cfg(registry)
     params = work / "params.yaml"
-    params.write_text("register:\n  model_name: flowfacepp\ntrain_swap:\n  lr: 0.0001\n")
+    params.write_text("register:\n  model_names: {flowfacepp: flowfacepp}\ntrain_swap:\n  lr: 0.0001\n")
     reports = []
     for i, (top1, shape) in enumerate([(0.5, 0.3), (0.4, 0.3), (0.9, 0.8), (0.7, 0.2)]):
         ev = write_eval(work / f"eval{i}.json", top1, shape)
@@ -195,9 +196,9 @@ def test_champion_moves_only_when_gates_pass_and_better(sequence):
     saved = json.loads((work / "register2.json").read_text())
     assert saved["version"] == 3 and any(not g["passed"] and g["metric"] == "model.shape_error" for g in saved["gates"])
     client = use(root)
-    assert int(client.get_model_version_by_alias(cfg.model_name, "champion").version) == 4
-    assert int(client.get_model_version_by_alias(cfg.model_name, "challenger").version) == 4
-    assert client.get_model_version(cfg.model_name, "3").tags["gates_passed"] == "False"
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 4
+    assert int(client.get_model_version_by_alias(NAME, "challenger").version) == 4
+    assert client.get_model_version(NAME, "3").tags["gates_passed"] == "False"
 
 
 def test_model_card_fingerprint_and_metrics_logged(sequence, tmp_path):
@@ -215,15 +216,15 @@ def test_model_card_fingerprint_and_metrics_logged(sequence, tmp_path):
         assert part in card
     fp = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/fingerprint.json")
     assert set(fp) >= {"git_commit", "dvc_lock_sha256", "stages"} and run.data.tags["git_commit"] == (fp["git_commit"] or "unknown")
-    mv = client.get_model_version(cfg.model_name, "4")
+    mv = client.get_model_version(NAME, "4")
     assert mv.description.startswith("# Model card: flowfacepp v4") and mv.tags["primary_value"] == "0.7"
-    mlmodel = Path(mlflow.artifacts.download_artifacts(f"models:/{cfg.model_name}/4", dst_path=str(tmp_path)))
+    mlmodel = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/4", dst_path=str(tmp_path)))
     reqs = (mlmodel / "requirements.txt").read_text()
     assert "torch==2.14.1" in reqs and "mlflow==" in reqs
     assert (mlmodel / "artifacts" / "bundle" / "generator.json").is_file()
     assert (mlmodel / "code" / "faceswap" / "serving" / "pyfunc.py").is_file()
     assert (mlmodel / "code" / "faceswap_models" / "swap.py").is_file()
-    sig = json.loads(json.dumps(mlflow.models.get_model_info(f"models:/{cfg.model_name}/4").signature.to_dict()))
+    sig = json.loads(json.dumps(mlflow.models.get_model_info(f"models:/{NAME}/4").signature.to_dict()))
     assert '"source"' in sig["inputs"] and '"binary"' in sig["outputs"]
 
 
@@ -236,7 +237,7 @@ def test_champion_alias_loads_pyfunc_and_swaps_a_real_pair(sequence, pair):
 
     cfg, _, _, root = sequence
     use(root)
-    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     frame = input_example(*pair)
     frame.loc[1] = [frame.loc[0, "source"], b"not an image"]
     out = model.predict(frame)

@@ -75,8 +75,12 @@ class DataLayout:
         return self.root / "splits.parquet"
 
     @property
-    def eval_pairs(self) -> Path:
-        return self.root / "eval_pairs.parquet"
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def eval_pairs(self, architecture: str) -> Path:
+        """evaluate's per-pair table of one architecture's model."""
+        return self.eval_dir / f"{architecture}_pairs.parquet"
 
     # incremental row caches (not DVC outputs)
     @property
@@ -89,3 +93,39 @@ class DataLayout:
 
 
 DATA = DataLayout()
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """Where dvc.yaml's train / evaluate / register stages put one architecture's outputs (relative to
+    the repository; checked by tests/test_layout.py)."""
+
+    architecture: str
+
+    @property
+    def bundle(self) -> Path:
+        return Path("models/swap") / self.architecture
+
+    @property
+    def train_metrics(self) -> Path:
+        return Path("metrics/train") / f"{self.architecture}.json"
+
+    @property
+    def plots_dir(self) -> Path:
+        return Path("metrics/train") / self.architecture
+
+    @property
+    def eval_metrics(self) -> Path:
+        return Path("metrics/eval") / f"{self.architecture}.json"
+
+    @property
+    def eval_report(self) -> Path:
+        return Path("reports/eval") / f"{self.architecture}.md"
+
+    @property
+    def eval_grid(self) -> Path:
+        return Path("reports/eval") / f"{self.architecture}_grid.png"
+
+    @property
+    def register_report(self) -> Path:
+        return Path("metrics/register") / f"{self.architecture}.json"

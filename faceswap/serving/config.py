@@ -16,7 +16,7 @@ class RegisterConfig:
     tracking_uri: str  # $MLFLOW_TRACKING_URI wins when set
     artifact_root: str | None  # artifact location of a newly created experiment (None: MLflow default)
     experiment: str
-    model_name: str
+    model_names: dict[str, str]  # architecture -> registered model name
     primary_metric: str  # dotted path into eval.json
     higher_is_better: bool
     # metric path -> {min: b} and/or {max: b}; b = a bound or a list of bounds (all must hold); a bound is
@@ -25,7 +25,19 @@ class RegisterConfig:
     lock_timeout_s: float
     requirements: str  # where pip pins are read from
 
+    def model_name(self, architecture: str) -> str:
+        """The registered model name of `architecture` (ConfigError when params name none)."""
+        if architecture not in self.model_names:
+            raise ConfigError(f"register.model_names has no entry for architecture {architecture!r} "
+                              f"(it names {sorted(self.model_names)})")
+        return self.model_names[architecture]
+
     def validate(self) -> None:
+        if not isinstance(self.model_names, dict) or not all(
+                isinstance(v, str) and v for v in self.model_names.values()):
+            raise ConfigError("register.model_names must map architecture -> registered model name")
+        if len(set(self.model_names.values())) != len(self.model_names):
+            raise ConfigError("register.model_names: two architectures share a registered model name")
         if not isinstance(self.gates, dict):
             raise ConfigError("register.gates must be a mapping metric-path -> {min|max: value}")
         for metric, rule in self.gates.items():

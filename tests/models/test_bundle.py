@@ -34,7 +34,7 @@ def test_bundle_keeps_the_target_low_pass_and_spared_regions(tmp_path):
     gen = SwapGenerator(cfg)
     save_bundle(tmp_path / "b", gen, align_size=32, template_scale=1.4, detect=section("detect"))
     b = load_bundle(tmp_path / "b")
-    assert b.swap == cfg and b.swap.target_face_spare[1] == (0.73, 0.49, 0.08, 0.13)
+    assert b.config == cfg and b.config.target_face_spare[1] == (0.73, 0.49, 0.08, 0.13)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(b.generator.target_input(x), gen.target_input(x))
 

@@ -75,7 +75,7 @@ def test_stage_chain_writes_models_bundle_metrics_and_plots(train_tables, tmp_pa
     assert len((tmp_path / "swap.csv").read_text().splitlines()) == 3  # header + 2 steps
     bundle = load_bundle(m / "swap")
     # the alignment comes from the aligned table the model was trained on (64 px crops), not from params.yaml
-    assert bundle.swap.mae.img_size == 32 and (bundle.align_size, bundle.template_scale) == (64, 1.4)
+    assert bundle.img_size == 32 and (bundle.align_size, bundle.template_scale) == (64, 1.4)
     assert bundle.meta["steps"] == 2
     assert bundle.meta["selected_step"] == r_swap["selected_step"] == 2  # no validation: the last weights
     x = torch.zeros(1, 3, 32, 32)

@@ -1,0 +1,43 @@
+"""The seam every swap architecture plugs into: the generator interface inference, evaluation,
+registration, the pyfunc, the swap CLI and the retraining flow use, and nothing more.
+
+An architecture (faceswap_models/architectures.py) names its generator class, its typed config, its
+loss weights and the training stages that make its bundle; its generator subclasses `SwapModel`.
+Everything outside the architecture's own modules talks to a `SwapModel` only.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+
+class SwapModel(nn.Module):
+    """A swap generator G(source, target) -> the source's identity on the target's attributes.
+
+    Subclasses set `architecture` (the registry key, written into the bundle) and `cfg` (a frozen
+    config with `to_dict()`), and implement `img_size`, `forward`, `encode_source`, `swap_encoded`.
+    Images are aligned faces (B, 3, img_size, img_size) in [-1, 1].
+    """
+
+    architecture: ClassVar[str]
+    cfg: Any
+
+    @property
+    def img_size(self) -> int:
+        raise NotImplementedError
+
+    def forward(self, source: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode_source(self, source: Tensor) -> Any:
+        """The per-source work, done once when one source is swapped onto many targets (video frames)."""
+        raise NotImplementedError
+
+    def swap_encoded(self, encoded: Any, source: Tensor, target: Tensor) -> Tensor:
+        """`forward` with `encoded = encode_source(source)` (1 or B sources, B targets) -> (B, 3, H, W)."""
+        raise NotImplementedError
+
+    def extras(self, source: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """Named extra outputs of one swap (masks, intermediate images), for grids and reports; none by default."""
+        return {}
