@@ -34,8 +34,8 @@ from torch import nn
 from faceswap.core.config import DetectConfig, from_dict
 from faceswap.core.io import atomic_write_text
 from faceswap.core.weights import WeightsError, load_into, read_state_dict, save_safetensors_atomic
-from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig, load_regressor
 from faceswap_models.architectures import ARCHITECTURES, Architecture
+from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig, load_regressor
 from faceswap_models.config import MAEConfig, ShapeConfig
 from faceswap_models.generator import SwapModel
 from faceswap_models.shape import ShapeDiscriminator

@@ -60,7 +60,8 @@ def train_main(argv: list[str]) -> int:
 
     Each stage is its own Ray run, checkpoint folder and MLflow run. A stage before the last writes its
     bundle to `<out-dir>/<stage>` and the next one reads it (`--input-bundle`); the last writes `--out-dir`.
-    Per-step curves go to `<plots-dir>/<stage>_steps.csv`; `--metrics` gets {stage: its metrics}."""
+    Per-step curves go to `<plots-dir>/<stage>_steps.csv`; `--metrics` gets {stage: its metrics}. Other
+    options (the data tables' paths, FlowFace++'s --mae-dir ...) go to every stage as given."""
     import argparse
     import json
     import tempfile
@@ -77,7 +78,7 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--checkpoint-root", default=None, help="override train.checkpoint_root")
     p.add_argument("--init-bundle", default=None, help="fine-tune from this bundle (same architecture)")
-    a = p.parse_args(argv)
+    a, passed_on = p.parse_known_args(argv)
     arch = architecture(a.architecture)
     out, previous, report = Path(a.out_dir), None, {}
     if a.plots_dir:
@@ -90,7 +91,7 @@ def train_main(argv: list[str]) -> int:
             args += ["--checkpoint-root", a.checkpoint_root] if a.checkpoint_root else []
             args += ["--init-bundle", a.init_bundle] if a.init_bundle else []
             args += ["--input-bundle", str(previous)] if previous is not None else []
-            rc = command(stage)(args)
+            rc = command(stage)(args + passed_on)
             if rc:
                 return rc
             report[stage] = json.loads((Path(tmp) / f"{stage}.json").read_text("utf-8"))

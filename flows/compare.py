@@ -16,7 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-from faceswap import artifacts, params as P
+from faceswap import artifacts
+from faceswap import params as P
 from faceswap.core.io import atomic_write_text
 from faceswap.core.layout import ModelOutputs
 from faceswap.evaluation.compare import ArchitectureResult, compare_markdown, compare_metrics

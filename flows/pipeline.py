@@ -4,7 +4,8 @@ markdown and table artifacts from the metrics files DVC wrote.
 Running `dvc repro` (not the stage functions) keeps the flow and DVC identical: same cache, same
 lock file, a stage whose deps and params did not change is skipped. The flow only reads
 metrics/*.json afterwards: data counts (ingest/filter/align/split), training figures (train_*.json
-when present) and the evaluation (eval.json: model beside the trivial baselines).
+and train/<architecture>.json when present) and the evaluation of each architecture (eval/<architecture>.json:
+model beside the trivial baselines).
 """
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ def dvc_repro(repo: str, targets: list[str], force: bool = False) -> str:
 
 @task
 def read_metrics(metrics_dir: str) -> dict[str, Any]:
-    """Every metrics/<name>.json as {name: content}; unreadable files become {"error": ...}."""
+    """Every metrics/<name>.json as {name: content} and metrics/<group>/<architecture>.json as
+    {"<group>/<architecture>": content}; unreadable files become {"error": ...}."""
     out: dict[str, Any] = {}
-    for f in sorted(Path(metrics_dir).glob("*.json")):
+    root = Path(metrics_dir)
+    for f in sorted([*root.glob("*.json"), *root.glob("*/*.json")]):
         try:
-            out[f.stem] = json.loads(f.read_text("utf-8"))
+            out[f.relative_to(root).with_suffix("").as_posix()] = json.loads(f.read_text("utf-8"))
         except (OSError, ValueError) as e:
             out[f.stem] = {"error": f"{f}: {e}"}
     return out
@@ -75,6 +78,11 @@ def eval_rows(ev: dict[str, Any]) -> list[dict[str, Any]]:
             for k, v in model.items() if isinstance(v, (int, float)) or v is None]
 
 
+def evaluations(m: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{architecture: its eval.json} from read_metrics' "eval/<architecture>" entries."""
+    return {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("eval/")}
+
+
 def _table_md(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["(none)"]
@@ -99,12 +107,12 @@ def report_markdown(m: dict[str, Any]) -> str:
     else:
         lines.append("(no training metrics yet)")
     lines += ["", "## Evaluation", ""]
-    if "eval" in m:
-        ev = m["eval"]
-        lines += [f"{ev.get('pairs', '?')} test pairs, recogniser `{ev.get('recogniser', '?')}`; "
-                  f"realism features: {ev.get('realism_features', '?')}.", "", *_table_md(eval_rows(ev))]
-    else:
-        lines.append("(no eval.json yet)")
+    evals = evaluations(m)
+    for arch, ev in evals.items():
+        lines += [f"### {arch}", "", f"{ev.get('pairs', '?')} test pairs, recogniser `{ev.get('recogniser', '?')}`; "
+                  f"realism features: {ev.get('realism_features', '?')}.", "", *_table_md(eval_rows(ev)), ""]
+    if not evals:
+        lines.append("(no metrics/eval/<architecture>.json yet)")
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +121,7 @@ def pipeline(repo: str = ".", targets: list[str] | None = None, run_dvc: bool = 
              metrics_dir: str = "metrics") -> dict[str, Any]:
     """`dvc repro` (skipped with run_dvc=False: report on existing metrics), then publish artifacts.
 
-    Returns the metrics read, keyed by file stem (`ingest`, `filter`, ..., `eval`).
+    Returns the metrics read, keyed by file stem (`ingest`, `filter`, ..., `eval/<architecture>`).
     """
     if run_dvc:
         print(dvc_repro(repo, list(targets or []), force)[-2000:])
@@ -121,9 +129,9 @@ def pipeline(repo: str = ".", targets: list[str] | None = None, run_dvc: bool = 
     create_markdown_artifact(key="pipeline-report", markdown=report_markdown(m),
                              description="Data counts, training figures and evaluation of this run")
     create_table_artifact(key="data-counts", table=data_rows(m), description="Images in / out / rejected per data stage")
-    if "eval" in m:
-        create_table_artifact(key="eval-metrics", table=eval_rows(m["eval"]),
-                              description="Model beside the copy-target and paste-source baselines")
+    for arch, ev in evaluations(m).items():
+        create_table_artifact(key=f"eval-metrics-{arch}", table=eval_rows(ev),
+                              description=f"{arch}: the model beside the copy-target and paste-source baselines")
     return m
 
 

@@ -34,7 +34,7 @@ from faceswap import params as P
 from faceswap.core import config as C
 from faceswap.core.cli import write_metrics
 from faceswap.core.io import atomic_write_bytes, atomic_write_text, sha256_file
-from faceswap.core.layout import DataLayout
+from faceswap.core.layout import DataLayout, ModelOutputs
 from faceswap.core.schemas import MANIFEST, read_table
 from flows.prepare import prepare
 
@@ -67,6 +67,33 @@ def train_swap_stage(params: str, data_dir: Path, models_dir: Path, out_dir: Pat
     return {**m, "init": note}
 
 
+def train_architecture_stages(params: str, data_dir: Path, models_dir: Path, out_dir: Path, init_bundle: Path | None,
+                              metrics_path: Path) -> dict:
+    """Train `retrain.architecture` with its own stages (`faceswap train <architecture>`, in a subprocess: the
+    console script sits above the flows), fine-tuning each from `init_bundle` when given. Upstream models are
+    read where the stages' defaults put them (models/), so `models_dir` must be that folder."""
+    import subprocess
+    import sys
+
+    arch = P.load(params).retrain.architecture
+    if Path(models_dir).resolve() != Path("models").resolve():
+        raise ValueError(f"retrain: the {arch} stages read upstream models from models/, not {models_dir}")
+    d = DataLayout(data_dir)
+    cmd = [sys.executable, "-m", "faceswap.cli", "train", arch, "--out-dir", str(out_dir), "--metrics", str(metrics_path),
+           "--params", str(params), "--aligned", str(d.aligned), "--aligned-dir", str(d.aligned_dir),
+           "--segments", str(d.segments), "--parsing-dir", str(d.parsing_dir), "--threedmm", str(d.threedmm),
+           "--threedmm-model", str(d.threedmm_model), "--splits", str(d.splits),
+           *(["--init-bundle", str(init_bundle)] if init_bundle else [])]
+    subprocess.run(cmd, check=True)
+    m = json.loads(Path(metrics_path).read_text("utf-8"))
+    return {**m, "init": f"fine-tuned from {init_bundle}" if init_bundle else "from scratch"}
+
+
+# the default trainer per architecture (retrain.architecture); FlowFace++ keeps its in-process trainer, which
+# falls back to training from scratch when the champion's config no longer matches params.yaml
+TRAINERS: dict[str, Callable[..., dict]] = {"flowfacepp": train_swap_stage}
+
+
 def evaluate_stage(params: str, data_dir: Path, bundle_dir: Path, metrics_path: Path) -> dict:
     """stages/evaluate.py on the test split, through its command line (the same arguments as the
     dvc.yaml stage, so the flow follows the stage's interface); writes metrics_path (eval.json) and
@@ -78,8 +105,9 @@ def evaluate_stage(params: str, data_dir: Path, bundle_dir: Path, metrics_path: 
     code = evaluate.main(["--params", str(params), "--model", str(bundle_dir), "--aligned", str(d.aligned),
                           "--aligned-dir", str(d.aligned_dir), "--splits", str(d.splits),
                           "--threedmm", str(d.threedmm), "--threedmm-model", str(d.threedmm_model),
-                          "--out", str(d.eval_pairs), "--grid", str(reports / "eval_grid.png"),
-                          "--report", str(reports / "eval.md"), "--metrics", str(metrics_path)])
+                          "--out", str(d.eval_pairs(Path(bundle_dir).name)),
+                          "--grid", str(reports / f"eval_{Path(bundle_dir).name}_grid.png"),
+                          "--report", str(reports / f"eval_{Path(bundle_dir).name}.md"), "--metrics", str(metrics_path)])
     if code != 0:
         raise RuntimeError(f"stages.evaluate exited with {code}")
     return json.loads(Path(metrics_path).read_text("utf-8"))
@@ -161,14 +189,15 @@ def evaluate_task(evaluator: Evaluator, params: str, data_dir: Path, bundle_dir:
 
 
 @task
-def register_task(params: str, bundle_dir: Path, eval_json: Path, data_dir: Path, metrics_dir: Path) -> dict:
+def register_task(params: str, bundle_dir: Path, eval_json: Path, data_dir: Path, metrics_dir: Path,
+                  out: Path) -> dict:
     """stages/register.py: log, register, move challenger, gate champion."""
     from stages import register as R
 
     split = Path(metrics_dir) / "split.json"
     return R.run(P.load(params).register, bundle_dir, eval_json,
                  R.example_pair(DataLayout(data_dir).aligned, DataLayout(data_dir).aligned_dir),
-                 Path(metrics_dir) / "register.json", params,
+                 out, params,
                  data_metrics=json.loads(split.read_text("utf-8")) if split.is_file() else None)
 
 
@@ -246,12 +275,15 @@ def retrain(params_path: str = "params.yaml", source_root: str | None = None, fr
     Args:
         source_root: folder to watch (default: params retrain.source_root).
         from_scratch: ignore the champion (default: params retrain.from_scratch).
-        trainer, evaluator: functions as in the module docstring (default: the train_swap and evaluate
-            stages), for custom recipes and tests.
+        trainer, evaluator: functions as in the module docstring (default: the training stages of
+            `retrain.architecture` and the evaluate stage), for custom recipes and tests.
     """
-    trainer, evaluator = trainer or train_swap_stage, evaluator or evaluate_stage
     p = P.load(params_path)
     cfg = p.retrain
+    trainer = trainer or TRAINERS.get(cfg.architecture, train_architecture_stages)
+    evaluator = evaluator or evaluate_stage
+    out = ModelOutputs(cfg.architecture)
+    bundle = Path(models_dir) / "swap" / cfg.architecture
     root = source_root or cfg.source_root
     scratch = cfg.from_scratch if from_scratch is None else from_scratch
     data, models, metrics = Path(data_dir), Path(models_dir), Path(metrics_dir)
@@ -267,9 +299,12 @@ def retrain(params_path: str = "params.yaml", source_root: str | None = None, fr
         with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
             r["champion"] = {"version": None, "bundle": None} if scratch else champion_bundle_task(params, Path(tmp))
             init = Path(r["champion"]["bundle"]) if r["champion"]["bundle"] else None
-            r["train"] = train_task(trainer, params, data, models, models / "swap", init, metrics / "train_swap.json")
-        r["eval"] = evaluate_task(evaluator, params, data, models / "swap", metrics / "eval.json")
-        r["register"] = register_task(params, models / "swap", metrics / "eval.json", data, metrics)
+            r["train"] = train_task(trainer, params, data, models, bundle, init,
+                                    metrics / out.train_metrics.relative_to("metrics"))
+        eval_json = metrics / out.eval_metrics.relative_to("metrics")
+        r["eval"] = evaluate_task(evaluator, params, data, bundle, eval_json)
+        r["register"] = register_task(params, bundle, eval_json, data, metrics,
+                                      metrics / out.register_report.relative_to("metrics"))
         r["status"] = "registered"
     create_markdown_artifact(key="retrain-report", markdown=report_markdown(r),
                              description="Retraining: new data, training start, evaluation, gate outcome")

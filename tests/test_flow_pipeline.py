@@ -15,8 +15,8 @@ METRICS = {
     "filter": {"input": 244, "accepted": 227, "rejected": 17, "reasons": {"no_face": 7, "too_blurry": 10}},
     "align": {"input": 227, "aligned": 227, "rejected": 0},
     "split": {"test": {"identities": 4, "images": 38}, "train": {"identities": 16, "images": 153}},
-    "train_swap": {"steps": 40, "loss": {"total": 1.25}},
-    "eval": {"pairs": 100, "recogniser": "dlib_resnet128", "realism_features": "dlib (not comparable to papers)",
+    "train/flowfacepp": {"train_swap": {"steps": 40, "loss": {"total": 1.25}}},
+    "eval/flowfacepp": {"pairs": 100, "recogniser": "dlib_resnet128", "realism_features": "dlib (not comparable to papers)",
              "model": {"id_top1": 0.42, "pose_error_deg": 3.5},
              "baselines": {"copy_target": {"id_top1": 0.0, "pose_error_deg": 1.0},
                            "paste_source": {"id_top1": 1.0, "pose_error_deg": 15.2}}},
@@ -39,20 +39,22 @@ def test_pipeline_flow_publishes_metrics_artifacts(prefect_harness, tmp_path):
 
     (tmp_path / "metrics").mkdir()
     for name, m in METRICS.items():
+        (tmp_path / "metrics" / f"{name}.json").parent.mkdir(exist_ok=True)
         (tmp_path / "metrics" / f"{name}.json").write_text(json.dumps(m))
     (tmp_path / "metrics" / "broken.json").write_text("{not json")
     m = pipeline(repo=str(tmp_path), run_dvc=False)
-    assert m["eval"]["model"]["id_top1"] == 0.42 and "error" in m["broken"]
+    assert m["eval/flowfacepp"]["model"]["id_top1"] == 0.42 and "error" in m["broken"]
 
-    arts = _artifacts(["pipeline-report", "data-counts", "eval-metrics"])
+    arts = _artifacts(["pipeline-report", "data-counts", "eval-metrics-flowfacepp"])
     report = arts["pipeline-report"]
     assert "| filter | 244 | 227 | 17 |" in report
-    assert "| loss.total | 1.25 |" in report and "### train_swap" in report
+    assert "| train_swap.loss.total | 1.25 |" in report and "### train/flowfacepp" in report and "### flowfacepp" in report
     assert "| id_top1 | 0.42 | 0 | 1 |" in report  # model, copy_target, paste_source
     assert "not comparable to papers" in report
     data = json.loads(arts["data-counts"]) if isinstance(arts["data-counts"], str) else arts["data-counts"]
     assert {"stage": "align", "in": 227, "out": 227, "rejected": 0} in data
-    ev = json.loads(arts["eval-metrics"]) if isinstance(arts["eval-metrics"], str) else arts["eval-metrics"]
+    ev = arts["eval-metrics-flowfacepp"]
+    ev = json.loads(ev) if isinstance(ev, str) else ev
     assert {"metric": "pose_error_deg", "model": 3.5, "copy_target": 1.0, "paste_source": 15.2} in ev
 
 

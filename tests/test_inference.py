@@ -1,4 +1,5 @@
-"""Swap inference pipeline and the `faceswap swap` / `faceswap verify` CLI with a tiny random bundle."""
+"""Swap inference pipeline and the `faceswap swap` / `faceswap verify` CLI with a tiny random bundle of every
+architecture (faceswap_models/architectures.py): nothing outside an architecture's module branches on it."""
 from __future__ import annotations
 
 import cv2
@@ -12,6 +13,7 @@ from faceswap.artifacts import save_bundle
 from faceswap_models.config import SwapConfig
 from faceswap.faces.parsing import parse_from_landmarks
 from faceswap.serving.inference import BLENDS, DEFAULT_BLEND, NoFaceError, SwapPipeline, face_mask, paste_back
+from faceswap_models.architectures import ARCHITECTURES
 from faceswap_models.swap import SwapGenerator
 from tests.imageutil import write_rgb
 from paramsutil import section  # noqa: E402
@@ -24,10 +26,11 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def bundle_dir(request, tmp_path_factory):
     torch.manual_seed(0)
-    return save_bundle(tmp_path_factory.mktemp("bundle") / "swap", SwapGenerator(SwapConfig.tiny()),
+    arch = ARCHITECTURES[request.param]
+    return save_bundle(tmp_path_factory.mktemp("bundle") / arch.name, arch.generator(arch.config.tiny()),
                        align_size=ALIGN, template_scale=1.4, meta={"note": "random weights"}, detect=section("detect"))
 
 

@@ -81,7 +81,7 @@ def test_retrain_flow_end_to_end(prefect_harness, tmp_path, monkeypatch):
     assert r1["register"]["version"] == 1 and r1["register"]["aliases_moved"] == ["challenger", "champion"]
     rep = _latest_report()
     assert "## Evaluation" in rep and "| id_top1 | 0.5 | 0 | 1 |" in rep and "champion: v1 (no champion yet" in rep
-    assert json.loads((tmp_path / "metrics" / "register.json").read_text())["champion_version"] == 1
+    assert json.loads((tmp_path / "metrics" / "register" / "flowfacepp.json").read_text())["champion_version"] == 1
 
     # 2. nothing new -> stop early, nothing registered
     r2 = retrain(**kw, evaluator=eval_good)

@@ -69,13 +69,13 @@ def _check_run(r: dict, proj: Path, *, version: int) -> str:
 
     assert r["status"] == "registered"
     assert r["train"]["steps"] == TINY["train_swap"]["steps"] and r["train"]["nonfinite_steps"] == 0
-    bundle = load_bundle(proj / "models" / "swap")
+    bundle = load_bundle(proj / "models" / "swap" / "flowfacepp")
     assert bundle.meta["stage"] == "train_swap" and bundle.meta["steps"] == TINY["train_swap"]["steps"]
     assert Path(r["train"]["checkpoint_dir"]).is_relative_to(proj / "checkpoints")
-    ev = json.loads((proj / "metrics" / "eval.json").read_text())
+    ev = json.loads((proj / "metrics" / "eval" / "flowfacepp.json").read_text())
     assert {"model", "baselines"} <= set(ev) and ev["model"] and ev["baselines"]
     assert r["eval"]["model"] == ev["model"]
-    reg = json.loads((proj / "metrics" / "register.json").read_text())
+    reg = json.loads((proj / "metrics" / "register" / "flowfacepp.json").read_text())
     assert reg["version"] == r["register"]["version"] == version and "challenger" in reg["aliases_moved"]
     assert isinstance(reg["gates_passed"], bool) and reg["reason"]
     report = _latest_report()

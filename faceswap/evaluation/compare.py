@@ -59,8 +59,9 @@ def gate_summary(gates: list[Mapping[str, Any]]) -> str:
     failed = [g for g in gates if not g.get("passed")]
     if not failed:
         return f"pass ({len(bounded)}/{len(bounded)})"
-    misses = "; ".join(f"{g['metric']} {g['op']} {g.get('limit')}: short by "
-                       f"{_fmt('{:.3g}', g.get('shortfall'))}" for g in failed)
+    misses = "; ".join(f"{g['metric']} {g['op']} {g['limit']:.3g}: short by {_fmt('{:.3g}', g.get('shortfall'))}"
+                       if isinstance(g.get("limit"), (int, float)) else f"{g['metric']}: no value"
+                       for g in failed)
     return f"FAIL ({len(bounded) - len(failed)}/{len(bounded)}): {misses}"
 
 

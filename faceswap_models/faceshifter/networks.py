@@ -181,7 +181,13 @@ class HEARNet(nn.Module):
     forward(y_st (B, 3, H, W) the AEI-Net swap, delta (B, 3, H, W) = X_t - AEI-Net(X_t, X_t) the heuristic
     error) -> refined Y_st (B, 3, H, W) in [-1, 1]. Down: stride-2 4x4 conv + BN + LeakyReLU(0.1) per
     `channels` entry; up: transposed conv + BN + LeakyReLU(0.1) concatenated with the skip, then a last
-    transposed conv to 3 channels and tanh.
+    transposed conv to 3 channels.
+
+    The U-Net predicts a correction added to Y_hat_st (clamped to [-1, 1]), its last layer initialised at
+    1 % of the default scale: HEAR-Net starts as (almost) the identity on AEI-Net's output, so a short run
+    cannot make the swap worse than AEI-Net's. The paper is silent on the form; it writes Y_st =
+    HEAR-Net(Y_hat_st, Delta_Y_t). A plain tanh output (tried first) turned a detectable AEI-Net face
+    (val detection 0.88) into no face at all after 200 steps on the demo (test detection 0.00).
     """
 
     def __init__(self, cfg: HEARNetConfig) -> None:
@@ -192,6 +198,9 @@ class HEARNet(nn.Module):
         widths = [ch[-1]] + [2 * c for c in reversed(ch[:-1])]  # decoder input widths, coarsest first
         self.up = nn.ModuleList(_up(widths[k], ch[-2 - k]) for k in range(len(ch) - 1))
         self.out = nn.ConvTranspose2d(widths[-1], 3, 4, 2, 1)
+        with torch.no_grad():  # start near the identity on y_st (the correction ~ 0)
+            self.out.weight.mul_(0.01)
+            self.out.bias.zero_()
 
     def forward(self, y_st: Tensor, delta: Tensor) -> Tensor:
         size = self.cfg.img_size
@@ -204,7 +213,7 @@ class HEARNet(nn.Module):
             skips.append(x)
         for k, layer in enumerate(self.up):
             x = torch.cat([layer(x), skips[-2 - k]], dim=1)
-        return torch.tanh(self.out(x))  # (B, 3, H, W)
+        return (y_st + self.out(x)).clamp(-1.0, 1.0)  # (B, 3, H, W)
 
 
 # --------------------------------------------------------------------------- discriminator
