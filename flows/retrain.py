@@ -299,9 +299,11 @@ def retrain(params_path: str = "params.yaml", source_root: str | None = None, fr
         with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
             r["champion"] = {"version": None, "bundle": None} if scratch else champion_bundle_task(params, Path(tmp))
             init = Path(r["champion"]["bundle"]) if r["champion"]["bundle"] else None
-            r["train"] = train_task(trainer, params, data, models, bundle, init,
-                                    metrics / out.train_metrics.relative_to("metrics"))
+            train_json = metrics / out.train_metrics.relative_to("metrics")
+            train_json.parent.mkdir(parents=True, exist_ok=True)
+            r["train"] = train_task(trainer, params, data, models, bundle, init, train_json)
         eval_json = metrics / out.eval_metrics.relative_to("metrics")
+        eval_json.parent.mkdir(parents=True, exist_ok=True)  # the evaluator (maybe injected) writes it
         r["eval"] = evaluate_task(evaluator, params, data, bundle, eval_json)
         r["register"] = register_task(params, bundle, eval_json, data, metrics,
                                       metrics / out.register_report.relative_to("metrics"))

@@ -10,6 +10,7 @@ already usable on its own.
 """
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,8 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     def validator() -> PartValidator:
         v = SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model,
                                        cfg.image_size, pairs=cfg.val_pairs, seed=tcfg.seed)
-        return PartValidator(v, FaceShifter(model.cfg, model.identity), attach_aei)
+        # a copy of the whole model (identity network and, for HEAR-Net, the trained AEI-Net) takes the part
+        return PartValidator(v, copy.deepcopy(model), attach_aei)
 
     result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0, validator,
                              (lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))

@@ -45,6 +45,7 @@ NOT_RUN = {
     "make test": "the test suite, which this test is part of",
     "make bench": "benchmarks (minutes)",
     "make flow": "the data stages as a Prefect flow (tests/test_flow_prepare.py runs that flow)",
+    "make compare": "trains every architecture (about 25 min); tests/test_compare.py checks its table",
     "dvc repro": "runs the pipeline (minutes; `make demo` does)",
     "dvc exp run": "runs the pipeline with changed params (minutes) and writes them to params.yaml",
     "dvc metrics": "reads the metrics `make demo` writes",
