@@ -389,7 +389,7 @@ def _check_registered(uri: str, tracking: str) -> None:
     if alias is not None and alias not in registered.aliases:
         have = ", ".join(f"{a} (v{v})" for a, v in sorted(registered.aliases.items())) or "none"
         why = (" (`champion` moves only to a version that passed every register gate: no version has yet; "
-               "see metrics/register.json for the failed gates, or use @challenger)") if alias == "champion" else ""
+               "see metrics/register/<architecture>.json for the failed gates, or use @challenger)") if alias == "champion" else ""
         raise ModelURIError(f"{uri}: model {name!r} has no alias {alias!r}; its aliases: {have}{why}")
     if version is not None:
         try:
