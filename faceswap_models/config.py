@@ -187,6 +187,11 @@ class SwapConfig(_FromDict):
         if self.decoder.out_size != self.mae.img_size:
             raise ConfigError(f"decoder output {self.decoder.out_size} != img_size {self.mae.img_size}")
 
+    @property
+    def img_size(self) -> int:
+        """The swap model's side (the MAE's)."""
+        return self.mae.img_size
+
     @classmethod
     def paper(cls) -> SwapConfig:
         return cls()

@@ -121,7 +121,7 @@ def model_card(*, name: str, architecture: Any, version: str | None, run_id: str
                fingerprint: dict, bundle_meta: dict, swap_cfg: dict, align: dict, data: dict | None,
                primary_metric: str, higher_is_better: bool) -> str:
     """The model card (markdown) logged beside the model and used as the version description."""
-    size = swap_cfg.get("mae", swap_cfg.get("aei", {})).get("img_size", "?")
+    size = architecture.config.from_dict(swap_cfg).img_size
     gate_rows = [f"| {g['metric']} | {g['op']} {'' if g['bound'] is None else g['bound']} | "
                  f"{'pass' if g['passed'] else 'FAIL'} | {g['detail']} |" for g in gates]
     data_rows = ([f"| {k} | {v.get('identities', '-')} | {v.get('images', '-')} |"
