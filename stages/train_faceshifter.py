@@ -58,6 +58,12 @@ def build_model(cfg: FaceShifterStageConfig, hear: HEARNetConfig, seed: int,
     return model
 
 
+def part_validator(validator: Any, model: FaceShifter) -> PartValidator:
+    """The val scorer of this stage's part: a copy of the whole model (identity network and, for HEAR-Net, the
+    trained AEI-Net) into which each validated snapshot of the part is put."""
+    return PartValidator(validator, copy.deepcopy(model), attach_aei)
+
+
 def attach_aei(model: FaceShifter, aei: torch.nn.Module) -> None:
     model.aei = aei
 
@@ -77,8 +83,7 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     def validator() -> PartValidator:
         v = SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model,
                                        cfg.image_size, pairs=cfg.val_pairs, seed=tcfg.seed)
-        # a copy of the whole model (identity network and, for HEAR-Net, the trained AEI-Net) takes the part
-        return PartValidator(v, copy.deepcopy(model), attach_aei)
+        return part_validator(v, model)
 
     result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0, validator,
                              (lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))

@@ -144,3 +144,31 @@ def test_faceswap_train_faceshifter_runs_aei_then_hear(train_tables, tmp_path):
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert not torch.allclose(final.generator(x, x), aei_only.generator(x, x))  # HEAR-Net refines
+
+
+def test_hear_validation_scores_the_trained_aei_net(tmp_path):
+    """train_hearnet's val scorer runs the snapshot of HEAR-Net on the AEI-Net it was trained on (a bug scored a
+    random AEI-Net: val detection 0 at every step); train_faceshifter's keeps HEAR-Net off."""
+    from faceswap.artifacts import save_bundle
+    from faceswap_models.faceshifter.config import FaceShifterConfig
+    from faceswap_models.faceshifter.generator import FaceShifter
+    from paramsutil import section
+    from stages import train_faceshifter, train_hearnet
+
+    torch.manual_seed(0)
+    aei_model = FaceShifter(FaceShifterConfig.tiny())
+    folder = save_bundle(tmp_path / "aei", aei_model, align_size=64, template_scale=1.4, detect=section("detect"))
+    cfg = section("train_hearnet", model={"channels": [8, 16]})
+    model, _ = train_hearnet.build_model(cfg, folder, seed=1)
+    seen = []
+    scorer = train_hearnet.part_validator(lambda g: seen.append(g) or {"x": 1.0}, model)
+    snapshot = HEARNet(model.cfg.hear)
+    assert scorer(snapshot) == {"x": 1.0}
+    g = seen[0]
+    assert g.hear is snapshot and bool(g.hear_on)
+    assert all(torch.equal(v, aei_model.aei.state_dict()[k]) for k, v in g.aei.state_dict().items())
+    assert g is not model and not bool(model.hear_on)  # the training model itself is untouched
+    seen.clear()
+    aei_scorer = train_faceshifter.part_validator(lambda g: seen.append(g) or {}, aei_model)
+    aei_scorer(AEINet(AEINetConfig.tiny()))
+    assert not bool(seen[0].hear_on) and seen[0].identity is not aei_model.identity
