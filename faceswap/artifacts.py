@@ -153,9 +153,10 @@ def is_bundle(folder: str | os.PathLike) -> bool:
     return config_file(folder, GENERATOR).is_file()
 
 
-def bundle_architecture(folder: str | os.PathLike) -> Architecture:
-    """The architecture a bundle folder holds (WeightsError naming the file when unknown)."""
-    name = read_config(folder, GENERATOR, "architecture")["architecture"]
+def bundle_architecture(folder: str | os.PathLike, doc: Mapping[str, Any] | None = None) -> Architecture:
+    """The architecture a bundle folder holds (WeightsError naming the file when unknown); `doc`: its
+    generator.json when already read."""
+    name = (doc if doc is not None else read_config(folder, GENERATOR, "architecture"))["architecture"]
     if name not in ARCHITECTURES:
         raise WeightsError(f"{config_file(folder, GENERATOR)}: unknown architecture {name!r}; this version knows "
                            f"{sorted(ARCHITECTURES)}")
@@ -170,7 +171,7 @@ def bundle_config(folder: str | os.PathLike) -> Any:
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> SwapBundle:
     """Load a bundle directory; the generator comes back in eval mode. Errors name the file."""
     doc = read_config(path, GENERATOR, "architecture", "align", "detect")
-    arch = bundle_architecture(path)
+    arch = bundle_architecture(path, doc)
     align = doc["align"]
     if not isinstance(align, dict) or not {"size", "template_scale"} <= set(align):
         raise WeightsError(f"{config_file(path, GENERATOR)}: align must hold size and template_scale, got {align!r}")

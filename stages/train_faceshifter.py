@@ -23,12 +23,12 @@ from faceswap.core.io import sha256_file
 from faceswap.data.records import PairDataset, alignment
 from faceswap.training.config import FaceShifterStageConfig, TrainConfig
 from faceswap.training.faceshifter import AEITask, PartValidator
-from faceswap.training.loop import load_best_state
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage, train_validated,
+    DataPaths, add_data_args, data_paths, exported_module, gate_selection, loop_summary, run_key, run_stage,
+    train_swap_model,
 )
-from faceswap.training.validation import GateSelector, SwapValidator
+from faceswap.training.validation import SwapValidator
 from faceswap_models.auxiliary import build_identity_encoder
 from faceswap_models.faceshifter.config import FaceShifterConfig, HEARNetConfig
 from faceswap_models.faceshifter.generator import FaceShifter
@@ -78,24 +78,15 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     model = build_model(cfg, spec["hear"], tcfg.seed, spec.get("init_bundle"))
     task = AEITask(model.aei, MultiScaleDiscriminator(cfg.disc), model.identity, cfg.weights, lr=cfg.lr,
                    betas=cfg.betas)
-    gate = spec["select"]
-
     def validator() -> PartValidator:
         v = SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model,
                                        cfg.image_size, pairs=cfg.val_pairs, seed=tcfg.seed)
         return part_validator(v, model)
 
-    result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0, validator,
-                             (lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))
-                             if cfg.export == "best_val" else None)
+    result = train_swap_model(spec, ctx, task, dataset, STAGE, validator)
     if ctx.rank != 0:
         return None
-    aei = averaged(task.modules["aei"], result, "aei").cpu()
-    selected = result.steps
-    if cfg.export == "best_val" and result.best is not None:
-        aei.load_state_dict(load_best_state(result.best))
-        selected = result.best["step"]
-    model.aei = aei
+    model.aei, selected = exported_module(task, result, "aei", cfg.export)
     artifacts.save_bundle(spec["out_dir"], model.cpu(), align_size=align_size, template_scale=template_scale,
                           detect=spec["detect"],
                           meta={"stage": STAGE, "steps": result.steps, "selected_step": selected, "export": cfg.export,
@@ -109,8 +100,7 @@ def run(data: DataPaths, *, out_dir: str | Path, params_path: str | Path = "para
         init_bundle: str | Path | None = None) -> dict:
     """Train AEI-Net; with `init_bundle` (a FaceShifter bundle) start from its AEI-Net."""
     p, tcfg, cfg = params.training(params_path, STAGE, checkpoint_root)
-    select = {"gates": p.register.gates, "primary_metric": p.register.primary_metric,
-              "higher_is_better": p.register.higher_is_better}
+    select = gate_selection(p.register)
     key = run_key(cfg, tcfg, data,  # HEAR-Net's sizes only shape the (unused, off) HEAR-Net of the bundle
                   **({"init": sha256_file(artifacts.weights_file(init_bundle, artifacts.GENERATOR))}
                      if init_bundle else {}),

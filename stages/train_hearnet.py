@@ -21,12 +21,12 @@ from faceswap.core.io import sha256_file
 from faceswap.data.records import PairDataset
 from faceswap.training.config import HEARStageConfig, TrainConfig
 from faceswap.training.faceshifter import HEARTask, PartValidator
-from faceswap.training.loop import load_best_state
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage, train_validated,
+    DataPaths, add_data_args, data_paths, exported_module, gate_selection, loop_summary, run_key, run_stage,
+    train_swap_model,
 )
-from faceswap.training.validation import GateSelector, SwapValidator
+from faceswap.training.validation import SwapValidator
 from faceswap_models.faceshifter.config import FaceShifterConfig
 from faceswap_models.faceshifter.generator import FaceShifter
 
@@ -72,23 +72,15 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     dataset = PairDataset(data.records("train"), size, same_identity_ratio=cfg.same_identity_ratio, same="image",
                           seed=tcfg.seed, augment=cfg.augment)
     task = HEARTask(model.hear, model.aei, model.identity, cfg.weights, cfg.occlusion, lr=cfg.lr, betas=cfg.betas)
-    gate = spec["select"]
-
     def validator() -> PartValidator:
         v = SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model, size,
                                        pairs=cfg.val_pairs, seed=tcfg.seed)
         return part_validator(v, model)
 
-    result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0, validator,
-                             (lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))
-                             if cfg.export == "best_val" else None)
+    result = train_swap_model(spec, ctx, task, dataset, STAGE, validator)
     if ctx.rank != 0:
         return None
-    hear = averaged(task.modules["hear"], result, "hear").cpu()
-    selected = result.steps
-    if cfg.export == "best_val" and result.best is not None:
-        hear.load_state_dict(load_best_state(result.best))
-        selected = result.best["step"]
+    hear, selected = exported_module(task, result, "hear", cfg.export)
     model = model.cpu()
     attach_hear(model, hear)
     artifacts.save_bundle(spec["out_dir"], model, align_size=base.align_size, template_scale=base.template_scale,
@@ -104,8 +96,7 @@ def run(data: DataPaths, *, aei_bundle: str | Path, out_dir: str | Path, params_
         init_bundle: str | Path | None = None) -> dict:
     """Train HEAR-Net on the AEI-Net of `aei_bundle`; with `init_bundle` start from its HEAR-Net."""
     p, tcfg, cfg = params.training(params_path, STAGE, checkpoint_root)
-    select = {"gates": p.register.gates, "primary_metric": p.register.primary_metric,
-              "higher_is_better": p.register.higher_is_better}
+    select = gate_selection(p.register)
     key = run_key(cfg, tcfg, data, aei=sha256_file(artifacts.weights_file(aei_bundle, artifacts.GENERATOR)),
                   **({"init": sha256_file(artifacts.weights_file(init_bundle, artifacts.GENERATOR))}
                      if init_bundle else {}),

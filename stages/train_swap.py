@@ -22,13 +22,13 @@ from faceswap.core.io import sha256_file
 from faceswap.data.records import PairDataset, alignment
 from faceswap.training.config import SwapStageConfig, TrainConfig
 from faceswap.training.contour import ContourProjector
-from faceswap.training.loop import load_best_state
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, averaged, data_paths, loop_summary, run_key, run_stage, train_validated,
+    DataPaths, add_data_args, data_paths, exported_module, gate_selection, loop_summary, run_key, run_stage,
+    train_swap_model,
 )
 from faceswap.training.steps import SwapAux, SwapTask
-from faceswap.training.validation import GateSelector, SwapValidator
+from faceswap.training.validation import SwapValidator
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
 from faceswap_models.config import MAEConfig, SwapConfig
 from faceswap_models.discriminator import PatchDiscriminator
@@ -116,20 +116,13 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
                       init_bundle=spec.get("init_bundle"), stats_every=tcfg.log_every)
     # the in-training val evaluation; a val split with fewer than 2 identities: said once, no validation
     # export: best_val keeps the snapshot that passes most of the registry's gates on val
-    gate = spec["select"]
-    result = train_validated(spec, ctx, task, dataset, STAGE, cfg.val_every if cfg.val_pairs > 0 else 0,
-                             lambda: SwapValidator.from_records(data.records("val"), data.records("train"),
-                                                                data.threedmm_model, image_size,
-                                                                pairs=cfg.val_pairs, seed=tcfg.seed),
-                             (lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))
-                             if cfg.export == "best_val" else None)
+    result = train_swap_model(spec, ctx, task, dataset, STAGE,
+                              lambda: SwapValidator.from_records(data.records("val"), data.records("train"),
+                                                                 data.threedmm_model, image_size,
+                                                                 pairs=cfg.val_pairs, seed=tcfg.seed))
     if ctx.rank != 0:
         return None
-    gen = averaged(task.modules["gen"], result, "gen").cpu()
-    selected = result.steps
-    if cfg.export == "best_val" and result.best is not None:
-        gen.load_state_dict(load_best_state(result.best))
-        selected = result.best["step"]
+    gen, selected = exported_module(task, result, "gen", cfg.export)
     artifacts.save_bundle(spec["out_dir"], gen, align_size=align_size, template_scale=template_scale,
                           detect=spec["detect"],
                 meta={"stage": STAGE, "steps": result.steps, "selected_step": selected, "export": cfg.export,
@@ -146,8 +139,7 @@ def run(data: DataPaths, *, mae_dir: str | Path, shape_dir: str | Path, aux_dir:
             "aux_dir": str(Path(aux_dir).resolve())}
     # export: best_val ranks val snapshots by the registry's gates (a params file without them: by ID top-1);
     # they name the run too, so a finished run is not resumed with a snapshot chosen under other gates
-    select = {"gates": p.register.gates, "primary_metric": p.register.primary_metric,
-              "higher_is_better": p.register.higher_is_better}
+    select = gate_selection(p.register)
     key = run_key(cfg, tcfg, data, mae=sha256_file(artifacts.weights_file(mae_dir, artifacts.MAE)),
                   shape=sha256_file(artifacts.weights_file(shape_dir, artifacts.DSHAPE)),
                   aux=sha256_file(artifacts.weights_file(aux_dir, artifacts.REGRESSOR)),

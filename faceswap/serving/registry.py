@@ -283,8 +283,8 @@ def register_model(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str |
     from faceswap.serving import pyfunc
 
     bundle_dir = Path(bundle_dir)
-    doc = artifacts.read_config(bundle_dir, artifacts.GENERATOR, "align")
-    arch = artifacts.bundle_architecture(bundle_dir)
+    doc = artifacts.read_config(bundle_dir, artifacts.GENERATOR, "architecture", "align")
+    arch = artifacts.bundle_architecture(bundle_dir, doc)
     name = cfg.model_name(arch.name)
     metrics = json.loads(Path(eval_json).read_text("utf-8"))
     gates = check_gates(metrics, cfg.gates, cfg.primary_metric)

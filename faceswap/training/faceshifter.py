@@ -10,6 +10,7 @@ Batches: PairDataset items with same="image" (X_s = X_t on the reconstruction pa
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import torch
@@ -25,13 +26,12 @@ from faceswap_models.faceshifter.losses import (
     attribute_loss, change_loss, half_l2_reconstruction, multiscale_d_hinge, multiscale_g_hinge,
 )
 from faceswap_models.faceshifter.networks import AEINet, HEARNet
-from faceswap_models.losses import identity_loss
+from faceswap_models.losses import identity_loss, weighted_total
 
 
 def weighted(terms: Terms, weights: Any) -> Terms:
-    """terms + 'total' = sum of weight * term (a term whose weight is 0 is left out)."""
-    total = sum(getattr(weights, k) * v for k, v in terms.items())
-    return {**{k: v.detach() for k, v in terms.items()}, "total": total}
+    """terms + 'total' = sum of weight * term over the weight config's fields (faceswap_models.losses)."""
+    return weighted_total(terms, weights, [f.name for f in dataclasses.fields(weights)])
 
 
 def aei_generator_terms(aei: nn.Module, disc: nn.Module, identity: nn.Module, batch: Batch,

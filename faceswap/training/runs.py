@@ -24,8 +24,9 @@ from faceswap.core.layout import DATA, DataLayout
 from faceswap.data.records import FaceRecords
 from faceswap.training import tracking
 from faceswap.training.config import TrainConfig
-from faceswap.training.loop import METRICS_FILE
+from faceswap.training.loop import METRICS_FILE, load_best_state
 from faceswap.training.ray_runner import WorkerFn, run_workers
+from faceswap.training.validation import GateSelector
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,34 @@ def train_validated(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, 
     finally:
         if hasattr(validator, "close"):
             validator.close()
+
+
+def gate_selection(register: Any) -> dict[str, Any]:
+    """What `export: best_val` ranks val snapshots by (it names the run too): the register section's gates."""
+    return {"gates": register.gates, "primary_metric": register.primary_metric,
+            "higher_is_better": register.higher_is_better}
+
+
+def train_swap_model(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str,
+                     build_validator: Callable[[], Any]) -> Any:
+    """`train_validated` for a stage that exports a swap model: validation every `cfg.val_every` steps (none
+    without `cfg.val_pairs`); with `cfg.export == "best_val"` the snapshots are ranked by the registry's gates
+    on val (`spec["select"]`, from `gate_selection`)."""
+    cfg, gate = spec["cfg"], spec["select"]
+    select = ((lambda v: GateSelector(v, gate["gates"], gate["primary_metric"], gate["higher_is_better"]))
+              if cfg.export == "best_val" else None)
+    return train_validated(spec, ctx, task, dataset, desc, cfg.val_every if cfg.val_pairs > 0 else 0,
+                           build_validator, select)
+
+
+def exported_module(task: Any, result: Any, name: str, export: str) -> tuple[Any, int]:
+    """(module `name` as the stage saves it, on CPU: its EMA weights, or with export "best_val" the selected
+    val snapshot's when there is one; the step those weights are from)."""
+    module = averaged(task.modules[name], result, name).cpu()
+    if export == "best_val" and result.best is not None:
+        module.load_state_dict(load_best_state(result.best))
+        return module, result.best["step"]
+    return module, result.steps
 
 
 def train_in_worker(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str, **loop_kw: Any) -> Any:
