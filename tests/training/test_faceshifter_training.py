@@ -172,3 +172,33 @@ def test_hear_validation_scores_the_trained_aei_net(tmp_path):
     aei_scorer = train_faceshifter.part_validator(lambda g: seen.append(g) or {}, aei_model)
     aei_scorer(AEINet(AEINetConfig.tiny()))
     assert not bool(seen[0].hear_on) and seen[0].identity is not aei_model.identity
+
+
+def test_faceshifter_stages_refuse_bundles_they_cannot_build_on(tmp_path, monkeypatch):
+    """train_hearnet needs a FaceShifter AEI-Net bundle; fine-tuning needs the same network sizes. Each
+    refusal names the bundle and the reason."""
+    from faceswap.artifacts import save_bundle
+    from faceswap_models.config import SwapConfig
+    from faceswap_models.faceshifter.config import FaceShifterConfig
+    from faceswap_models.faceshifter.generator import FaceShifter
+    from faceswap_models.swap import SwapGenerator
+    from paramsutil import section
+    from stages import train_faceshifter, train_hearnet
+
+    torch.manual_seed(0)
+    flowface = save_bundle(tmp_path / "ff", SwapGenerator(SwapConfig.tiny()), align_size=64, template_scale=1.4,
+                           detect=section("detect"))
+    aei = save_bundle(tmp_path / "fs", FaceShifter(FaceShifterConfig.tiny()), align_size=64, template_scale=1.4,
+                      detect=section("detect"))
+    hear_cfg = section("train_hearnet", model={"channels": [8, 16]})
+    with pytest.raises(ValueError, match="a FlowFace\\+\\+ bundle, train_hearnet needs a FaceShifter one"):
+        train_hearnet.build_model(hear_cfg, flowface, seed=0)
+    with pytest.raises(ValueError, match="its HEAR-Net config differs from train_hearnet's"):
+        train_hearnet.build_model(section("train_hearnet", model={"channels": [4, 8]}), aei, seed=0,
+                                  init_bundle=aei)
+    aei_cfg = section("train_faceshifter", image_size=32, identity_weights=None,
+                      model={"encoder_channels": [8, 16], "generator_channels": [16, 16, 8]})
+    # no FaceNet weights needed to see the refusal
+    monkeypatch.setattr(train_faceshifter, "build_identity_encoder", lambda *a: FaceShifter(FaceShifterConfig.tiny()).identity)
+    with pytest.raises(ValueError, match="its AEI-Net config differs from train_faceshifter's"):
+        train_faceshifter.build_model(aei_cfg, HEARNetConfig.tiny(), seed=0, init_bundle=aei)
