@@ -199,6 +199,7 @@ def test_faceshifter_stages_refuse_bundles_they_cannot_build_on(tmp_path, monkey
     aei_cfg = section("train_faceshifter", image_size=32, identity_weights=None,
                       model={"encoder_channels": [8, 16], "generator_channels": [16, 16, 8]})
     # no FaceNet weights needed to see the refusal
-    monkeypatch.setattr(train_faceshifter, "build_identity_encoder", lambda *a: FaceShifter(FaceShifterConfig.tiny()).identity)
+    monkeypatch.setattr(train_faceshifter, "build_identity_encoder",
+                        lambda *a: FaceShifter(FaceShifterConfig.tiny()).identity)
     with pytest.raises(ValueError, match="its AEI-Net config differs from train_faceshifter's"):
         train_faceshifter.build_model(aei_cfg, HEARNetConfig.tiny(), seed=0, init_bundle=aei)
