@@ -10,7 +10,8 @@ import sys
 from collections.abc import Callable
 
 COMMANDS = ("ingest", "filter", "align", "segment", "threedmm", "split", "train_aux", "pretrain_mae",
-            "train_shape", "train_swap", "train_faceshifter", "train_hearnet", "train", "evaluate", "register",
+            "train_shape", "train_swap", "train_faceshifter", "train_hearnet", "ifsr_margins",
+            "train_facedancer", "train", "evaluate", "register",
             "swap", "verify")
 
 
@@ -44,6 +45,10 @@ def command(name: str) -> Callable[[list[str]], int]:
             from stages import train_faceshifter as stage
         case "train_hearnet":
             from stages import train_hearnet as stage
+        case "ifsr_margins":
+            from stages import ifsr_margins as stage
+        case "train_facedancer":
+            from stages import train_facedancer as stage
         case "train":
             return train_main
         case "evaluate":

@@ -12,6 +12,8 @@ from typing import Any
 
 from faceswap.core.config import ConfigError
 from faceswap_models.config import SwapConfig, SwapLossWeights
+from faceswap_models.facedancer.config import FaceDancerConfig, FaceDancerLossWeights
+from faceswap_models.facedancer.generator import FaceDancer
 from faceswap_models.faceshifter.config import AEILossWeights, FaceShifterConfig, HEARLossWeights
 from faceswap_models.faceshifter.generator import FaceShifter
 from faceswap_models.generator import SwapModel
@@ -49,7 +51,15 @@ FACESHIFTER = Architecture(
     config=FaceShifterConfig, generator=FaceShifter, loss_weights=(AEILossWeights, HEARLossWeights),
     train_stages=("train_faceshifter", "train_hearnet"), needs=())
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FLOWFACEPP, FACESHIFTER)}
+FACEDANCER = Architecture(
+    name="facedancer", title="FaceDancer",
+    summary="U-Net on the target, identity embedding injected by AdaIN ResBlks, decoder and target skips fused "
+            "by learned attention (AFFA); attributes kept by the identity encoder's block features (IFSR)",
+    paper="Rosberg et al. 2023, FaceDancer: Pose- and Occlusion-Aware High Fidelity Face Swapping",
+    config=FaceDancerConfig, generator=FaceDancer, loss_weights=(FaceDancerLossWeights,),
+    train_stages=("ifsr_margins", "train_facedancer"), needs=())
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FLOWFACEPP, FACESHIFTER, FACEDANCER)}
 
 
 def architecture(name: str) -> Architecture:

@@ -72,7 +72,8 @@ def write_outputs(results: list[ArchitectureResult], params_path: str, doc: Path
     p = P.load(params_path)
     stages = [s for r in results for s in architecture(r.name).train_stages]
     recipe = ("params.yaml's training sections: " + ", ".join(
-        f"{s} {getattr(p, s).steps} steps x batch {getattr(p, s).batch_size}" for s in stages)
+        f"{s} {getattr(p, s).steps} steps x batch {getattr(p, s).batch_size}" if hasattr(p, s)
+        else f"{s} (no training loop)" for s in stages)
         + f"; {p.train.num_workers} Ray worker(s) x {p.train.threads_per_worker} threads, "
         + ("GPU" if p.train.use_gpu else "CPU"))
     dataset = (f"the pipeline's prepared data ({p.ingest.source} source"

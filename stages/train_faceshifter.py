@@ -19,16 +19,15 @@ import torch
 
 from faceswap import artifacts, params
 from faceswap.core.cli import parser
-from faceswap.core.io import sha256_file
 from faceswap.data.records import PairDataset, alignment
 from faceswap.training.config import FaceShifterStageConfig, TrainConfig
-from faceswap.training.faceshifter import AEITask, PartValidator
+from faceswap.training.faceshifter import AEITask
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, data_paths, exported_module, gate_selection, loop_summary, run_key, run_stage,
+    DataPaths, add_data_args, add_swap_stage_args, data_paths, exported_module, loop_summary, run_swap_stage,
     train_swap_model,
 )
-from faceswap.training.validation import SwapValidator
+from faceswap.training.validation import PartValidator, SwapValidator
 from faceswap_models.auxiliary import build_identity_encoder
 from faceswap_models.faceshifter.config import FaceShifterConfig, HEARNetConfig
 from faceswap_models.faceshifter.generator import FaceShifter
@@ -100,24 +99,16 @@ def run(data: DataPaths, *, out_dir: str | Path, params_path: str | Path = "para
         init_bundle: str | Path | None = None) -> dict:
     """Train AEI-Net; with `init_bundle` (a FaceShifter bundle) start from its AEI-Net."""
     p, tcfg, cfg = params.training(params_path, STAGE, checkpoint_root)
-    select = gate_selection(p.register)
-    key = run_key(cfg, tcfg, data,  # HEAR-Net's sizes only shape the (unused, off) HEAR-Net of the bundle
-                  **({"init": sha256_file(artifacts.weights_file(init_bundle, artifacts.GENERATOR))}
-                     if init_bundle else {}),
-                  **({"select": select} if cfg.export == "best_val" else {}))
-    spec = {"cfg": cfg, "data": data, "key": key, "select": select, "detect": p.detect, "hear": p.train_hearnet.model}
-    if init_bundle is not None:
-        spec["init_bundle"] = str(Path(init_bundle).resolve())
-    return run_stage(STAGE, entry=worker, spec=spec, train_cfg=tcfg, key=key, out_dir=out_dir, metrics_path=metrics,
-                     plots_path=plots)
+    # HEAR-Net's sizes only shape the (unused, off) HEAR-Net of the bundle: not in the run key
+    return run_swap_stage(STAGE, entry=worker, cfg=cfg, train_cfg=tcfg, data=data, register=p.register,
+                          out_dir=out_dir, metrics_path=metrics, plots_path=plots, init_bundle=init_bundle,
+                          spec={"detect": p.detect, "hear": p.train_hearnet.model})
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     add_data_args(p)
-    p.add_argument("--out-dir", default="models/swap/faceshifter/train_faceshifter", help="the AEI-Net bundle folder")
-    p.add_argument("--plots", default=None, help="per-step CSV for dvc plots")
-    p.add_argument("--init-bundle", default=None, help="fine-tune from this FaceShifter bundle dir")
+    add_swap_stage_args(p, out_dir="models/swap/faceshifter/train_faceshifter", what="AEI-Net (FaceShifter)")
     a = p.parse_args(argv)
     m = run(data_paths(a), out_dir=a.out_dir, params_path=a.params, metrics=a.metrics, plots=a.plots,
             checkpoint_root=a.checkpoint_root, init_bundle=a.init_bundle)

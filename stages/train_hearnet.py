@@ -20,13 +20,13 @@ from faceswap.core.cli import parser
 from faceswap.core.io import sha256_file
 from faceswap.data.records import PairDataset
 from faceswap.training.config import HEARStageConfig, TrainConfig
-from faceswap.training.faceshifter import HEARTask, PartValidator
+from faceswap.training.faceshifter import HEARTask
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, data_paths, exported_module, gate_selection, loop_summary, run_key, run_stage,
+    DataPaths, add_data_args, add_swap_stage_args, data_paths, exported_module, loop_summary, run_swap_stage,
     train_swap_model,
 )
-from faceswap.training.validation import SwapValidator
+from faceswap.training.validation import PartValidator, SwapValidator
 from faceswap_models.faceshifter.config import FaceShifterConfig
 from faceswap_models.faceshifter.generator import FaceShifter
 
@@ -96,16 +96,10 @@ def run(data: DataPaths, *, aei_bundle: str | Path, out_dir: str | Path, params_
         init_bundle: str | Path | None = None) -> dict:
     """Train HEAR-Net on the AEI-Net of `aei_bundle`; with `init_bundle` start from its HEAR-Net."""
     p, tcfg, cfg = params.training(params_path, STAGE, checkpoint_root)
-    select = gate_selection(p.register)
-    key = run_key(cfg, tcfg, data, aei=sha256_file(artifacts.weights_file(aei_bundle, artifacts.GENERATOR)),
-                  **({"init": sha256_file(artifacts.weights_file(init_bundle, artifacts.GENERATOR))}
-                     if init_bundle else {}),
-                  **({"select": select} if cfg.export == "best_val" else {}))
-    spec = {"cfg": cfg, "data": data, "key": key, "select": select, "aei_bundle": str(Path(aei_bundle).resolve())}
-    if init_bundle is not None:
-        spec["init_bundle"] = str(Path(init_bundle).resolve())
-    return run_stage(STAGE, entry=worker, spec=spec, train_cfg=tcfg, key=key, out_dir=out_dir, metrics_path=metrics,
-                     plots_path=plots)
+    return run_swap_stage(STAGE, entry=worker, cfg=cfg, train_cfg=tcfg, data=data, register=p.register,
+                          out_dir=out_dir, metrics_path=metrics, plots_path=plots, init_bundle=init_bundle,
+                          inputs={"aei": sha256_file(artifacts.weights_file(aei_bundle, artifacts.GENERATOR))},
+                          spec={"aei_bundle": str(Path(aei_bundle).resolve())})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     add_data_args(p)
     p.add_argument("--input-bundle", default="models/swap/faceshifter/train_faceshifter",
                    help="the AEI-Net bundle (train_faceshifter's output)")
-    p.add_argument("--out-dir", default="models/swap/faceshifter", help="the FaceShifter bundle folder")
-    p.add_argument("--plots", default=None, help="per-step CSV for dvc plots")
-    p.add_argument("--init-bundle", default=None, help="fine-tune from this FaceShifter bundle dir")
+    add_swap_stage_args(p, out_dir="models/swap/faceshifter", what="FaceShifter")
     a = p.parse_args(argv)
     m = run(data_paths(a), aei_bundle=a.input_bundle, out_dir=a.out_dir, params_path=a.params, metrics=a.metrics,
             plots=a.plots, checkpoint_root=a.checkpoint_root, init_bundle=a.init_bundle)

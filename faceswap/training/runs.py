@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from faceswap import artifacts
 from faceswap.core.cli import write_metrics
 from faceswap.core.io import absolute_tracking_uri, atomic_write_text, fingerprint, sha256_file
 from faceswap.core.layout import DATA, DataLayout
@@ -193,6 +194,31 @@ def gate_selection(register: Any) -> dict[str, Any]:
     """What `export: best_val` ranks val snapshots by (it names the run too): the register section's gates."""
     return {"gates": register.gates, "primary_metric": register.primary_metric,
             "higher_is_better": register.higher_is_better}
+
+
+def run_swap_stage(stage: str, *, entry: WorkerFn, cfg: Any, train_cfg: TrainConfig, data: DataPaths, register: Any,
+                   out_dir: str | os.PathLike, metrics_path: str | None, plots_path: str | None,
+                   init_bundle: str | os.PathLike | None = None, inputs: Mapping[str, Any] | None = None,
+                   spec: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`run_stage` for a stage that exports a swap model: the run key holds `inputs` (hashes of what it reads),
+    the init bundle's weights when fine-tuning and, with `export: best_val`, the gate selection; the worker
+    spec gets cfg, data, key, select, the resolved init bundle and `spec`."""
+    select = gate_selection(register)
+    key = run_key(cfg, train_cfg, data, **(inputs or {}),
+                  **({"init": sha256_file(artifacts.weights_file(init_bundle, artifacts.GENERATOR))} if init_bundle else {}),
+                  **({"select": select} if cfg.export == "best_val" else {}))
+    full = {"cfg": cfg, "data": data, "key": key, "select": select, **(spec or {})}
+    if init_bundle is not None:
+        full["init_bundle"] = str(Path(init_bundle).resolve())
+    return run_stage(stage, entry=entry, spec=full, train_cfg=train_cfg, key=key, out_dir=out_dir,
+                     metrics_path=metrics_path, plots_path=plots_path)
+
+
+def add_swap_stage_args(p: argparse.ArgumentParser, *, out_dir: str, what: str) -> None:
+    """The options every swap-model stage CLI has besides the data tables: --out-dir, --plots, --init-bundle."""
+    p.add_argument("--out-dir", default=out_dir, help=f"the {what} bundle folder")
+    p.add_argument("--plots", default=None, help="per-step CSV for dvc plots")
+    p.add_argument("--init-bundle", default=None, help=f"fine-tune from this {what} bundle dir")
 
 
 def train_swap_model(spec: Mapping[str, Any], ctx: Any, task: Any, dataset: Any, desc: str,

@@ -27,7 +27,7 @@ the loop runs it every `train_swap.val_every` steps and at the end.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -267,3 +267,19 @@ class ShapeValidator:
         i2_res, _ = dshape(tgt["image"], self.batch["p12"], tgt["contour"], tgt["parsing"])  # (B, 3, S, S)
         dshape.train(was)
         return {"val/ldmk": self._ldmk(i2_res), "val/ldmk_unwarped": self.unwarped}
+
+
+class PartValidator:
+    """A `SwapValidator` scoring one trained part of a swap model (FaceShifter's AEI-Net or HEAR-Net,
+    FaceDancer's generator): each call puts the part (the loop's exported EMA copy) into `model` with
+    `attach` and scores the whole model."""
+
+    def __init__(self, validator: Any, model: Any, attach: Callable[[Any, Any], None]) -> None:
+        self.validator, self.model, self.attach = validator, model, attach
+
+    def __call__(self, part: Any) -> dict[str, float]:
+        self.attach(self.model, part)
+        return self.validator(self.model.to(next(part.parameters()).device))
+
+    def __getattr__(self, name: str) -> Any:  # eval_doc, baselines, close ...
+        return getattr(self.validator, name)
