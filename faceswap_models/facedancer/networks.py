@@ -126,7 +126,7 @@ class FaceDancerNet(nn.Module):
     Encoder: [the target's inner face low-passed, cfg.target_face_lowpass] 3x3 stem (level 0) then one EncoderResBlock per further level (skips z_a^0..z_a^(E-1)).
     Decoder: `bottleneck_blocks` AdaIN ResBlks at level E-1, then per level l = E-2..0 an up-sampling AdaIN
     ResBlk to e_l channels, fused with z_a^l by AFFA (l >= 1) or by concatenation + 3x3 conv (l = 0);
-    then instance norm + LeakyReLU + 1x1 conv to RGB and tanh.
+    then LeakyReLU + 1x1 conv to RGB and tanh.
     """
 
     def __init__(self, cfg: FaceDancerNetConfig) -> None:
@@ -141,8 +141,9 @@ class FaceDancerNet(nn.Module):
         self.up = nn.ModuleList(AdaINResBlock(enc[lv + 1], enc[lv], w, upsample=True) for lv in levels)
         self.affa = nn.ModuleList(AFFA(enc[lv], cfg.affa_hidden) for lv in levels if lv >= 1)
         self.concat_fuse = nn.Conv2d(2 * enc[0], enc[0], 3, padding=1)  # level 0: plain concatenation
-        self.to_rgb = nn.Sequential(nn.InstanceNorm2d(enc[0], affine=True), nn.LeakyReLU(0.2),
-                                    nn.Conv2d(enc[0], 3, 1))
+        # no normalisation before RGB: an instance norm there (StarGAN-v2's to_rgb) erases each image's mean
+        # colour, which here must come from the target (a first run drew every background in one hue)
+        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(enc[0], 3, 1))
         self.register_buffer("face_mask", face_ellipse_mask(cfg.img_size, cfg.face_ellipse), persistent=False)
 
     def target_input(self, target: Tensor) -> Tensor:
