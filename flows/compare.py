@@ -18,13 +18,15 @@ from pathlib import Path
 
 from faceswap import artifacts
 from faceswap import params as P
-from faceswap.core.io import atomic_write_text
+from faceswap.core.images import encode_image, read_rgb
+from faceswap.core.io import atomic_write_bytes, atomic_write_text
 from faceswap.core.layout import ModelOutputs
-from faceswap.evaluation.compare import ArchitectureResult, compare_markdown, compare_metrics
+from faceswap.evaluation.compare import ArchitectureResult, compare_markdown, compare_metrics, side_by_side
 from faceswap.training import tracking
 from faceswap_models.architectures import ARCHITECTURES, architecture
 
 DOC = Path("docs/compare.md")
+FIGURE = Path("docs/compare_swaps.png")  # source | target | each architecture's raw and blended outputs
 HEADER = """# Architectures compared
 
 Written by `make compare` (flows/compare.py): every architecture in faceswap_models/architectures.py
@@ -67,8 +69,19 @@ def run_pipeline(names: list[str], params_path: str) -> int:
                                      artifact_root=train.mlflow_artifact_root, run_name="compare")
 
 
+def write_figure(names: list[str], figure: Path = FIGURE) -> Path | None:
+    """docs/compare_swaps.png from the evaluate stage's grids (reports/eval/<name>_grid.png; the same seeded
+    test pairs for every architecture); None when one is missing."""
+    paths = [ModelOutputs(n).eval_grid for n in names]
+    if not all(Path(p).is_file() for p in paths):
+        return None
+    atomic_write_bytes(figure, encode_image(side_by_side([read_rgb(p) for p in paths]), "png"))
+    return figure
+
+
 def write_outputs(results: list[ArchitectureResult], params_path: str, doc: Path = DOC) -> str:
-    """docs/compare.md and one MLflow run ("compare-table") with the flat metrics and the table."""
+    """docs/compare.md, docs/compare_swaps.png and one MLflow run ("compare-table") with the flat metrics,
+    the table and the figure."""
     p = P.load(params_path)
     stages = [s for r in results for s in architecture(r.name).train_stages]
     recipe = ("params.yaml's training sections: " + ", ".join(
@@ -80,13 +93,18 @@ def write_outputs(results: list[ArchitectureResult], params_path: str, doc: Path
                + (f", {p.ingest.demo_identities} identities x {p.ingest.demo_images_per_identity} images"
                   if p.ingest.source == "demo" else "") + "), test split of `split`")
     table = compare_markdown(results, recipe=recipe, dataset=dataset)
-    atomic_write_text(doc, HEADER + "\n" + table)
+    figure = write_figure([r.name for r in results], doc.parent / FIGURE.name)
+    columns = " | ".join(f"{r.title} raw, blended" for r in results)
+    atomic_write_text(doc, HEADER + (f"Swaps: `{FIGURE.name}` (source | target | {columns}; the first test "
+                                     "pairs of `evaluate`).\n" if figure else "") + "\n" + table)
     with tracking.stage_run("compare-table", tracking_uri=p.train.tracking_uri, experiment=p.train.mlflow_experiment,
                             artifact_root=p.train.mlflow_artifact_root,
                             params={"architectures": ",".join(r.name for r in results)}) as run:
         if run is not None:
             tracking.log_final_metrics(run, compare_metrics(results), 0)
             tracking.log_artifacts(run, doc)
+            if figure is not None:
+                tracking.log_artifacts(run, figure)
     return table
 
 

@@ -44,3 +44,19 @@ def test_table_rows_hold_the_measured_numbers():
     assert "`models:/beta/3`" in md and "gate miss: model.id_top1 = 0.13 < 0.2" in md
     m = compare_metrics([result("beta", BAD, 0.13)])
     assert m["beta.id_top1"] == 0.13 and m["beta.gates_passed"] == 0.0 and m["beta.stage_a.s_per_step"] == 0.5
+
+
+def test_side_by_side_keeps_one_source_and_target_and_every_architectures_outputs():
+    """docs/compare_swaps.png: source | target from the first grid, then each grid's output columns in order."""
+    import numpy as np
+
+    from faceswap.evaluation.compare import side_by_side
+
+    cell = 4
+
+    def grid(rows: int, values: list[int]) -> np.ndarray:  # one cell per value, filled with it
+        return np.concatenate([np.full((rows * cell, cell, 3), v, np.uint8) for v in values], axis=1)
+
+    fig = side_by_side([grid(3, [1, 2, 10, 11]), grid(2, [1, 2, 20, 21])], cell=cell)
+    assert fig.shape == (2 * cell, 6 * cell, 3)  # the shorter grid's rows; 2 + 2 + 2 columns
+    assert [int(fig[0, c * cell, 0]) for c in range(6)] == [1, 2, 10, 11, 20, 21]

@@ -1,13 +1,16 @@
 """The architecture comparison table (`make compare`, docs/compare.md): every selected architecture
 trained with one recipe on one dataset, evaluated by the same suite against the same gates.
 
-Pure: it reads what evaluate / register / the training stages wrote (dicts) and returns markdown and a
-flat metric dict; flows/compare.py runs the pipeline, gathers those files and writes the outputs.
+Pure: it reads what evaluate / register / the training stages wrote (dicts, grid images) and returns
+markdown, a flat metric dict and one figure; flows/compare.py runs the pipeline, gathers those files and
+writes the outputs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 # (column title, dotted path into eval.json, format); the gate metrics and the realism substitute
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -108,3 +111,14 @@ def compare_metrics(results: list[ArchitectureResult]) -> dict[str, float]:
         out[f"{r.name}.parameters"] = float(r.parameters)
         out[f"{r.name}.gates_passed"] = float(all(g.get("passed") for g in r.gates))
     return out
+
+
+def side_by_side(grids: Sequence[np.ndarray], cell: int = 128) -> np.ndarray:
+    """One figure from the evaluate stage's grids of several architectures (same seeded test pairs, rows =
+    pairs, columns source | target | outputs..., cell x cell each): source | target | each grid's outputs,
+    in order. (R*cell, (2 + sum of output columns)*cell, 3) uint8; rows beyond the shortest grid dropped."""
+    assert grids, "no grids"
+    rows = min(g.shape[0] for g in grids)
+    for g in grids:
+        assert g.ndim == 3 and g.shape[1] % cell == 0 and g.shape[1] >= 3 * cell, f"not a grid of {cell} px cells"
+    return np.concatenate([grids[0][:rows, :2 * cell]] + [g[:rows, 2 * cell:] for g in grids], axis=1)
