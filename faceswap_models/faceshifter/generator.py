@@ -10,13 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from faceswap_models.auxiliary.registry import identity_architecture
 from faceswap_models.faceshifter.config import FaceShifterConfig
 from faceswap_models.faceshifter.networks import AEINet, HEARNet
-from faceswap_models.generator import SwapModel
+from faceswap_models.generator import IdentityConditionedModel
 
 
-class FaceShifter(SwapModel):
+class FaceShifter(IdentityConditionedModel):
     """G(X_s, X_t) for aligned faces (B, 3, S, S) in [-1, 1], S = cfg.img_size.
 
     Example:
@@ -27,12 +26,9 @@ class FaceShifter(SwapModel):
     architecture = "faceshifter"
 
     def __init__(self, cfg: FaceShifterConfig, identity: nn.Module | None = None) -> None:
-        """identity: the frozen identity network (L2-normalised (B, id_dim) embeddings); None builds
-        `cfg.identity_encoder`'s architecture, to load a saved state dict into."""
-        super().__init__()
+        """identity: the frozen identity network (None: `cfg.identity_encoder`'s, untrained, to load weights into)."""
+        super().__init__(cfg.identity_encoder, identity)
         self.cfg = cfg
-        self.identity = identity if identity is not None else identity_architecture(cfg.identity_encoder)
-        self.identity.requires_grad_(False).eval()
         self.aei = AEINet(cfg.aei)
         self.hear = HEARNet(cfg.hear)
         self.register_buffer("hear_on", torch.tensor(False))  # True once HEAR-Net is trained (saved with the weights)
@@ -40,16 +36,6 @@ class FaceShifter(SwapModel):
     @property
     def img_size(self) -> int:
         return self.cfg.img_size
-
-    def train(self, mode: bool = True) -> FaceShifter:
-        super().train(mode)
-        self.identity.eval()
-        return self
-
-    def encode_source(self, source: Tensor) -> Tensor:
-        """z_id(X_s): (B, 3, S, S) -> (B, id_dim), no graph (the identity network is frozen)."""
-        with torch.no_grad():
-            return self.identity(source)
 
     def heuristic_error(self, target: Tensor) -> Tensor:
         """Delta_Y_t = X_t - AEI-Net(X_t, X_t), (B, 3, S, S)."""
@@ -61,9 +47,6 @@ class FaceShifter(SwapModel):
         if not bool(self.hear_on):
             return y_hat
         return self.hear(y_hat, self.heuristic_error(target))
-
-    def forward(self, source: Tensor, target: Tensor) -> Tensor:
-        return self.swap_encoded(self.encode_source(source), source, target)
 
     def extras(self, source: Tensor, target: Tensor) -> dict[str, Tensor]:
         """AEI-Net's output Y_hat_st and the heuristic error Delta_Y_t (HEAR-Net's inputs)."""
