@@ -1,12 +1,16 @@
-"""Paper-size benchmark of Fswa and Dshape: time, peak memory, attention vs convolution share.
+"""Paper-size benchmark of the swap networks (FlowFace++'s Fswa and Dshape, FaceDancer, FaceShifter's AEI-Net):
+time, peak memory, attention vs convolution share.
 
-    python -m bench.models [--device cuda] [--batch 2] [--iters 3] [--models fswa dshape mae]
+    python -m bench.models [--device cuda] [--batch 2] [--iters 3] [--models fswa dshape mae facedancer aei]
 
 Each model runs one training-like step per iteration (forward + backward of a dummy loss):
   * fswa:   SwapGenerator(source, target) at 256x256 (frozen MAE encoder under no_grad, as trained);
   * dshape: ShapeDiscriminator(i2, p12, p2, s2) -> (i2_res, V) with Gres + warping;
   * mae:    FaceMAE pretraining step (75 % masking);
-  * dswa:   PatchDiscriminator on a 256x256 batch.
+  * dswa:   PatchDiscriminator on a 256x256 batch;
+  * facedancer: FaceDancer's generator (FaceDancerNet) on a 256x256 target and a unit identity embedding
+    (the frozen identity network is not part of it);
+  * aei:    FaceShifter's AEI-Net, the same way.
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the peak process RSS above the pre-build
 baseline, sampled every 2 ms by a thread (psutil), else the ru_maxrss high-water delta (a lower
 bound when an earlier model already set a higher mark). Op shares come from torch.profiler self
@@ -125,8 +129,22 @@ def _make_step(name: str, cfg: FlowFaceConfig, batch: int, device: torch.device)
 
         def step() -> None:
             model(x).mean().backward()
+    elif name in ("facedancer", "aei"):
+        from faceswap_models.facedancer.config import FaceDancerNetConfig
+        from faceswap_models.facedancer.networks import FaceDancerNet
+        from faceswap_models.faceshifter.config import AEINetConfig
+        from faceswap_models.faceshifter.networks import AEINet
+
+        net = FaceDancerNet(FaceDancerNetConfig.paper()) if name == "facedancer" else AEINet(AEINetConfig.paper())
+        model = net.to(device).train()
+        z_id = nn.functional.normalize(torch.randn(batch, 512, generator=g), dim=1).to(device)
+        x = img()
+
+        def step() -> None:
+            out = model(z_id, x)
+            (out if name == "facedancer" else out[0]).square().mean().backward()
     else:
-        raise ValueError(f"unknown model {name!r}; choose from fswa, dshape, mae, dswa")
+        raise ValueError(f"unknown model {name!r}; choose from fswa, dshape, mae, dswa, facedancer, aei")
     return model, step
 
 
@@ -172,7 +190,7 @@ def _bench_one(name: str, cfg: FlowFaceConfig, batch: int, iters: int, device: t
 
 
 def bench_models(device: str | torch.device = "cpu", batch_size: int = 1, iters: int = 3,
-                 models: Sequence[str] = ("fswa", "dshape"),
+                 models: Sequence[str] = ("fswa", "dshape", "facedancer"),
                  cfg: FlowFaceConfig | None = None) -> dict[str, dict[str, float]]:
     """Forward+backward time per 256x256 sample, peak memory and op-time shares per model.
 
@@ -180,7 +198,7 @@ def bench_models(device: str | torch.device = "cpu", batch_size: int = 1, iters:
         device: 'cpu' or 'cuda[:i]'.
         batch_size: samples per step (1-2 for paper size on CPU).
         iters: timed iterations after one warmup.
-        models: any of 'fswa', 'dshape', 'mae', 'dswa'.
+        models: any of 'fswa', 'dshape', 'mae', 'dswa', 'facedancer', 'aei'.
         cfg: defaults to FlowFaceConfig.paper().
     Returns:
         {model: {'params_M', 'trainable_M', 'batch', 'step_s', 's_per_sample', 'peak_mem_MiB',
@@ -203,11 +221,11 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Benchmark paper-size FlowFace++ networks.")
+    p = argparse.ArgumentParser(description="Benchmark paper-size swap networks.")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--models", nargs="+", default=["fswa", "dshape"])
+    p.add_argument("--models", nargs="+", default=["fswa", "dshape", "facedancer"])
     a = p.parse_args(argv)
     res = bench_models(a.device, a.batch, a.iters, a.models)
     dev = torch.cuda.get_device_name(torch.device(a.device)) if a.device.startswith("cuda") \
