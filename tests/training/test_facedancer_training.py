@@ -20,6 +20,7 @@ from faceswap_models.facedancer.config import FaceDancerLossWeights, FaceDancerN
 from faceswap_models.facedancer.networks import FaceDancerNet
 from faceswap_models.swap import face_ellipse_mask
 from paramsutil import section  # noqa: E402
+from training.test_faceshifter_training import batch  # noqa: E402  (32 px pairs, X_s = X_t where same)
 from training.test_stages import data_args, write_params  # noqa: E402
 
 LAYERS = (0, 1)
@@ -41,14 +42,6 @@ class TinyIdentity(nn.Module):
         f1 = torch.tanh(self.b1(f0))
         emb = nn.functional.normalize(self.head(f1.mean(dim=(2, 3))), dim=1)
         return (emb, [f0, f1]) if return_features else emb
-
-
-def batch(same: list[bool], seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    src, tgt = (torch.rand(len(same), 3, 32, 32, generator=g) * 2 - 1 for _ in range(2))
-    flags = torch.tensor(same)
-    src = torch.where(flags.view(-1, 1, 1, 1), tgt, src)  # PairDataset same="image": X_s = X_t
-    return {"source": {"image": src}, "target": {"image": tgt}, "same_identity": flags}
 
 
 @pytest.fixture
