@@ -1,7 +1,8 @@
-"""Paper-size benchmark of the swap networks (FlowFace++'s Fswa and Dshape, FaceDancer, FaceShifter's AEI-Net):
+"""Paper-size benchmark of the swap networks (FlowFace++'s Fswa and Dshape, FaceDancer, FaceShifter's AEI-Net,
+HifiFace):
 time, peak memory, attention vs convolution share.
 
-    python -m bench.models [--device cuda] [--batch 2] [--iters 3] [--models fswa dshape mae facedancer aei]
+    python -m bench.models [--device cuda] [--batch 2] [--iters 3] [--models fswa dshape mae facedancer aei hififace]
 
 Each model runs one training-like step per iteration (forward + backward of a dummy loss):
   * fswa:   SwapGenerator(source, target) at 256x256 (frozen MAE encoder under no_grad, as trained);
@@ -10,7 +11,9 @@ Each model runs one training-like step per iteration (forward + backward of a du
   * dswa:   PatchDiscriminator on a 256x256 batch;
   * facedancer: FaceDancer's generator (FaceDancerNet) on a 256x256 target and a unit identity embedding
     (the frozen identity network is not part of it);
-  * aei:    FaceShifter's AEI-Net, the same way.
+  * aei:    FaceShifter's AEI-Net, the same way;
+  * hififace: HifiFace's generator (HifiFaceNet with SFF) on a 256x256 target and a random v_sid (the frozen
+    identity network and 3DMM regressor that make v_sid are not part of it).
 Peak memory: CUDA max_memory_allocated on GPU; on CPU the peak process RSS above the pre-build
 baseline, sampled every 2 ms by a thread (psutil), else the ru_maxrss high-water delta (a lower
 bound when an earlier model already set a higher mark). Op shares come from torch.profiler self
@@ -143,8 +146,20 @@ def _make_step(name: str, cfg: FlowFaceConfig, batch: int, device: torch.device)
         def step() -> None:
             out = model(z_id, x)
             (out if name == "facedancer" else out[0]).square().mean().backward()
+    elif name == "hififace":
+        from faceswap_models.hififace.config import HifiFaceNetConfig
+        from faceswap_models.hififace.networks import HifiFaceNet
+
+        hcfg = HifiFaceNetConfig.paper()
+        model = HifiFaceNet(hcfg).to(device).train()
+        v_sid = torch.randn(batch, hcfg.style_dim, generator=g).to(device)
+        x = img()
+
+        def step() -> None:
+            out = model(v_sid, x)
+            (out.image.square().mean() + out.low.square().mean()).backward()
     else:
-        raise ValueError(f"unknown model {name!r}; choose from fswa, dshape, mae, dswa, facedancer, aei")
+        raise ValueError(f"unknown model {name!r}; choose from fswa, dshape, mae, dswa, facedancer, aei, hififace")
     return model, step
 
 
@@ -190,7 +205,7 @@ def _bench_one(name: str, cfg: FlowFaceConfig, batch: int, iters: int, device: t
 
 
 def bench_models(device: str | torch.device = "cpu", batch_size: int = 1, iters: int = 3,
-                 models: Sequence[str] = ("fswa", "dshape", "facedancer"),
+                 models: Sequence[str] = ("fswa", "dshape", "facedancer", "hififace"),
                  cfg: FlowFaceConfig | None = None) -> dict[str, dict[str, float]]:
     """Forward+backward time per 256x256 sample, peak memory and op-time shares per model.
 
@@ -198,7 +213,7 @@ def bench_models(device: str | torch.device = "cpu", batch_size: int = 1, iters:
         device: 'cpu' or 'cuda[:i]'.
         batch_size: samples per step (1-2 for paper size on CPU).
         iters: timed iterations after one warmup.
-        models: any of 'fswa', 'dshape', 'mae', 'dswa', 'facedancer', 'aei'.
+        models: any of 'fswa', 'dshape', 'mae', 'dswa', 'facedancer', 'aei', 'hififace'.
         cfg: defaults to FlowFaceConfig.paper().
     Returns:
         {model: {'params_M', 'trainable_M', 'batch', 'step_s', 's_per_sample', 'peak_mem_MiB',
@@ -225,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--models", nargs="+", default=["fswa", "dshape", "facedancer"])
+    p.add_argument("--models", nargs="+", default=["fswa", "dshape", "facedancer", "hififace"])
     a = p.parse_args(argv)
     res = bench_models(a.device, a.batch, a.iters, a.models)
     dev = torch.cuda.get_device_name(torch.device(a.device)) if a.device.startswith("cuda") \

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 COMMANDS = ("ingest", "filter", "align", "segment", "threedmm", "split", "train_aux", "pretrain_mae",
             "train_shape", "train_swap", "train_faceshifter", "train_hearnet", "ifsr_margins",
-            "train_facedancer", "train", "evaluate", "register",
+            "train_facedancer", "train_hififace", "train", "evaluate", "register",
             "swap", "verify")
 
 
@@ -49,6 +49,8 @@ def command(name: str) -> Callable[[list[str]], int]:
             from stages import ifsr_margins as stage
         case "train_facedancer":
             from stages import train_facedancer as stage
+        case "train_hififace":
+            from stages import train_hififace as stage
         case "train":
             return train_main
         case "evaluate":

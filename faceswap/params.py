@@ -20,8 +20,8 @@ from faceswap.core.config import (
 from faceswap.evaluation.config import EvaluateConfig
 from faceswap.serving.config import RegisterConfig
 from faceswap.training.config import (
-    AuxStageConfig, FaceDancerStageConfig, FaceShifterStageConfig, HEARStageConfig, MAEStageConfig, ShapeStageConfig,
-    SwapStageConfig, TrainConfig,
+    AuxStageConfig, FaceDancerStageConfig, FaceShifterStageConfig, HEARStageConfig, HifiFaceStageConfig, MAEStageConfig,
+    ShapeStageConfig, SwapStageConfig, TrainConfig,
 )
 
 
@@ -57,6 +57,7 @@ class Params:
     train_faceshifter: FaceShifterStageConfig
     train_hearnet: HEARStageConfig
     train_facedancer: FaceDancerStageConfig
+    train_hififace: HifiFaceStageConfig
     register: RegisterConfig
     retrain: RetrainConfig
 
@@ -79,7 +80,7 @@ def training(path: str | Path, stage: str, checkpoint_root: str | None = None) -
 
 # --------------------------------------------------------------------------- recipe switch
 TRAINING_SECTIONS = ("train", "pretrain_mae", "train_aux", "train_shape", "train_swap", "train_faceshifter",
-                     "train_hearnet", "train_facedancer")
+                     "train_hearnet", "train_facedancer", "train_hififace")
 
 
 def _top_level_blocks(text: str) -> list[tuple[str | None, str]]:

@@ -17,6 +17,8 @@ from faceswap_models.facedancer.generator import FaceDancer
 from faceswap_models.faceshifter.config import AEILossWeights, FaceShifterConfig, HEARLossWeights
 from faceswap_models.faceshifter.generator import FaceShifter
 from faceswap_models.generator import SwapModel
+from faceswap_models.hififace.config import HifiFaceConfig, HifiFaceLossWeights
+from faceswap_models.hififace.generator import HifiFace
 from faceswap_models.swap import SwapGenerator
 
 
@@ -59,7 +61,16 @@ FACEDANCER = Architecture(
     config=FaceDancerConfig, generator=FaceDancer, loss_weights=(FaceDancerLossWeights,),
     train_stages=("ifsr_margins", "train_facedancer"), needs=())
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FLOWFACEPP, FACESHIFTER, FACEDANCER)}
+HIFIFACE = Architecture(
+    name="hififace", title="HifiFace",
+    summary="3D shape-aware identity (identity embedding + 3DMM shape of the source with the target's expression "
+            "and pose) drives AdaIN ResBlks; Semantic Facial Fusion blends decoder and target features by a "
+            "learned face mask and predicts the output's own blend mask",
+    paper="Wang et al. 2021, HifiFace: 3D Shape and Semantic Prior Guided High Fidelity Face Swapping",
+    config=HifiFaceConfig, generator=HifiFace, loss_weights=(HifiFaceLossWeights,), train_stages=("train_hififace",),
+    needs=("models/aux", "data/threedmm_model.npz"))
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (FLOWFACEPP, FACESHIFTER, FACEDANCER, HIFIFACE)}
 
 
 def architecture(name: str) -> Architecture:

@@ -25,6 +25,7 @@ class SwapModel(nn.Module):
 
     architecture: ClassVar[str]
     cfg: Any
+    has_output_mask: ClassVar[bool] = False  # True: `output_mask` gives the mask the output was blended with
 
     @property
     def img_size(self) -> int:
@@ -40,6 +41,11 @@ class SwapModel(nn.Module):
     def swap_encoded(self, encoded: Any, source: Tensor, target: Tensor) -> Tensor:
         """`forward` with `encoded = encode_source(source)` (1 or B sources, B targets) -> (B, 3, H, W)."""
         raise NotImplementedError
+
+    def output_mask(self, encoded: Any, source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        """(`swap_encoded`'s output (B, 3, H, W), its blend mask (B, 1, H, W) in [0, 1]) for generators that
+        predict one (`has_output_mask`); the swap CLI pastes with that mask (blend `model`)."""
+        raise NotImplementedError(f"{type(self).__name__} predicts no blend mask")
 
     def extras(self, source: Tensor, target: Tensor) -> dict[str, Tensor]:
         """Named extra outputs of one swap (masks, intermediate images), for grids and reports; none by default."""

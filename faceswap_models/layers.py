@@ -1,4 +1,5 @@
-"""Shared building blocks: ViT pieces (patch embedding, attention, MLP, block) and conv blocks."""
+"""Shared building blocks: ViT pieces (patch embedding, attention, MLP, block), conv blocks and StarGAN-v2's
+AdaIN / encoder ResBlks."""
 from __future__ import annotations
 
 import math
@@ -138,3 +139,59 @@ class ConvResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.skip(x) + self.body(x)  # (B, c_out, H, W)
+
+
+# --------------------------------------------------------------------------- StarGAN-v2 blocks (FaceDancer, HifiFace)
+class AdaIN(nn.Module):
+    """Adaptive instance norm: (1 + gamma(w)) * IN(x) + beta(w), gamma / beta per channel from the style w."""
+
+    def __init__(self, channels: int, style_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False)
+        self.fc = nn.Linear(style_dim, 2 * channels)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """x (B, C, H, W), w (B, style_dim) -> (B, C, H, W)."""
+        gamma, beta = self.fc(w)[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1) each
+        return (1 + gamma) * self.norm(x) + beta
+
+
+class AdaINResBlock(nn.Module):
+    """StarGAN-v2's AdaIN ResBlk: AdaIN -> LeakyReLU(0.2) -> [x2 nearest up] -> 3x3 conv, twice; the
+    shortcut is [x2 up ->] 1x1 conv when the widths differ; output (residual + shortcut) / sqrt(2)."""
+
+    def __init__(self, c_in: int, c_out: int, style_dim: int, upsample: bool = False) -> None:
+        super().__init__()
+        self.upsample = upsample
+        self.norm1 = AdaIN(c_in, style_dim)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = AdaIN(c_out, style_dim)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+
+    def _up(self, x: Tensor) -> Tensor:
+        return F.interpolate(x, scale_factor=2, mode="nearest") if self.upsample else x
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """x (B, c_in, S, S), w (B, style_dim) -> (B, c_out, S', S'), S' = 2S when upsampling."""
+        r = self.conv1(self._up(F.leaky_relu(self.norm1(x, w), 0.2)))
+        r = self.conv2(F.leaky_relu(self.norm2(r, w), 0.2))
+        return (r + self.skip(self._up(x))) / math.sqrt(2)
+
+
+class EncoderResBlock(nn.Module):
+    """StarGAN-v2's encoder ResBlk with instance norm and x2 average-pool down-sampling:
+    (B, c_in, S, S) -> (B, c_out, S/2, S/2)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.norm1 = nn.InstanceNorm2d(c_in, affine=True)
+        self.conv1 = nn.Conv2d(c_in, c_in, 3, padding=1)
+        self.norm2 = nn.InstanceNorm2d(c_in, affine=True)
+        self.conv2 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.conv1(F.leaky_relu(self.norm1(x), 0.2))
+        r = self.conv2(F.leaky_relu(self.norm2(F.avg_pool2d(r, 2)), 0.2))
+        return (r + F.avg_pool2d(self.skip(x), 2)) / math.sqrt(2)

@@ -74,17 +74,22 @@ def reconstruction_loss(output: Tensor, target: Tensor, same_identity: Optional[
 
 
 def perceptual_loss(feats_out: Sequence[Tensor], feats_ref: Sequence[Tensor],
-                    kind: Literal["l2", "l1"] = "l2") -> Tensor:
-    """Sum over layers of the mean squared ('l2', eq. 9) or absolute ('l1') feature difference.
+                    kind: Literal["l2", "l1", "lpips"] = "l2") -> Tensor:
+    """Sum over layers of the mean squared ('l2', eq. 9) or absolute ('l1') feature difference, or ('lpips')
+    LPIPS with uniform channel weights (Zhang et al. 2018's "baseline" form): per layer, each pixel's
+    feature vector scaled to unit length, the squared difference summed over channels, averaged over space.
 
     Args: lists of feature maps (e.g. VGG's last two conv layers) of I_o and I_t, same shapes.
     """
     assert len(feats_out) == len(feats_ref) and len(feats_out) > 0, "need matching, non-empty feature lists"
-    dist = F.mse_loss if kind == "l2" else F.l1_loss
     total = feats_out[0].new_zeros(())
     for a, b in zip(feats_out, feats_ref):
         assert a.shape == b.shape, f"{tuple(a.shape)} vs {tuple(b.shape)}"
-        total = total + dist(a, b)
+        if kind == "lpips":
+            d = F.normalize(a, dim=1, eps=1e-10) - F.normalize(b, dim=1, eps=1e-10)
+            total = total + d.pow(2).sum(dim=1).mean()
+        else:
+            total = total + (F.mse_loss if kind == "l2" else F.l1_loss)(a, b)
     return total
 
 

@@ -34,7 +34,7 @@ trained by its own stages with the recipe of params.yaml on the same prepared da
 same `evaluate` stage (docs/evaluation.md) and gated by the same `register.gates` (docs/registry.md).
 Each model is registered under its own name (`register.model_names`). s/step is the training loop's wall
 time per step on this machine, in-training validation included (one number per training stage).
-What the committed run shows and how it was measured: docs/STATUS.md "Issue 13".
+What the committed run shows and how it was measured: docs/STATUS.md "Issue 14".
 """
 
 
@@ -57,7 +57,8 @@ def collect(name: str) -> ArchitectureResult:
 
 def _trained_parameters(gen) -> int:
     """Parameters training updates: all but the frozen pretrained parts (FlowFace++'s MAE encoder, the
-    identity network inside FaceShifter), which the generators build with requires_grad off."""
+    identity network inside FaceShifter / FaceDancer / HifiFace, HifiFace's 3DMM regressor), which the
+    generators build with requires_grad off."""
     return sum(p.numel() for p in gen.parameters() if p.requires_grad)
 
 

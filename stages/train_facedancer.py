@@ -26,8 +26,8 @@ from faceswap.training.config import FaceDancerStageConfig, TrainConfig
 from faceswap.training.facedancer import MARGINS_FILE, FaceDancerTask, load_margins
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, add_swap_stage_args, data_paths, exported_module, loop_summary, run_swap_stage,
-    train_swap_model,
+    DataPaths, add_data_args, add_swap_stage_args, data_paths, exported_module, load_init_part, loop_summary,
+    run_swap_stage, train_swap_model,
 )
 from faceswap.training.validation import PartValidator, SwapValidator
 from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
@@ -44,13 +44,7 @@ def build_model(cfg: FaceDancerStageConfig, seed: int, init_bundle: str | Path |
     torch.manual_seed(seed)  # identical initial weights on every rank
     model = FaceDancer(FaceDancerConfig(net=cfg.net_config(), identity_encoder=cfg.identity_encoder), identity)
     if init_bundle is not None:  # fine-tune from a previous FaceDancer
-        init = artifacts.load_bundle(init_bundle)
-        if init.architecture.name != FaceDancer.architecture:
-            raise ValueError(f"init bundle {init_bundle}: a {init.architecture.title} bundle, "
-                             "train_facedancer needs a FaceDancer one")
-        if init.config != model.cfg:
-            raise ValueError(f"init bundle {init_bundle}: its generator config differs from train_facedancer's")
-        model.net.load_state_dict(init.generator.net.state_dict())
+        load_init_part(model, init_bundle, STAGE)
     return model
 
 

@@ -47,9 +47,12 @@ def source_rgb(tiny_corpus) -> np.ndarray:
 def blend_weight(pipe: SwapPipeline, source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """The pipeline's blend weight in target pixels, (H, W) in [0, 1]."""
     t = pipe.align(target, "target", landmarks68=True)
-    swapped = pipe.generate_crop(pipe.source_tokens(source), t.crop)
+    if pipe.blend == "model":  # the generator's own mask
+        _, mask = pipe.generate_with_mask(pipe.source_tokens(source), t.crop)
+    else:
+        mask = pipe.blend_mask(t, pipe.generate_crop(pipe.source_tokens(source), t.crop))
     ones = np.full((pipe.align_size, pipe.align_size, 3), 255, np.uint8)
-    return paste_back(np.zeros_like(target), ones, t.matrix, pipe.blend_mask(t, swapped))[..., 0] / 255.0
+    return paste_back(np.zeros_like(target), ones, t.matrix, mask)[..., 0] / 255.0
 
 
 def test_swap_image_changes_face_only(pipe, face_rgb, source_rgb):
@@ -58,8 +61,11 @@ def test_swap_image_changes_face_only(pipe, face_rgb, source_rgb):
     assert out.shape == target.shape and out.dtype == np.uint8
     w = blend_weight(pipe, source_rgb, target)
     diff = np.abs(out.astype(int) - target).max(-1)
-    assert (w == 0).mean() > 0.6  # background, hair, neck
     assert diff[w == 0].max() == 0  # untouched outside the mask
+    if pipe.blend == "model":  # HifiFace: a random generator's M_r covers its crop at about 1/2
+        assert pipe.last_blend == "model" and (w == 0).mean() > 0.3 and diff[w > 0.2].mean() > 5
+        return
+    assert (w == 0).mean() > 0.6  # background, hair, neck
     assert diff[w > 0.99].mean() > 10  # the random generator repaints the face
     ys, xs = np.nonzero(w > 0.99)
     t = pipe.align(target, "target")
@@ -237,19 +243,34 @@ def test_shape_blend_falls_back_to_the_target_mask_without_a_face(big_bundle_dir
 
 def test_face_mask_shape_equals_parsing_for_the_same_face(big_bundle_dir, face_rgb):
     pipe = SwapPipeline.from_bundle(big_bundle_dir)
-    assert pipe.blend == DEFAULT_BLEND == "shape" and set(BLENDS) == {"shape", "parsing", "crop"}
+    assert pipe.blend == DEFAULT_BLEND == "shape" and set(BLENDS) == {"shape", "parsing", "crop", "model"}
     pts = pipe.align(face_rgb, "target", landmarks68=True).landmarks68
     assert np.array_equal(face_mask(pts, BIG, "shape", pts), face_mask(pts, BIG, "parsing"))
     assert np.array_equal(face_mask(pts, BIG, "shape"), face_mask(pts, BIG, "parsing"))  # no output landmarks
     with pytest.raises(ValueError, match="unknown blend"):
         SwapPipeline.from_bundle(big_bundle_dir, blend="target")
+    with pytest.raises(ValueError, match="predicts no blend mask"):  # FlowFace++ has no mask of its own
+        SwapPipeline.from_bundle(big_bundle_dir, blend="model")
+
+
+def test_model_blend_is_the_generators_mask(tmp_path, face_rgb, source_rgb):
+    """HifiFace blends with its own M_r by default: a mask of 0 leaves the target as it was, whatever I_out is."""
+    arch = ARCHITECTURES["hififace"]
+    gen = arch.generator(arch.config.tiny())
+    with torch.no_grad():
+        gen.net.out_head[-1].bias[3] = -100.0  # M_r = sigmoid(... - 100) = 0
+    bundle = save_bundle(tmp_path / "hf", gen, align_size=ALIGN, template_scale=1.4, meta={}, detect=section("detect"))
+    pipe = SwapPipeline.from_bundle(bundle)
+    assert pipe.blend == "model"
+    assert np.array_equal(pipe.swap_image(source_rgb, face_rgb), face_rgb)
+    assert SwapPipeline.from_bundle(bundle, blend="shape").blend == "shape"  # the other blends still apply
 
 
 def test_cli_blend_choices():
     from faceswap.serving.swap_cli import swap_parser
 
     action = next(a for a in swap_parser()._actions if a.dest == "blend")
-    assert tuple(action.choices) == BLENDS and action.default == DEFAULT_BLEND
+    assert tuple(action.choices) == BLENDS and action.default is None  # None: the architecture's default_blend
     assert all(b in action.help for b in BLENDS)
 
 

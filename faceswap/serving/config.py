@@ -1,5 +1,5 @@
-"""The register section: MLflow logging, the registered model and its champion gate. Kept free of heavy
-imports: the params tree imports it."""
+"""The register section: MLflow logging, the registered model and its champion gate; the swap's blend
+choices. Kept free of heavy imports: the params tree and the swap CLI's parser import it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +7,13 @@ from typing import Any
 
 from faceswap.core.config import ConfigError
 from faceswap.evaluation.gates import is_bound_expression
+
+# How a swapped face is pasted back (faceswap/serving/inference.py). shape: union of the target's face and
+# the generated face's parsing (keeps the new contour); parsing: the target's face parsing only (the new
+# contour is cut to the old one); crop: the whole aligned square, feathered; model: the blend mask the
+# generator predicts with its output (HifiFace's M_r), the default for the architectures that have one.
+BLENDS = ("shape", "parsing", "crop", "model")
+DEFAULT_BLEND = "shape"  # for the architectures without a mask of their own
 
 
 @dataclass(frozen=True)

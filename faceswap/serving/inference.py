@@ -37,12 +37,8 @@ from faceswap.faces.detectors import (  # noqa: F401  (NoFaceError: re-exported,
     Face, FaceDetector, NoFaceError, align_face, build_detector, transform_points,
 )
 from faceswap.faces.parsing import parse_from_landmarks
+from faceswap.serving.config import BLENDS, DEFAULT_BLEND
 
-# shape: union of the target's and the generated face's parsing (keeps the new contour; default);
-# parsing: the target's face parsing only (the new contour is cut to the old one); crop: the whole
-# aligned square, feathered.
-BLENDS = ("shape", "parsing", "crop")
-DEFAULT_BLEND = "shape"
 # The check that the output crop shows a face where the target's was (find_output_face).
 OUTPUT_FACE_BOX_PX = 100  # the expected face box is resampled to this width for dlib's HOG detector
 OUTPUT_FACE_MARGIN = 0.3  # search window: the box grown by this fraction of its width on every side
@@ -50,6 +46,11 @@ OUTPUT_FACE_MIN_SCORE = 0.0  # HOG score (the pipeline's own detection threshold
 OUTPUT_FACE_MIN_IOU = 0.4  # overlap with the target's box
 
 log = logging.getLogger(__name__)
+
+
+def default_blend(generator: Any) -> str:
+    """The blend a swap uses unless told: the generator's own mask when it predicts one, else DEFAULT_BLEND."""
+    return "model" if getattr(generator, "has_output_mask", False) else DEFAULT_BLEND
 
 
 class EncodedSource(NamedTuple):
@@ -214,9 +215,14 @@ class SwapPipeline:
     """
 
     def __init__(self, bundle: SwapBundle, detector: FaceDetector, *, device: str | torch.device = "cpu",
-                 blend: str = DEFAULT_BLEND) -> None:
+                 blend: str | None = None) -> None:
+        """blend: one of BLENDS; None = `default_blend` of the bundle's generator."""
+        blend = default_blend(bundle.generator) if blend is None else blend
         if blend not in BLENDS:
             raise ValueError(f"unknown blend {blend!r}; expected one of {BLENDS}")
+        if blend == "model" and not getattr(bundle.generator, "has_output_mask", False):
+            raise ValueError(f"blend 'model': the {bundle.architecture.title} generator predicts no blend mask; "
+                             f"use one of {[b for b in BLENDS if b != 'model']}")
         self.bundle = bundle
         self.generator = bundle.generator.to(device).eval()
         self.detector = detector
@@ -231,7 +237,7 @@ class SwapPipeline:
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike | SwapBundle, *, detect: DetectConfig | None = None,
-                    device: str | torch.device = "cpu", blend: str = DEFAULT_BLEND,
+                    device: str | torch.device = "cpu", blend: str | None = None,
                     min_score: float = 0.0) -> SwapPipeline:
         """A bundle directory (or an already loaded SwapBundle) and the face detector (`detect`: the
         bundle's, i.e. the one the training data was found with, unless given)."""
@@ -323,7 +329,21 @@ class SwapPipeline:
         pts = self.detector.landmarker(swapped_crop, box)  # type: ignore[attr-defined]  # (68, 2) crop pixels
         return face_mask(target.landmarks68, self.align_size, "shape", pts)
 
+    @torch.inference_mode()
+    def generate_with_mask(self, e_s: EncodedSource, crop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blend `model`: (the swapped crop (S, S, 3) uint8, the generator's own mask (S, S) float32 in [0, 1])."""
+        out, mask = self.generator.output_mask(e_s.tokens, e_s.image, self.to_tensor(crop))
+        m = mask[0, 0].float().cpu().numpy()  # (n, n)
+        if m.shape[0] != self.align_size:
+            m = cv2.resize(m, (self.align_size,) * 2, interpolation=cv2.INTER_LINEAR)
+        return self.to_crops(out)[0], np.clip(m, 0.0, 1.0).astype(np.float32)
+
     def _swap_onto(self, e_s: EncodedSource, target_rgb: np.ndarray, which: str) -> np.ndarray:
+        if self.blend == "model":
+            t = self.align(target_rgb, which)
+            out, mask = self.generate_with_mask(e_s, t.crop)
+            self.last_blend = "model"
+            return paste_back(target_rgb, out, t.matrix, mask)
         t = self.align(target_rgb, which, landmarks68=self.blend != "crop")
         out = self.generate_crop(e_s, t.crop)  # (S, S, 3)
         return paste_back(target_rgb, out, t.matrix, self.blend_mask(t, out))

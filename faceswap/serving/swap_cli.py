@@ -30,6 +30,7 @@ from faceswap.core.images import BadImage, decode_rgb
 from faceswap.core.io import atomic_path, atomic_write_bytes, atomic_write_text
 from faceswap.core.weights import WeightsError
 from faceswap.serving import watermark
+from faceswap.serving.config import BLENDS
 from faceswap.serving.registry import DEFAULT_TRACKING_URI, ModelURIError, resolve_model
 from faceswap.serving.watermark import package_version, provenance_text
 
@@ -153,10 +154,11 @@ def swap_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help=f"MLflow tracking URI (default $MLFLOW_TRACKING_URI or {DEFAULT_TRACKING_URI})")
     p.add_argument("--params", default=None,
                    help="a params file whose `detect` section replaces the detector recorded in the model")
-    p.add_argument("--blend", default="shape", choices=("shape", "parsing", "crop"),
-                   help="shape (default): the target's face mask united with the swapped face's own parsing, so "
-                        "the new contour is kept (falls back to parsing when the output shows no face); parsing: "
-                        "the target's face mask only; crop: the whole aligned square")
+    p.add_argument("--blend", default=None, choices=BLENDS,
+                   help="model: the blend mask the generator predicts (HifiFace's M_r; the default for an architecture "
+                        "that predicts one); shape (the default otherwise): the target's face mask united with the "
+                        "swapped face's own parsing, so the new contour is kept (falls back to parsing when the output "
+                        "shows no face); parsing: the target's face mask only; crop: the whole aligned square")
     p.add_argument("--device", default="cpu")
     p.add_argument("--key", default=watermark.DEFAULT_KEY, help="watermark key")
     p.add_argument("--jpeg-quality", type=int, default=95)

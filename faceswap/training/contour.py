@@ -29,22 +29,25 @@ def rotation_from_pose(pose_deg: Tensor) -> Tensor:
 
 
 class ContourProjector(nn.Module):
-    """Contour landmarks (B, K, 2) from 3DMM coefficients; buffers only, no parameters.
+    """Contour landmarks (B, K, 2) from 3DMM coefficients; buffers only, no parameters. With
+    `points="mesh"` it projects every model vertex instead (HifiFace's shape loss: the dense landmarks).
 
     Camera (s, tx, ty) is in the pixels of the image the coefficients refer to; `scale` multiplies
     the whole projection (e.g. S / 256 for coefficients fitted on 256 crops used at size S).
     """
 
-    def __init__(self, model: LinearFaceModel) -> None:
+    def __init__(self, model: LinearFaceModel, points: str = "contour") -> None:
         super().__init__()
-        idx = torch.as_tensor(model.contour_idx, dtype=torch.long)
+        if points not in ("contour", "mesh"):
+            raise ValueError(f"points: expected contour or mesh, got {points!r}")
+        idx = torch.as_tensor(model.contour_idx if points == "contour" else range(model.n_vertices), dtype=torch.long)
         self.register_buffer("mean", torch.as_tensor(model.mean, dtype=torch.float32)[idx])  # (K, 3)
         self.register_buffer("id_basis", torch.as_tensor(model.id_basis, dtype=torch.float32)[:, idx])  # (S, K, 3)
         self.register_buffer("exp_basis", torch.as_tensor(model.exp_basis, dtype=torch.float32)[:, idx])  # (E, K, 3)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ContourProjector:
-        return cls(LinearFaceModel.load(path))
+    def load(cls, path: str | os.PathLike, points: str = "contour") -> ContourProjector:
+        return cls(LinearFaceModel.load(path), points)
 
     @property
     def num_points(self) -> int:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from faceswap.training.checkpoint import unwrap
 from faceswap.training.config import FaceDancerStageConfig
-from faceswap.training.steps import Batch, Phase, Terms, TrainTask, adam
+from faceswap.training.steps import Batch, GeneratorFirstTask, Terms, adam
 from faceswap_models.facedancer.config import FaceDancerLossWeights
 from faceswap_models.facedancer.losses import block_cosines, cycle_loss, d_logistic, g_logistic, ifsr_loss, masked_l1
 from faceswap_models.facedancer.networks import FaceDancerNet
@@ -46,9 +46,10 @@ def identity_blocks(identity: nn.Module, x: Tensor, layers: Sequence[int]) -> tu
     return emb, [feats[i] for i in layers]
 
 
-def perceptual_same(perceptual: nn.Module | str, out: Tensor, target: Tensor, same: Tensor) -> Tensor:
+def perceptual_same(perceptual: nn.Module | str, out: Tensor, target: Tensor, same: Tensor, kind: str = "l1") -> Tensor:
     """L_p on the pairs with X_s = X_t: "ssim" = L1 + 1 - SSIM (the offline default, as FlowFace++'s), or a
-    feature network (VGG16 with user weights): sum over its four stages of the mean |P_i(X_c) - P_i(X_t)|."""
+    feature network (VGG16 with user weights): over its four stages, `kind` "l1" the sum of the mean
+    |P_i(X_c) - P_i(X_t)| (FaceDancer), "lpips" LPIPS (HifiFace; faceswap_models.losses.perceptual_loss)."""
     idx = same.nonzero(as_tuple=True)[0]
     if idx.numel() == 0:
         return out.sum() * 0.0  # keeps the graph
@@ -56,7 +57,7 @@ def perceptual_same(perceptual: nn.Module | str, out: Tensor, target: Tensor, sa
     if isinstance(perceptual, str):
         assert perceptual == "ssim", perceptual
         return structural_loss(o, t)
-    return perceptual_loss([f.float() for f in perceptual(o)], [f.float() for f in perceptual(t)], kind="l1")
+    return perceptual_loss([f.float() for f in perceptual(o)], [f.float() for f in perceptual(t)], kind=kind)
 
 
 def facedancer_generator_terms(net: nn.Module, disc: nn.Module, identity: nn.Module, perceptual: nn.Module | str,
@@ -103,7 +104,7 @@ def discriminator_logistic_terms(disc: nn.Module, real: Tensor, fake: Tensor, gp
     return terms
 
 
-class FaceDancerTask(TrainTask):
+class FaceDancerTask(GeneratorFirstTask):
     """FaceDancer's generator against the StarGAN-v2-style discriminator (stage train_facedancer)."""
 
     def __init__(self, net: FaceDancerNet, disc: nn.Module, identity: nn.Module, perceptual: nn.Module | str,
@@ -116,7 +117,6 @@ class FaceDancerTask(TrainTask):
         self.identity, self.perceptual, self.weights = identity, perceptual, weights
         self.margins, self.layers = torch.tensor(list(margins), dtype=torch.float32), tuple(layers)
         assert len(self.margins) == len(self.layers), f"{len(self.margins)} margins for {len(self.layers)} blocks"
-        self._fakes: dict[int, Tensor] = {}
 
     def to(self, device: torch.device) -> FaceDancerTask:
         super().to(device)
@@ -126,23 +126,15 @@ class FaceDancerTask(TrainTask):
             self.perceptual.to(device)
         return self
 
-    def _g(self, b: Batch) -> Terms:
-        keep: dict[str, Tensor] = {}
-        terms = facedancer_generator_terms(self.modules["net"], unwrap(self.modules["disc"]), self.identity,
-                                           self.perceptual, b, self.weights, self.margins, self.layers, keep)
-        self._fakes[id(b)] = keep["out"]
-        return terms
+    def generator_terms(self, b: Batch, keep: dict[str, Tensor]) -> Terms:
+        return facedancer_generator_terms(self.modules["net"], unwrap(self.modules["disc"]), self.identity,
+                                          self.perceptual, b, self.weights, self.margins, self.layers, keep)
 
-    def _d(self, b: Batch) -> Terms:
-        fake = self._fakes.pop(id(b), None)
-        if fake is None:
-            with torch.no_grad():
-                fake = unwrap(self.modules["net"])(self.identity(b["source"]["image"]), b["target"]["image"])
+    def generate(self, b: Batch) -> Tensor:
+        return unwrap(self.modules["net"])(self.identity(b["source"]["image"]), b["target"]["image"])
+
+    def discriminator_terms(self, b: Batch, fake: Tensor) -> Terms:
         return discriminator_logistic_terms(self.modules["disc"], b["target"]["image"], fake, self.weights.gp)
-
-    def phases(self, step: int) -> list[Phase]:
-        self._fakes.clear()
-        return [Phase("g", "net", self._g), Phase("d", "disc", self._d)]
 
     @torch.no_grad()
     def samples(self, batch: Batch) -> list[Tensor]:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from faceswap.data.occlusion import paste_occluders
 from faceswap.training.checkpoint import unwrap
 from faceswap.training.config import OcclusionConfig
-from faceswap.training.steps import Batch, Phase, Terms, TrainTask, adam
+from faceswap.training.steps import Batch, GeneratorFirstTask, Phase, Terms, TrainTask, adam
 from faceswap_models.faceshifter.config import AEILossWeights, HEARLossWeights
 from faceswap_models.faceshifter.losses import (
     attribute_loss, change_loss, half_l2_reconstruction, multiscale_d_hinge, multiscale_g_hinge,
@@ -54,8 +54,10 @@ def aei_generator_terms(aei: nn.Module, disc: nn.Module, identity: nn.Module, ba
     return weighted(terms, weights)
 
 
-class AEITask(TrainTask):
+class AEITask(GeneratorFirstTask):
     """AEI-Net against the multi-scale discriminator (stage train_faceshifter)."""
+
+    generator = "aei"
 
     def __init__(self, aei: AEINet, disc: nn.Module, identity: nn.Module, weights: AEILossWeights, *,
                  lr: float, betas: tuple[float, float]) -> None:
@@ -64,32 +66,23 @@ class AEITask(TrainTask):
         self.ema = ("aei",)
         self.validate_module = "aei"
         self.identity, self.weights = identity, weights
-        self._fakes: dict[int, Tensor] = {}
 
     def to(self, device: torch.device) -> AEITask:
         super().to(device)
         self.identity.to(device)
         return self
 
-    def _g(self, b: Batch) -> Terms:
-        keep: dict[str, Tensor] = {}
-        terms = aei_generator_terms(self.modules["aei"], unwrap(self.modules["disc"]), self.identity, b,
-                                    self.weights, keep)
-        self._fakes[id(b)] = keep["out"]
-        return terms
+    def generator_terms(self, b: Batch, keep: dict[str, Tensor]) -> Terms:
+        return aei_generator_terms(self.modules["aei"], unwrap(self.modules["disc"]), self.identity, b,
+                                   self.weights, keep)
 
-    def _d(self, b: Batch) -> Terms:
-        fake = self._fakes.pop(id(b), None)
-        if fake is None:
-            with torch.no_grad():
-                fake = unwrap(self.modules["aei"])(self.identity(b["source"]["image"]), b["target"]["image"])[0]
+    def generate(self, b: Batch) -> Tensor:
+        return unwrap(self.modules["aei"])(self.identity(b["source"]["image"]), b["target"]["image"])[0]
+
+    def discriminator_terms(self, b: Batch, fake: Tensor) -> Terms:
         disc = self.modules["disc"]
         loss = multiscale_d_hinge(disc(b["target"]["image"]), disc(fake))
         return {"hinge": loss.detach(), "total": loss}
-
-    def phases(self, step: int) -> list[Phase]:
-        self._fakes.clear()
-        return [Phase("g", "aei", self._g), Phase("d", "disc", self._d)]
 
     @torch.no_grad()
     def samples(self, batch: Batch) -> list[Tensor]:

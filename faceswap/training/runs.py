@@ -28,6 +28,7 @@ from faceswap.training.config import TrainConfig
 from faceswap.training.loop import METRICS_FILE, load_best_state
 from faceswap.training.ray_runner import WorkerFn, run_workers
 from faceswap.training.validation import GateSelector
+from faceswap_models.architectures import architecture
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,18 @@ def run_swap_stage(stage: str, *, entry: WorkerFn, cfg: Any, train_cfg: TrainCon
         full["init_bundle"] = str(Path(init_bundle).resolve())
     return run_stage(stage, entry=entry, spec=full, train_cfg=train_cfg, key=key, out_dir=out_dir,
                      metrics_path=metrics_path, plots_path=plots_path)
+
+
+def load_init_part(model: Any, init_bundle: str | os.PathLike, stage: str, part: str = "net") -> None:
+    """Fine-tuning: put the trained part `part` of `init_bundle` into `model` (ValueError when the bundle holds
+    another architecture or a generator of another config)."""
+    init = artifacts.load_bundle(init_bundle)
+    if init.architecture.name != model.architecture:
+        raise ValueError(f"init bundle {init_bundle}: a {init.architecture.title} bundle, {stage} needs a "
+                         f"{architecture(model.architecture).title} one")
+    if init.config != model.cfg:
+        raise ValueError(f"init bundle {init_bundle}: its generator config differs from {stage}'s")
+    getattr(model, part).load_state_dict(getattr(init.generator, part).state_dict())
 
 
 def add_swap_stage_args(p: argparse.ArgumentParser, *, out_dir: str, what: str) -> None:

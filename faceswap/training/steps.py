@@ -73,6 +73,41 @@ class TrainTask:
             m.train()
 
 
+class GeneratorFirstTask(TrainTask):
+    """A generator (module `generator`) and its discriminator (module 'disc'), updated g then d each step: the
+    d phase scores the g phase's detached output of the same micro-batch (no second forward). Subclasses
+    implement `generator_terms(batch, keep)` (storing the detached fake in keep['out']),
+    `discriminator_terms(batch, fake)` and `generate(batch)` (the fake when the g phase did not run on it)."""
+
+    generator: str = "net"
+
+    def generator_terms(self, batch: Batch, keep: dict[str, Tensor]) -> Terms:
+        raise NotImplementedError
+
+    def discriminator_terms(self, batch: Batch, fake: Tensor) -> Terms:
+        raise NotImplementedError
+
+    def generate(self, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def _g(self, b: Batch) -> Terms:
+        keep: dict[str, Tensor] = {}
+        terms = self.generator_terms(b, keep)
+        self._fakes[id(b)] = keep["out"]
+        return terms
+
+    def _d(self, b: Batch) -> Terms:
+        fake = self._fakes.pop(id(b), None)
+        if fake is None:
+            with torch.no_grad():
+                fake = self.generate(b)
+        return self.discriminator_terms(b, fake)
+
+    def phases(self, step: int) -> list[Phase]:
+        self._fakes: dict[int, Tensor] = {}
+        return [Phase("g", self.generator, self._g), Phase("d", "disc", self._d)]
+
+
 def adam(params: Any, lr: float, betas: tuple[float, float], weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """Adam (AdamW when weight_decay > 0) over the parameters that require grad."""
     ps = [p for p in params if p.requires_grad]

