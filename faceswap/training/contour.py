@@ -62,3 +62,13 @@ class ContourProjector(nn.Module):
         xr = x @ rotation_from_pose(pose).transpose(1, 2)  # (B, K, 3)
         p = camera[:, None, :1] * xr[..., :2] + camera[:, None, 1:]  # (B, K, 2)
         return p * scale
+
+
+def projected_points(points: ContourProjector, pred: dict[str, Tensor], size: int, crop_size: int,
+                     shape: Tensor | None = None) -> Tensor:
+    """The 3DMM points (B, K, 2), in pixels of the (B, 3, size, size) images the regressor output `pred` was
+    read from; `shape` replaces the regressed identity shape (HifiFace's c_fuse). The regressor's camera scale is in the
+    units of the crops it was trained on (`crop_size`), hence the rescale."""
+    cam = pred["camera"]
+    cam = torch.cat([cam[:, :1] * (size / crop_size), cam[:, 1:]], dim=1)
+    return points(pred["shape"] if shape is None else shape, pred["expression"], pred["pose"], cam)

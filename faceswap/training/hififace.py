@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from faceswap.training.checkpoint import unwrap
-from faceswap.training.contour import ContourProjector
+from faceswap.training.contour import ContourProjector, projected_points
 from faceswap.training.facedancer import discriminator_logistic_terms, perceptual_same
 from faceswap.training.steps import Batch, GeneratorFirstTask, Terms, adam
 from faceswap_models.facedancer.losses import cycle_loss, g_logistic, masked_l1
@@ -38,16 +38,6 @@ from faceswap_models.losses import identity_loss, weighted_total
 G_TERMS = ("shape", "id", "adv", "seg", "rec", "cycle", "perc")
 #: L_shape's landmark unit: pixels of a face of this side (the paper trains at 256 px).
 LANDMARK_SIDE = 256
-
-
-def projected_points(points: ContourProjector, pred: dict[str, Tensor], size: int, crop_size: int,
-                     shape: Tensor | None = None) -> Tensor:
-    """The 3DMM points (B, K, 2), in pixels of the (B, 3, size, size) images the regressor output `pred` was
-    read from; `shape` replaces the regressed identity shape (c_fuse). The regressor's camera scale is in the
-    units of the crops it was trained on (`crop_size`), hence the rescale (as steps.regressed_contour)."""
-    cam = pred["camera"]
-    cam = torch.cat([cam[:, :1] * (size / crop_size), cam[:, 1:]], dim=1)
-    return points(pred["shape"] if shape is None else shape, pred["expression"], pred["pose"], cam)
 
 
 def hififace_generator_terms(net: nn.Module, disc: nn.Module, identity: nn.Module, regressor: nn.Module,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from faceswap.training.checkpoint import unwrap
-from faceswap.training.contour import ContourProjector
+from faceswap.training.contour import ContourProjector, projected_points
 from faceswap_models.config import ShapeLossWeights, SwapLossWeights
 from faceswap_models.layers import patchify, unpatchify
 from faceswap_models.losses import (
@@ -169,9 +169,7 @@ def regressed_contour(regressor: nn.Module, contour: ContourProjector, images: T
     was trained on (`crop_size`), so the scale is rescaled by S / crop_size here.
     """
     pred = regressor(images)
-    cam = pred["camera"]
-    cam = torch.cat([cam[:, :1] * (images.shape[-1] / crop_size), cam[:, 1:]], dim=1)
-    return contour(pred["shape"], pred["expression"], pred["pose"], cam), pred
+    return projected_points(contour, pred, images.shape[-1], crop_size), pred
 
 
 @dataclass

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from faceswap.artifacts import load_aux_regressor, load_bundle, save_bundle
-from faceswap.training.contour import ContourProjector
-from faceswap.training.hififace import HifiFaceTask, hififace_generator_terms, projected_points
+from faceswap.training.contour import ContourProjector, projected_points
+from faceswap.training.hififace import HifiFaceTask, hififace_generator_terms
 from faceswap_models.auxiliary.regressor import FaceAttributeRegressor
 from faceswap_models.config import DiscriminatorConfig, RegressorConfig
 from faceswap_models.discriminator import PatchDiscriminator
