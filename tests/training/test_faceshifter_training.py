@@ -53,7 +53,7 @@ def test_aei_terms_are_the_weighted_paper_losses(nets):
     torch.testing.assert_close(t["total"].detach(), expected)
     assert float(t["rec"].detach()) > 0 and 0 < float(t["id"].detach()) < 2
     none_same = aei_generator_terms(aei, disc, ident, batch([False, False]), w)
-    assert float(none_same["rec"]) == 0.0  # L_rec only where X_s = X_t
+    assert float(none_same["rec"].detach()) == 0.0  # L_rec only where X_s = X_t
     off = aei_generator_terms(aei, disc, ident, batch([True, False]), AEILossWeights(adv=0.0, att=0.0, id=1.0, rec=0.0))
     assert set(off) == {"id", "total"}  # a term with weight 0 is not computed
 
