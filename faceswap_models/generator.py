@@ -54,8 +54,11 @@ class SwapModel(nn.Module):
 
 class IdentityConditionedModel(SwapModel):
     """A swap model conditioned on a frozen identity network's embedding of the source (FaceShifter,
-    FaceDancer). The network is part of the model, so its weights travel in the bundle and a bundle swaps on
-    a machine that has only the bundle; it stays frozen and in eval mode (gradients reach the image only)."""
+    FaceDancer, HifiFace). The network is part of the model, so its weights travel in the bundle and a bundle
+    swaps on a machine that has only the bundle; it stays frozen and in eval mode (gradients reach the image
+    only), as do the other pretrained parts a subclass names in `frozen_parts`."""
+
+    frozen_parts: ClassVar[tuple[str, ...]] = ("identity",)  # submodules `train()` keeps in eval mode
 
     def __init__(self, identity_encoder: str, identity: nn.Module | None = None) -> None:
         """identity: the trained network (L2-normalised (B, id_dim) embeddings); None builds `identity_encoder`'s
@@ -67,7 +70,8 @@ class IdentityConditionedModel(SwapModel):
 
     def train(self, mode: bool = True) -> IdentityConditionedModel:
         super().train(mode)
-        self.identity.eval()
+        for name in self.frozen_parts:
+            getattr(self, name).eval()
         return self
 
     def encode_source(self, source: Tensor) -> Tensor:

@@ -10,7 +10,6 @@ the margins it was trained with (ifsr_margins.json).
 """
 from __future__ import annotations
 
-import copy
 import json
 import sys
 from pathlib import Path
@@ -23,14 +22,13 @@ from faceswap.core.cli import parser
 from faceswap.core.io import atomic_write_text
 from faceswap.data.records import PairDataset, alignment
 from faceswap.training.config import FaceDancerStageConfig, TrainConfig
-from faceswap.training.facedancer import MARGINS_FILE, FaceDancerTask, load_margins
+from faceswap.training.facedancer import MARGINS_FILE, FaceDancerTask, load_margins, perceptual_term
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, add_swap_stage_args, data_paths, exported_module, load_init_part, loop_summary,
-    run_swap_stage, train_swap_model,
+    DataPaths, add_data_args, add_swap_stage_args, attach_net, data_paths, exported_module, load_init_part,
+    loop_summary, part_validator_builder, run_swap_stage, train_swap_model,
 )
-from faceswap.training.validation import PartValidator, SwapValidator
-from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
+from faceswap_models.auxiliary import build_identity_encoder
 from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.facedancer.config import FaceDancerConfig
 from faceswap_models.facedancer.generator import FaceDancer
@@ -48,10 +46,6 @@ def build_model(cfg: FaceDancerStageConfig, seed: int, init_bundle: str | Path |
     return model
 
 
-def attach_net(model: FaceDancer, net: torch.nn.Module) -> None:
-    model.net = net
-
-
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     cfg: FaceDancerStageConfig = spec["cfg"]
     tcfg: TrainConfig = spec["train"]
@@ -60,18 +54,12 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
                           same="image", seed=tcfg.seed, augment=cfg.augment)
     align_size, template_scale = alignment(data.aligned)
     model = build_model(cfg, tcfg.seed, spec.get("init_bundle"))
-    perceptual = (cfg.perceptual if cfg.perceptual == "ssim"
-                  else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
+    perceptual = perceptual_term(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir)
     margins = spec["margins"]
     task = FaceDancerTask(model.net, PatchDiscriminator(cfg.disc_config()), model.identity, perceptual, cfg.weights,
                           margins["margins"], cfg.ifsr.layers, lr=cfg.lr, betas=cfg.betas)
 
-    def validator() -> PartValidator:
-        v = SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model,
-                                       cfg.image_size, pairs=cfg.val_pairs, seed=tcfg.seed)
-        return PartValidator(v, copy.deepcopy(model), attach_net)
-
-    result = train_swap_model(spec, ctx, task, dataset, STAGE, validator)
+    result = train_swap_model(spec, ctx, task, dataset, STAGE, part_validator_builder(spec, model, attach_net))
     if ctx.rank != 0:
         return None
     model.net, selected = exported_module(task, result, "net", cfg.export)

@@ -10,7 +10,6 @@ Output (`--out-dir`): a HifiFace swap-model bundle (faceswap.artifacts; the EMA 
 """
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,14 @@ from faceswap.core.io import sha256_file
 from faceswap.data.records import PairDataset, alignment
 from faceswap.training.config import HifiFaceStageConfig, TrainConfig
 from faceswap.training.contour import ContourProjector
+from faceswap.training.facedancer import perceptual_term
 from faceswap.training.hififace import HifiFaceTask
 from faceswap.training.ray_runner import WorkerContext
 from faceswap.training.runs import (
-    DataPaths, add_data_args, add_swap_stage_args, data_paths, exported_module, load_init_part, loop_summary,
-    run_swap_stage, train_swap_model,
+    DataPaths, add_data_args, add_swap_stage_args, attach_net, data_paths, exported_module, load_init_part,
+    loop_summary, part_validator_builder, run_swap_stage, train_swap_model,
 )
-from faceswap.training.validation import PartValidator, SwapValidator
-from faceswap_models.auxiliary import build_identity_encoder, build_perceptual
+from faceswap_models.auxiliary import build_identity_encoder
 from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.hififace.config import POSE_DIMS, HifiFaceConfig
 from faceswap_models.hififace.generator import HifiFace
@@ -54,10 +53,6 @@ def build_model(cfg: HifiFaceStageConfig, aux_dir: str | Path, crop_size: int, s
     return model
 
 
-def attach_net(model: HifiFace, net: torch.nn.Module) -> None:
-    model.net = net
-
-
 def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
     cfg: HifiFaceStageConfig = spec["cfg"]
     tcfg: TrainConfig = spec["train"]
@@ -66,18 +61,12 @@ def worker(spec: dict[str, Any], ctx: WorkerContext) -> dict[str, Any] | None:
                           same="image", seed=tcfg.seed, augment=cfg.augment)
     align_size, template_scale = alignment(data.aligned)
     model = build_model(cfg, spec["aux_dir"], align_size, tcfg.seed, spec.get("init_bundle"))
-    perceptual = (cfg.perceptual if cfg.perceptual == "ssim"
-                  else build_perceptual(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir))
+    perceptual = perceptual_term(cfg.perceptual, cfg.perceptual_weights, cfg.aux_cache_dir)
     points = ContourProjector.load(data.threedmm_model, cfg.shape_points)
     task = HifiFaceTask(model, PatchDiscriminator(cfg.disc_config()), points, perceptual, cfg.weights,
                         crop_size=align_size, mask_dilation=cfg.mask_dilation, lr=cfg.lr, betas=cfg.betas)
 
-    def validator() -> PartValidator:
-        v = SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model,
-                                       cfg.image_size, pairs=cfg.val_pairs, seed=tcfg.seed)
-        return PartValidator(v, copy.deepcopy(model), attach_net)
-
-    result = train_swap_model(spec, ctx, task, dataset, STAGE, validator)
+    result = train_swap_model(spec, ctx, task, dataset, STAGE, part_validator_builder(spec, model, attach_net))
     if ctx.rank != 0:
         return None
     model.net, selected = exported_module(task, result, "net", cfg.export)

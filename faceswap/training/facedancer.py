@@ -46,6 +46,13 @@ def identity_blocks(identity: nn.Module, x: Tensor, layers: Sequence[int]) -> tu
     return emb, [feats[i] for i in layers]
 
 
+def perceptual_term(name: str, weights: str | None, cache_dir: str | None) -> nn.Module | str:
+    """What `perceptual_same` compares with: "ssim" as is, else the frozen feature network `name` (user weights)."""
+    from faceswap_models.auxiliary import build_perceptual
+
+    return name if name == "ssim" else build_perceptual(name, weights, cache_dir)
+
+
 def perceptual_same(perceptual: nn.Module | str, out: Tensor, target: Tensor, same: Tensor, kind: str = "l1") -> Tensor:
     """L_p on the pairs with X_s = X_t: "ssim" = L1 + 1 - SSIM (the offline default, as FlowFace++'s), or a
     feature network (VGG16 with user weights): over its four stages, `kind` "l1" the sum of the mean

@@ -32,6 +32,7 @@ from faceswap_models.facedancer.losses import cycle_loss, g_logistic, masked_l1
 from faceswap_models.hififace.config import HifiFaceLossWeights
 from faceswap_models.hififace.generator import HifiFace, shape_aware_identity
 from faceswap_models.hififace.losses import dilated_face_mask, segmentation_loss, shape_loss
+from faceswap_models.hififace.networks import SFFOutput
 from faceswap_models.losses import identity_loss, weighted_total
 
 #: Generator terms, in the weight config's order (gp belongs to the discriminator).
@@ -89,30 +90,29 @@ class HifiFaceTask(GeneratorFirstTask):
     def __init__(self, model: HifiFace, disc: nn.Module, points: ContourProjector, perceptual: nn.Module | str,
                  weights: HifiFaceLossWeights, *, crop_size: int, mask_dilation: float, lr: float,
                  betas: tuple[float, float]) -> None:
+        self.model = model  # its frozen extractor makes v_sid; its net is modules["net"]
         self.modules = {"net": model.net, "disc": disc}
         self.optimizers = {"net": adam(model.net.parameters(), lr, betas), "disc": adam(disc.parameters(), lr, betas)}
         self.ema = ("net",)
         self.validate_module = "net"
-        self.identity, self.regressor, self.points = model.identity, model.regressor, points
-        self.perceptual, self.weights = perceptual, weights
+        self.points, self.perceptual, self.weights = points, perceptual, weights
         self.options: dict[str, Any] = {"crop_size": crop_size, "mask_dilation": mask_dilation}
 
     def to(self, device: torch.device) -> HifiFaceTask:
         super().to(device)
-        for m in (self.identity, self.regressor, self.points, self.perceptual):
+        for m in (self.model, self.points, self.perceptual):  # the model: its frozen extractor (net: moved above)
             if isinstance(m, nn.Module):
                 m.to(device)
         return self
 
     def generator_terms(self, b: Batch, keep: dict[str, Tensor]) -> Terms:
-        return hififace_generator_terms(self.modules["net"], unwrap(self.modules["disc"]), self.identity,
-                                        self.regressor, self.points, self.perceptual, b, self.weights,
+        return hififace_generator_terms(self.modules["net"], unwrap(self.modules["disc"]), self.model.identity,
+                                        self.model.regressor, self.points, self.perceptual, b, self.weights,
                                         keep=keep, **self.options)
 
-    def _outputs(self, b: Batch) -> Any:
+    def _outputs(self, b: Batch) -> SFFOutput:
         src, tgt = b["source"]["image"], b["target"]["image"]
-        v_sid = shape_aware_identity(self.identity(src), self.regressor(src)["shape"], self.regressor(tgt))
-        return unwrap(self.modules["net"])(v_sid, tgt)
+        return unwrap(self.modules["net"])(self.model.v_sid(self.model.encode_source(src), tgt), tgt)
 
     def generate(self, b: Batch) -> Tensor:
         return self._outputs(b).image

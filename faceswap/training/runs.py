@@ -8,6 +8,7 @@ upload the final weights + plots to MLflow.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import dataclasses
 import io
@@ -27,7 +28,7 @@ from faceswap.training import tracking
 from faceswap.training.config import TrainConfig
 from faceswap.training.loop import METRICS_FILE, load_best_state
 from faceswap.training.ray_runner import WorkerFn, run_workers
-from faceswap.training.validation import GateSelector
+from faceswap.training.validation import GateSelector, PartValidator, SwapValidator
 from faceswap_models.architectures import architecture
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,25 @@ def load_init_part(model: Any, init_bundle: str | os.PathLike, stage: str, part:
     if init.config != model.cfg:
         raise ValueError(f"init bundle {init_bundle}: its generator config differs from {stage}'s")
     getattr(model, part).load_state_dict(getattr(init.generator, part).state_dict())
+
+
+def attach_net(model: Any, net: Any) -> None:
+    """`PartValidator`'s attach for a model whose trained part is its `net` (FaceDancer, HifiFace)."""
+    model.net = net
+
+
+def part_validator_builder(spec: Mapping[str, Any], model: Any, attach: Callable[[Any, Any], None],
+                           size: int | None = None) -> Callable[[], PartValidator]:
+    """What `train_swap_model` builds the in-training val scorer with: `cfg.val_pairs` val pairs at `size`
+    (default `cfg.image_size`) scoring a copy of `model` into which each validated snapshot is attached."""
+    cfg, tcfg, data = spec["cfg"], spec["train"], spec["data"]
+
+    def build() -> PartValidator:
+        v = SwapValidator.from_records(data.records("val"), data.records("train"), data.threedmm_model,
+                                       size or cfg.image_size, pairs=cfg.val_pairs, seed=tcfg.seed)
+        return PartValidator(v, copy.deepcopy(model), attach)
+
+    return build
 
 
 def add_swap_stage_args(p: argparse.ArgumentParser, *, out_dir: str, what: str) -> None:

@@ -43,6 +43,7 @@ class HifiFace(IdentityConditionedModel):
 
     architecture = "hififace"
     has_output_mask = True
+    frozen_parts = ("identity", "regressor")
 
     def __init__(self, cfg: HifiFaceConfig, identity: nn.Module | None = None,
                  regressor: FaceAttributeRegressor | None = None) -> None:
@@ -57,11 +58,6 @@ class HifiFace(IdentityConditionedModel):
     @property
     def img_size(self) -> int:
         return self.cfg.img_size
-
-    def train(self, mode: bool = True) -> HifiFace:
-        super().train(mode)
-        self.regressor.eval()
-        return self
 
     def encode_source(self, source: Tensor) -> Tensor:
         """(v_id, source shape) of the source: (B, 3, S, S) -> (B, id_dim + n_shape), no graph."""
