@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from faceswap.core.config import (
-    AlignConfig, ConfigError, DetectConfig, FilterConfig, IngestConfig, SegmentConfig, SplitConfig, ThreeDMMConfig,
+    AlignConfig, ConfigError, DetectConfig, FilterConfig, IngestConfig, PrepConfig, SegmentConfig, SplitConfig,
+    ThreeDMMConfig,
     from_dict, load_params, parse_params,
 )
 from faceswap.evaluation.config import EvaluateConfig
-from faceswap.serving.config import RegisterConfig
+from faceswap.serving.config import RegisterConfig, VideoConfig
 from faceswap.training.config import (
     AuxStageConfig, FaceDancerStageConfig, FaceShifterStageConfig, HEARStageConfig, HifiFaceStageConfig, MAEStageConfig,
     ShapeStageConfig, SwapStageConfig, TrainConfig,
@@ -43,6 +44,7 @@ class Params:
     architectures: list[str]  # the swap architectures dvc.yaml trains, evaluates and registers
     ingest: IngestConfig
     detect: DetectConfig
+    prep: PrepConfig
     filter: FilterConfig
     align: AlignConfig
     segment: SegmentConfig
@@ -60,6 +62,7 @@ class Params:
     train_hififace: HifiFaceStageConfig
     register: RegisterConfig
     retrain: RetrainConfig
+    video: VideoConfig
 
 
 def parse(raw: Mapping[str, Any], where: str) -> Params:

@@ -42,7 +42,8 @@ def ingest_task(params: str, data: Path, cache: Path) -> dict:
 def filter_task(params: str, data: Path, cache: Path) -> dict:
     from stages import filter as filter_stage
     return filter_stage.run(P.load(params).filter, P.load(params).detect,
-                            DataLayout(data).manifest, DataLayout(data).filtered, DataLayout(data).rejects, cache)
+                            DataLayout(data).manifest, DataLayout(data).filtered, DataLayout(data).rejects, cache,
+                            P.load(params).prep)
 
 
 @io_task
@@ -50,14 +51,16 @@ def align_task(params: str, data: Path, cache: Path) -> dict:
     from stages import align
     return align.run(P.load(params).align, P.load(params).detect,
                      P.load(params).filter.max_pixels, DataLayout(data).filtered,
-                     DataLayout(data).aligned_dir, DataLayout(data).aligned, DataLayout(data).align_rejects, cache)
+                     DataLayout(data).aligned_dir, DataLayout(data).aligned, DataLayout(data).align_rejects, cache,
+                     P.load(params).prep)
 
 
 @io_task
 def segment_task(params: str, data: Path) -> dict:
     from stages import segment
     return segment.run(P.load(params).segment, DataLayout(data).aligned,
-                       DataLayout(data).aligned_dir, DataLayout(data).parsing_dir, DataLayout(data).segments)
+                       DataLayout(data).aligned_dir, DataLayout(data).parsing_dir, DataLayout(data).segments,
+                       prep=P.load(params).prep)
 
 
 @io_task
@@ -65,7 +68,8 @@ def threedmm_task(params: str, data: Path, cache: Path) -> dict:
     from stages import threedmm
     return threedmm.run(P.load(params).threedmm, DataLayout(data).aligned,
                         DataLayout(data).aligned_dir, DataLayout(data).mesh_dir, DataLayout(data).threedmm,
-                        DataLayout(data).threedmm_model, DataLayout(data).threedmm_rejects, cache)
+                        DataLayout(data).threedmm_model, DataLayout(data).threedmm_rejects, cache,
+                        P.load(params).prep)
 
 
 @io_task

@@ -18,11 +18,11 @@ import numpy as np
 from faceswap import params
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import AlignConfig, DetectConfig
+from faceswap.core.config import AlignConfig, DetectConfig, PrepConfig
+from faceswap.core.executor import map_items
 from faceswap.core.images import BadImage, decode_rgb, encode_image
 from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
 from faceswap.core.layout import DATA
-from faceswap.core.parallel import pmap
 from faceswap.core.schemas import ALIGNED, FILTERED, REJECTS, read_table, write_table
 from faceswap.faces.detectors import Landmarker68, align_face, transform_points
 
@@ -57,16 +57,17 @@ def align_one(state, row: dict) -> dict:
 
 
 def run(cfg: AlignConfig, detect: DetectConfig, max_pixels: int, filtered: str | Path, out_dir: str | Path,
-        out_table: str | Path, out_rejects: str | Path, cache_dir: str | Path | None = None) -> dict:
+        out_table: str | Path, out_rejects: str | Path, cache_dir: str | Path | None = None,
+        prep: PrepConfig | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_table(filtered, FILTERED).to_pylist()
     key = fingerprint(CODE_VERSION, {k: v for k, v in asdict(cfg).items() if k != "workers"}, asdict(detect))
-    cache = RowCache(Path(cache_dir) / "align.parquet" if cache_dir else None, key)
+    cache = RowCache.for_stage(cache_dir, "align", key, prep)
     todo = [r for r in rows
             if not ((hit := cache.get(r["sha256"])) and (hit["reason"] or (out_dir / hit["crop"]).exists()))]
     factory = partial(_make_state, cfg, max_pixels, str(out_dir), key)
-    for r, res in zip(todo, pmap(align_one, todo, factory, cfg.workers, total=len(todo), desc="align")):
+    for r, res in zip(todo, map_items(align_one, todo, factory, cfg.workers, prep, desc="align")):
         cache.put(r["sha256"], res)
     aligned, rejected = [], []
     for r in rows:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p = params.load(a.params)
     fcfg = p.filter
     m = run(p.align, p.detect,
-            fcfg.max_pixels, a.filtered, a.out_dir, a.out, a.rejects, a.cache_dir)
+            fcfg.max_pixels, a.filtered, a.out_dir, a.out, a.rejects, a.cache_dir, p.prep)
     write_metrics(a.metrics, m)
     print(f"align: {m['aligned']} aligned ({m['warped']} warped this run), {m['rejected']} rejected")
     return 0

@@ -1,13 +1,14 @@
 """filter: reason-coded quality rejects -> filtered.parquet + rejects.parquet.
 
 Invariant (tested): every manifest row lands in exactly one of the two tables.
-Per-image checks run in worker processes and are cached by content hash; the near-duplicate
+Per-image checks run on `prep.executor` (worker processes or Ray Data) and are cached by content
+hash, saved as they come so a killed run resumes; the near-duplicate
 pass (perceptual hash, multi-index buckets) runs over all survivors, keeping the first by path.
 """
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import numpy as np
 from faceswap import params
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import DetectConfig, FilterConfig
+from faceswap.core.config import DetectConfig, FilterConfig, PrepConfig
+from faceswap.core.executor import map_items
 from faceswap.core.images import BadImage, decode_rgb, hamming64, laplacian_variance, phash64
 from faceswap.core.io import fingerprint
 from faceswap.core.layout import DATA
@@ -33,6 +35,14 @@ REASONS = (
 
 def _make_state(detect: DetectConfig, cfg: FilterConfig):
     return build_detector(detect, min_score=cfg.min_score), cfg
+
+
+def gpu_detector(detect: DetectConfig, prep: PrepConfig | None) -> tuple[DetectConfig, bool]:
+    """(the detector config the workers build, whether they take a GPU): RetinaFace on `cuda` when
+    prep.use_gpu. The device is not part of any fingerprint: outputs do not depend on where it ran."""
+    if prep is not None and prep.use_gpu and detect.backend == "retinaface":
+        return replace(detect, device="cuda"), True
+    return detect, False
 
 
 def inspect_image(state, path: str) -> dict:
@@ -108,13 +118,12 @@ def near_duplicates(paths: list[str], hashes: list[int], max_distance: int) -> d
 
 
 def run(cfg: FilterConfig, detect: DetectConfig, manifest: str | Path, out_filtered: str | Path,
-        out_rejects: str | Path, cache_dir: str | Path | None = None) -> dict:
+        out_rejects: str | Path, cache_dir: str | Path | None = None, prep: PrepConfig | None = None) -> dict:
     """Split the manifest into accepted and rejected rows; returns counts per reason."""
     table = read_table(manifest, MANIFEST)
     rows = table.to_pylist()
     key_cfg = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "phash_max_distance")}
-    cache = RowCache(Path(cache_dir) / "filter.parquet" if cache_dir else None,
-                     fingerprint(CODE_VERSION, key_cfg, asdict(detect)))
+    cache = RowCache.for_stage(cache_dir, "filter", fingerprint(CODE_VERSION, key_cfg, asdict(detect)), prep)
     results: list[dict | None] = [None] * len(rows)
     todo = []
     for i, r in enumerate(rows):
@@ -127,8 +136,10 @@ def run(cfg: FilterConfig, detect: DetectConfig, manifest: str | Path, out_filte
     # Identical content is inspected once.
     first_of: dict[str, int] = {}
     unique = [i for i in todo if first_of.setdefault(rows[i]["sha256"], i) == i]
-    factory = partial(_make_state, detect, cfg)
-    for i, res in zip(unique, _pmap_inspect(factory, [rows[i]["path"] for i in unique], cfg.workers)):
+    worker_detect, gpu = gpu_detector(detect, prep)
+    factory = partial(_make_state, worker_detect, cfg)
+    paths = [rows[i]["path"] for i in unique]
+    for i, res in zip(unique, map_items(inspect_image, paths, factory, cfg.workers, prep, desc="filter", gpu=gpu)):
         cache.put(rows[i]["sha256"], res)
     for i in todo:
         results[i] = cache.get(rows[i]["sha256"])
@@ -155,12 +166,6 @@ def run(cfg: FilterConfig, detect: DetectConfig, manifest: str | Path, out_filte
             "reasons": dict(sorted(counts.items()))}
 
 
-def _pmap_inspect(factory, paths: list[str], workers: int):
-    from faceswap.core.parallel import pmap
-
-    return pmap(inspect_image, paths, factory, workers, total=len(paths), desc="filter")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--manifest", default=str(DATA.manifest))
@@ -168,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rejects", default=str(DATA.rejects))
     a = p.parse_args(argv)
     p = params.load(a.params)
-    m = run(p.filter, p.detect,
-            a.manifest, a.out, a.rejects, a.cache_dir)
+    m = run(p.filter, p.detect, a.manifest, a.out, a.rejects, a.cache_dir, p.prep)
     write_metrics(a.metrics, m)
     print(f"filter: {m['input']} in -> {m['accepted']} accepted, {m['rejected']} rejected {m['reasons']}")
     return 0

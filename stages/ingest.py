@@ -76,7 +76,7 @@ def run(cfg: IngestConfig, out: str | Path, cache_dir: str | Path | None = None)
         raise FileNotFoundError(f"ingest.root {root} is not a directory")
     files = list(iter_files(root, cfg.extensions))
     layout = detect_layout(root, files) if cfg.layout == "auto" else cfg.layout
-    cache = RowCache(Path(cache_dir) / "ingest.parquet" if cache_dir else None, fingerprint(CODE_VERSION))
+    cache = RowCache.for_stage(cache_dir, "ingest", fingerprint(CODE_VERSION))
     root_real = Path(os.path.realpath(root))
     rows, keys, read = [], set(), 0
     for f in files:

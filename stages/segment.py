@@ -7,6 +7,7 @@ landmarks; it never emits hair) and `bisenet` (BiSeNet weights from a local file
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -14,11 +15,11 @@ import numpy as np
 
 from faceswap import params
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import SegmentConfig
+from faceswap.core.config import PrepConfig, SegmentConfig
+from faceswap.core.executor import map_items
 from faceswap.core.images import encode_image, read_rgb
 from faceswap.core.io import atomic_write_bytes, fingerprint, remove_stale
 from faceswap.core.layout import DATA
-from faceswap.core.parallel import pmap
 from faceswap.core.schemas import ALIGNED, SEGMENTS, read_table, write_table
 from faceswap.faces.labels import LABELS
 from faceswap.faces.parsing import parse_from_landmarks
@@ -34,6 +35,20 @@ def _no_state() -> None:
 def _segment_landmarks(_: None, item: tuple[dict, str]) -> None:
     row, out_path = item
     _save(Path(out_path), parse_from_landmarks(np.asarray(row["landmarks68"]).reshape(68, 2), row["size"]))
+
+
+def _bisenet_state(weights: str, device: str):
+    from faceswap.faces.bisenet import BiSeNetParser
+
+    return BiSeNetParser(weights, device)
+
+
+def _segment_bisenet(parser, items: list[tuple[str, str]]) -> list[None]:
+    """One batch of (crop path, out path): parse the crops together, save each map."""
+    crops = np.stack([read_rgb(crop) for crop, _ in items])
+    for (_, out_path), lab in zip(items, parser(crops)):
+        _save(Path(out_path), lab)
+    return [None] * len(items)
 
 
 def backend_key(cfg: SegmentConfig) -> str:
@@ -53,7 +68,7 @@ def _save(out_path: Path, lab: np.ndarray) -> None:
 
 
 def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_dir: str | Path,
-        out_table: str | Path, batch: int = 16) -> dict:
+        out_table: str | Path, batch: int = 16, prep: PrepConfig | None = None) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_table(aligned, ALIGNED).to_pylist()
@@ -61,18 +76,14 @@ def run(cfg: SegmentConfig, aligned: str | Path, aligned_dir: str | Path, out_di
     todo = [r for r in rows if not (out_dir / parsing_name(r, key)).exists()]
     if cfg.backend == "landmarks":
         items = [(r, str(out_dir / parsing_name(r, key))) for r in todo]
-        list(pmap(_segment_landmarks, items, _no_state, cfg.workers, total=len(items), desc="segment"))
+        list(map_items(_segment_landmarks, items, _no_state, cfg.workers, prep, desc="segment"))
     else:
-        from faceswap.faces.bisenet import BiSeNetParser
-
         if not cfg.bisenet_weights:
             raise ValueError("segment.backend=bisenet needs segment.bisenet_weights (a local file)")
-        model = BiSeNetParser(cfg.bisenet_weights)
-        for i in range(0, len(todo), batch):
-            chunk = todo[i:i + batch]
-            crops = np.stack([read_rgb(Path(aligned_dir) / r["crop"]) for r in chunk])
-            for r, lab in zip(chunk, model(crops)):
-                _save(out_dir / parsing_name(r, key), lab)
+        gpu = prep is not None and prep.use_gpu
+        items = [(str(Path(aligned_dir) / r["crop"]), str(out_dir / parsing_name(r, key))) for r in todo]
+        factory = partial(_bisenet_state, str(Path(cfg.bisenet_weights).resolve()), "cuda" if gpu else "cpu")
+        list(map_items(_segment_bisenet, items, factory, cfg.workers, prep, desc="segment", gpu=gpu, batched=batch))
     out_rows, keep = [], set()
     for r in rows:
         name = parsing_name(r, key)
@@ -95,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default=str(DATA.parsing_dir))
     p.add_argument("--out", default=str(DATA.segments))
     a = p.parse_args(argv)
-    m = run(params.load(a.params).segment, a.aligned, a.aligned_dir, a.out_dir, a.out)
+    p = params.load(a.params)
+    m = run(p.segment, a.aligned, a.aligned_dir, a.out_dir, a.out, prep=p.prep)
     write_metrics(a.metrics, m)
     print(f"segment: {m['faces']} parsing maps ({m['parsed_this_run']} this run)")
     return 0

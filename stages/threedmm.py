@@ -15,11 +15,11 @@ import numpy as np
 
 from faceswap import params
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import ThreeDMMConfig
+from faceswap.core.config import PrepConfig, ThreeDMMConfig
+from faceswap.core.executor import map_items
 from faceswap.core.images import read_rgb
 from faceswap.core.io import atomic_path, fingerprint, remove_stale
 from faceswap.core.layout import DATA
-from faceswap.core.parallel import pmap
 from faceswap.core.schemas import ALIGNED, REJECTS, THREEDMM, read_table, write_table
 from faceswap.faces.threedmm import LinearFaceModel, MeshLandmarker, learn_model
 
@@ -84,13 +84,13 @@ def _face_model(cfg: ThreeDMMConfig, ok_rows: list[dict], mesh_dir: Path,
 
 def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_dir: str | Path,
         out_table: str | Path, out_model: str | Path, out_rejects: str | Path,
-        cache_dir: str | Path | None = None) -> dict:
+        cache_dir: str | Path | None = None, prep: PrepConfig | None = None) -> dict:
     mesh_dir = Path(mesh_dir)
     rows = read_table(aligned, ALIGNED).to_pylist()
     todo = [r for r in rows if not (mesh_dir / mesh_name(r)).exists()]
     items = [(str(Path(aligned_dir) / r["crop"]), str(mesh_dir / mesh_name(r))) for r in todo]
     found = dict(zip((r["sha256"] for r in todo),
-                     pmap(_mesh_one, items, _landmarker_state, cfg.workers, total=len(items), desc="threedmm mesh")))
+                     map_items(_mesh_one, items, _landmarker_state, cfg.workers, prep, desc="threedmm mesh")))
     ok_rows, rejects = [], []
     for r in rows:
         if found.get(r["sha256"], True) and (mesh_dir / mesh_name(r)).exists():
@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-out", default=str(DATA.threedmm_model))
     p.add_argument("--rejects", default=str(DATA.threedmm_rejects))
     a = p.parse_args(argv)
-    m = run(params.load(a.params).threedmm, a.aligned, a.aligned_dir, a.mesh_dir,
-            a.out, a.model_out, a.rejects, a.cache_dir)
+    p = params.load(a.params)
+    m = run(p.threedmm, a.aligned, a.aligned_dir, a.mesh_dir, a.out, a.model_out, a.rejects, a.cache_dir, p.prep)
     write_metrics(a.metrics, m)
     print(f"threedmm: {m['faces']} fitted ({m['meshed_this_run']} meshed this run), {m['no_mesh']} without mesh, "
           f"median rmse {m['fit_rmse_median_px']} px")

@@ -163,6 +163,27 @@ class DetectConfig:
 
 
 @dataclass(frozen=True)
+class PrepConfig:
+    """prep: where the per-image work of filter / align / segment / threedmm runs, and how often a
+    stage saves its progress (faceswap/core/executor.py, docs/cluster.md)."""
+
+    executor: typing.Literal["local", "ray"]  # local: this machine's process pool; ray: Ray Data actor pools
+    ray_address: str | None  # ray: null starts a local Ray; "auto" / "ray://head:10001" joins a cluster
+    use_gpu: bool  # ray: RetinaFace (filter) and BiSeNet (segment) actors take one GPU each
+    gpu_actors: int  # ray + use_gpu: how many GPU actors (one per GPU you want used)
+    batch_size: int  # ray: items per actor call
+    object_store_mb: int  # ray: object store of a local Ray started for data prep
+    checkpoint_items: int  # save a stage's progress after this many new items ...
+    checkpoint_seconds: float  # ... or this many seconds, whichever comes first
+
+    def validate(self) -> None:
+        if self.gpu_actors < 1 or self.batch_size < 1 or self.object_store_mb < 64:
+            raise ConfigError("prep: gpu_actors and batch_size must be >= 1, object_store_mb >= 64")
+        if self.checkpoint_items < 1 or self.checkpoint_seconds <= 0:
+            raise ConfigError("prep: checkpoint_items must be >= 1 and checkpoint_seconds > 0")
+
+
+@dataclass(frozen=True)
 class FilterConfig:
     """filter: reason-coded quality rejects."""
 

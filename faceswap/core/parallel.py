@@ -13,6 +13,8 @@ import multiprocessing as mp
 import os
 import pickle
 import sys
+import threading
+import time
 from typing import Callable, Iterable, Iterator, TypeVar
 
 from tqdm import tqdm
@@ -20,16 +22,47 @@ from tqdm import tqdm
 T = TypeVar("T")
 R = TypeVar("R")
 
+ORPHAN_POLL_S = 0.2  # how soon a worker whose parent died exits
 MIN_ITEMS_FOR_POOL = 24  # below this, starting workers costs more than it saves (measured: ~1.5 s/worker)
 
 _STATES: dict[bytes, object] = {}  # in each worker: factory key -> state
 _POOL: tuple[int, mp.pool.Pool] | None = None  # in the parent: (workers, pool)
 
 
-def _init() -> None:
+def worker_setup() -> None:
+    """In a worker: one compute thread (the parallelism is the processes)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+class _OrphanQuietStream:
+    """A worker's stderr that goes silent once its parent is gone: a killed stage's workers then
+    exit without the BrokenPipe tracebacks of results they could no longer send."""
+
+    def __init__(self, stream, parent: int) -> None:
+        self._stream, self._parent = stream, parent
+
+    def write(self, text: str) -> int:
+        return len(text) if os.getppid() != self._parent else self._stream.write(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _exit_when_orphaned(parent: int, interval: float) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(0)
+
+
+def _pool_worker_setup(parent: int) -> None:
+    """Pool initializer: single-threaded, and quiet + gone within ORPHAN_POLL_S when the parent dies
+    (kill -9 leaves no one to terminate the pool)."""
+    worker_setup()
+    sys.stderr = _OrphanQuietStream(sys.stderr, parent)
+    threading.Thread(target=_exit_when_orphaned, args=(parent, ORPHAN_POLL_S), daemon=True,
+                     name="orphan-watch").start()
 
 
 def _call(args: tuple[bytes, Callable[[], object], Callable[[object, T], R], T]) -> R:
@@ -45,7 +78,8 @@ def _pool(workers: int) -> mp.pool.Pool:
     if _POOL is not None and _POOL[0] != workers:
         shutdown()
     if _POOL is None:
-        _POOL = (workers, mp.get_context("spawn").Pool(workers, initializer=_init))
+        _POOL = (workers, mp.get_context("spawn").Pool(workers, initializer=_pool_worker_setup,
+                                                        initargs=(os.getpid(),)))
     return _POOL[1]
 
 

@@ -17,32 +17,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from faceswap.core import ray_env
 from faceswap.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
-
-# Quiet Ray for local runs (set before `import ray`): no usage stats, no auth prompts, no
-# dashboard; Train V2's controller-state log lines go to Ray's session logs, not the console.
-_RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_DEDUP_LOGS": "1",
-    "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
-    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
-    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION": "0",
-    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-}
-
 
 @dataclass(frozen=True)
 class WorkerContext:
@@ -77,40 +63,10 @@ def worker_main(config: dict[str, Any]) -> None:
         atomic_write_text(Path(config["result_path"]), json.dumps(result, indent=2, sort_keys=True, default=float))
 
 
-def quiet_worker() -> None:
-    """Ray worker-process setup hook: Train V2's placement-group cleaner polls the State API, which
-    needs the dashboard we leave off locally, and would warn every second that it is unavailable; its
-    autoscaling-coordinator client prints a traceback when a resource request to the (local, no-op)
-    autoscaler takes over 5 s, as it does on a loaded machine (Ray's message: "safe to ignore")."""
-    for name in ("ray.train.v2._internal.execution.controller.placement_group_cleaner",
-                 "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def init_ray(cfg: TrainConfig) -> None:
     """Connect to `cfg.ray_address`, or start a small local Ray (no dashboard) if none is running."""
-    for k, v in _RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray")
-    import ray
-
-    if ray.is_initialized():
-        return
-    common = dict(logging_level=logging.WARNING, log_to_driver=True, configure_logging=True)
-    # workers inherit these (and the project root on PYTHONPATH so stage modules import)
-    env_vars = {k: os.environ[k] for k in list(_RAY_ENV) + ["FACESWAP_NO_PROGRESS", "FACESWAP_CACHE_DIR"]
-                if k in os.environ}
-    if env_vars.get("FACESWAP_CACHE_DIR"):  # workers run in another working directory
-        env_vars["FACESWAP_CACHE_DIR"] = str(Path(env_vars["FACESWAP_CACHE_DIR"]).resolve())
-    root = str(Path(__file__).resolve().parents[2])
-    env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "faceswap.training.ray_runner.quiet_worker"}
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, runtime_env=runtime_env, **common)
-    else:
-        cpus = max(os.cpu_count() or 1, cfg.num_workers * cfg.threads_per_worker)
-        ray.init(num_cpus=cpus, num_gpus=None if cfg.use_gpu else 0, include_dashboard=False,
-                 object_store_memory=cfg.object_store_mb * 1024 * 1024, runtime_env=runtime_env, **common)
+    ray_env.connect(cfg.ray_address, num_cpus=cfg.num_workers * cfg.threads_per_worker,
+                    num_gpus=None if cfg.use_gpu else 0, object_store_mb=cfg.object_store_mb)
 
 
 def run_workers(entry: WorkerFn, spec: dict[str, Any], cfg: TrainConfig, *, name: str,
@@ -144,11 +100,4 @@ def run_workers(entry: WorkerFn, spec: dict[str, Any], cfg: TrainConfig, *, name
     return json.loads(result_path.read_text("utf-8"))
 
 
-def shutdown_ray() -> None:
-    import sys
-
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+shutdown_ray = ray_env.shutdown
