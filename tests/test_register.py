@@ -1,13 +1,26 @@
-"""register stage: gates, champion/challenger promotion, pyfunc by alias, model card, fingerprint, concurrency.
+"""register stage: gates, champion/challenger promotion, the pyfunc logged from code (no pickle), loaded by
+alias and served over REST, model card, fingerprint, concurrency.
 
 MLflow runs against a temporary sqlite database and artifact root; the swap model is a tiny random
 bundle (32x32 generator) and the faces are two identities of the tiny demo corpus.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import io
 import json
+import logging
 import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -237,7 +250,9 @@ def test_champion_alias_loads_pyfunc_and_swaps_a_real_pair(sequence, pair):
 
     cfg, _, _, root = sequence
     use(root)
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")  # a cloudpickled model would refuse to load
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     frame = input_example(*pair)
     frame.loc[1] = [frame.loc[0, "source"], b"not an image"]
     out = model.predict(frame)
@@ -251,6 +266,114 @@ def test_champion_alias_loads_pyfunc_and_swaps_a_real_pair(sequence, pair):
     assert watermark.detect(np.asarray(img)).found and "faceswap-pipeline" in watermark.read_metadata(png)
     assert np.abs(np.asarray(img).astype(int) - pair[1]).max() > 0  # the face region changed
     assert out.loc[1, "swapped"] == b"" and out.loc[1, "error"].startswith("undecodable")
+
+
+def test_the_model_is_logged_from_code_without_pickle_or_its_warning(bundle, pair, tmp_path, monkeypatch):
+    """models-from-code: MLmodel names the code file, nothing is pickled, MLflow's cloudpickle warning is gone."""
+    import mlflow
+    import yaml
+
+    from faceswap.serving.pyfunc import MODEL_CODE
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    mlflow_logger = logging.getLogger("mlflow")  # MLflow's loggers do not propagate to the root (caplog)
+    mlflow_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = R.register_model(make_cfg(tmp_path), bundle, write_eval(tmp_path / "e.json", 0.5), pair)
+    finally:
+        mlflow_logger.removeHandler(handler)
+    said = [r.getMessage() for r in records] + [str(w.message) for w in caught]
+    assert records and not [m for m in said if "pickle" in m.lower()], said
+    use(tmp_path)
+    local = Path(mlflow.artifacts.download_artifacts(report["model_uri"], dst_path=str(tmp_path / "dl")))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+    assert Path(flavor["model_code_path"]).name == MODEL_CODE.name and "python_model" not in flavor
+    assert (local / MODEL_CODE.name).read_text() == MODEL_CODE.read_text()
+    assert flavor["artifacts"]["bundle"]["path"] == "artifacts/bundle"
+    assert not [p.name for p in local.rglob("*") if p.suffix in (".pkl", ".pickle", ".cloudpickle")]
+
+
+# --------------------------------------------------------------------------- REST serving
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(model_uri: str, workdir: Path, timeout_s: float = 120.0):
+    """`mlflow models serve` on 127.0.0.1 (a new process group); yields its base URL once /ping answers 200,
+    and always stops the whole group (SIGTERM, then SIGKILL after 15 s)."""
+    port = free_port()
+    bindir = str(Path(sys.executable).parent)  # the server runs `uvicorn` from PATH
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
+           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    log = workdir / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+                                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                                cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert proc.poll() is None, f"server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no /ping within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+
+
+def test_rest_serving_by_alias_swaps_like_the_loaded_model(sequence, pair, tmp_path):
+    """`mlflow models serve -m models:/flowfacepp@challenger` (pickle loading disallowed): /invocations with
+    base64 image cells returns, per row, the same swap as the in-process pyfunc, or the row's error."""
+    import mlflow.pyfunc
+    from PIL import Image
+
+    from faceswap.serving import watermark
+    from faceswap.serving.pyfunc import decode_cell, input_example
+
+    _, _, _, root = sequence
+    use(root)
+    frame = input_example(*pair)
+    local = mlflow.pyfunc.load_model(f"models:/{NAME}@challenger").predict(frame)
+    cells = [base64.b64encode(b).decode("ascii") for b in (frame.loc[0, "source"], frame.loc[0, "target"])]
+    body = {"dataframe_split": {"columns": ["source", "target"],
+                                "data": [cells, [cells[0], base64.b64encode(b"not an image").decode("ascii")]]}}
+    with served(f"models:/{NAME}@challenger", tmp_path) as url:
+        req = urllib.request.Request(f"{url}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            rows = json.loads(r.read())["predictions"]
+    assert [row["error"] for row in rows[:1]] == [""] and rows[1]["error"].startswith("undecodable")
+    png = base64.b64decode(rows[0]["swapped"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and base64.b64decode(rows[1]["swapped"]) == b""
+    served_rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    local_rgb = np.asarray(Image.open(io.BytesIO(local.loc[0, "swapped"])).convert("RGB"))
+    target = decode_cell(frame.loc[0, "target"]).astype(int)
+    assert served_rgb.shape == target.shape and watermark.detect(served_rgb).found
+    assert (np.abs(served_rgb - target) > 8).mean() > 0.05  # the face was swapped (31 % of the values, measured)
+    assert np.abs(served_rgb.astype(int) - local_rgb).max() <= 2  # the in-process model's output (identical, measured)
 
 
 # --------------------------------------------------------------------------- concurrency

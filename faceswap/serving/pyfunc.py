@@ -1,7 +1,8 @@
 """MLflow pyfunc wrapper around the swap pipeline (align -> swap -> paste back).
 
-The logged model holds the swap-model bundle (faceswap/artifacts.py) as the artifact
-`bundle/`; `load_context` builds `SwapPipeline.from_bundle` from it.
+The model is logged from code (MODEL_CODE, pyfunc_model.py: `set_model(FaceSwapModel())`), nothing is
+pickled; it holds the swap-model bundle (faceswap/artifacts.py) as the artifact `bundle/`, and
+`load_context` builds `SwapPipeline.from_bundle` from it.
 
 predict contract (one row per swap):
     input   DataFrame, columns `source`, `target`: encoded image bytes (JPEG/PNG/WebP...). A str
@@ -19,6 +20,7 @@ import binascii
 import io
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -29,6 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from faceswap.core.images import BadImage, encode_image, to_rgb
 from faceswap.serving import watermark
 
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as python_model (models-from-code)
 BUNDLE_ARTIFACT = "bundle"  # artifact key and directory name of the bundle inside the model
 INPUT_COLUMNS = ("source", "target")
 OUTPUT_COLUMNS = ("swapped", "error")

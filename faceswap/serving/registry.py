@@ -1,7 +1,7 @@
 """The model registry: log a swap model to MLflow, register a version, promote it by the champion gate,
 and resolve model URIs (a bundle folder, models:/name@alias, runs:/...) back to a bundle.
 
-One run logs: the pyfunc model (faceswap/serving/pyfunc.py; bundle artifact `bundle/`, signature,
+One run logs: the pyfunc model (faceswap/serving/pyfunc.py, logged from code; bundle artifact `bundle/`, signature,
 input example = a real aligned face pair, pinned pip requirements, project code), params.yaml
 (flattened), every numeric leaf of eval.json as a metric, the data fingerprint (dvc.lock stage
 hashes + git commit) and a markdown model card. The run's model becomes a new version of the
@@ -322,7 +322,7 @@ def register_model(cfg: RegisterConfig, bundle_dir: str | Path, eval_json: str |
                       artifacts.config_file(bundle_dir, artifacts.GENERATOR)):
                 shutil.copy2(f, staged / f.name)
             info = mlflow.pyfunc.log_model(
-                name=MODEL_NAME_IN_RUN, python_model=pyfunc.FaceSwapModel(),
+                name=MODEL_NAME_IN_RUN, python_model=str(pyfunc.MODEL_CODE),  # models-from-code: no pickle
                 artifacts={pyfunc.BUNDLE_ARTIFACT: str(staged)},
                 code_paths=[str(Path(__file__).resolve().parents[2] / p) for p in CODE_PATHS],
                 signature=pyfunc.signature(), input_example=pyfunc.input_example(*example),
