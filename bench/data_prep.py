@@ -1,5 +1,5 @@
-"""Data-preparation benchmark: throughput, worker scaling, incremental cost, peak memory,
-RetinaFace CPU speed and the no-op `dvc repro` time — all measured in this one run.
+"""Data-preparation benchmark: throughput, worker scaling, the `local` vs `ray` executor, incremental
+cost, peak memory, RetinaFace CPU speed and the no-op `dvc repro` time — all measured in this one run.
 
 Usage: python -m bench.data_prep [--identities 40 --per-identity 25]   (~1,000 images)
 """
@@ -29,25 +29,27 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS = params.load(REPO / "params.yaml")
 
 
-def run_stages(src: Path, work: Path, workers: int) -> tuple[float, dict, dict]:
-    """All data stages in-process (one shared worker pool); returns (seconds, metrics, seconds per stage)."""
+def run_stages(src: Path, work: Path, workers: int, executor: str = "local") -> tuple[float, dict, dict]:
+    """All data stages in-process (one shared worker pool, or Ray Data actors); returns (seconds, metrics,
+    seconds per stage)."""
     from stages import align, filter as filter_stage, ingest, segment, split, threedmm
 
     L = DataLayout(work)
     c = L.cache
     p = PARAMS
     w = {"workers": workers}
+    prep = replace(p.prep, executor=executor)
     calls = {
         "ingest": lambda: ingest.run(replace(p.ingest, source="folder", root=str(src)), L.manifest, c),
         "filter": lambda: filter_stage.run(replace(p.filter, **w), p.detect, L.manifest,
-                                           L.filtered, L.rejects, c),
+                                           L.filtered, L.rejects, c, prep),
         "align": lambda: align.run(replace(p.align, **w), p.detect, 10**8, L.filtered,
-                                   L.aligned_dir, L.aligned, L.align_rejects, c),
+                                   L.aligned_dir, L.aligned, L.align_rejects, c, prep),
         "segment": lambda: segment.run(replace(p.segment, **w), L.aligned, L.aligned_dir,
-                                       L.parsing_dir, L.segments),
+                                       L.parsing_dir, L.segments, prep=prep),
         "threedmm": lambda: threedmm.run(replace(p.threedmm, **w), L.aligned, L.aligned_dir,
                                          L.mesh_dir, L.threedmm, L.threedmm_model,
-                                         L.threedmm_rejects, c),
+                                         L.threedmm_rejects, c, prep),
         "split": lambda: split.run(p.split, L.threedmm, L.splits),
     }
     m, per_stage = {}, {}
@@ -114,6 +116,22 @@ def peak_rss_per_stage(src: Path, work: Path) -> dict[str, float]:
     return out
 
 
+def ray_vs_local(corpus: Path, tmp: Path, t_local: float, m_local: dict) -> dict:
+    """The same stages on a local Ray (2 actors per stage): Ray's start-up apart, then the stages."""
+    from faceswap.core import ray_env
+
+    t = time.perf_counter()
+    ray_env.connect(None, num_cpus=2, num_gpus=0, object_store_mb=PARAMS.prep.object_store_mb)
+    start = time.perf_counter() - t
+    try:
+        t_ray, m_ray, s_ray = run_stages(corpus, tmp / "wray", workers=2, executor="ray")
+    finally:
+        ray_env.shutdown()
+    same = all(m_ray[k] == m_local[k] for k in ("filter", "align", "split"))
+    return {"ray_start_seconds": start, "seconds_ray_2_actors": t_ray, "stage_seconds_ray": s_ray,
+            "ray_over_local": t_ray / t_local, "ray_metrics_equal_local": same}
+
+
 def retinaface_cpu(n: int = 6) -> float:
     """RetinaFace-R50 images/s at 640 px on CPU (random weights: speed only)."""
     import torch
@@ -163,6 +181,7 @@ def main() -> int:
         r: dict = {"images": n, "input_px": 512}
         t1, _, s1 = run_stages(corpus, tmp / "w1", workers=1)
         t2, m2, s2 = run_stages(corpus, tmp / "w2", workers=2)
+        r.update(ray_vs_local(corpus, tmp, t2, m2))
         r.update(seconds_1_worker=t1, seconds_2_workers=t2, images_per_s_1_worker=n / t1,
                  images_per_s_2_workers=n / t2, speedup_2_vs_1=t1 / t2,
                  stage_seconds_1_worker=s1, stage_seconds_2_workers=s2, accepted=m2["filter"]["accepted"])
@@ -202,11 +221,15 @@ def print_report(r: dict) -> None:
         ("end to end, 1 worker", f"{r['images_per_s_1_worker']:.1f} img/s", ""),
         ("end to end, 2 workers", f"{r['images_per_s_2_workers']:.1f} img/s", f"goal >= 10: {ok(r['images_per_s_2_workers'] >= 10)}"),
         ("2 workers / 1 worker", f"{r['speedup_2_vs_1']:.2f}x", f"goal >= 1.7: {ok(r['speedup_2_vs_1'] >= 1.7)}"),
+        ("end to end, prep.executor ray, 2 actors", f"{r['images'] / r['seconds_ray_2_actors']:.1f} img/s",
+         f"ray / local time {r['ray_over_local']:.2f}x; same outputs: {ok(r['ray_metrics_equal_local'])}"),
+        ("  Ray start-up (local, not in the above)", f"{r['ray_start_seconds']:.1f} s", ""),
         ("re-run after +10% images / full run", f"{r['rerun_fraction_of_full']:.2f}", f"goal <= 0.20: {ok(r['rerun_fraction_of_full'] <= 0.2)}"),
         ("peak RSS of any stage", f"{peak:.0f} MiB", f"goal <= 2048: {ok(peak <= 2048)}"),
         *[(f"  peak RSS {k}", f"{v:.0f} MiB", "") for k, v in r["peak_rss_mib"].items()],
-        *[(f"  seconds {k} (1w / 2w / re-run)", f"{r['stage_seconds_1_worker'][k]:.1f} / {v:.1f} / "
-           f"{r['stage_seconds_rerun'][k]:.1f}", "") for k, v in r["stage_seconds_2_workers"].items()],
+        *[(f"  seconds {k} (1w / 2w / ray / re-run)", f"{r['stage_seconds_1_worker'][k]:.1f} / {v:.1f} / "
+           f"{r['stage_seconds_ray'][k]:.1f} / {r['stage_seconds_rerun'][k]:.1f}", "")
+          for k, v in r["stage_seconds_2_workers"].items()],
         ("RetinaFace R50, CPU, 640 px", f"{r['retinaface_r50_cpu_images_per_s']:.2f} img/s", ""),
         ("dvc repro, full (clone)", f"{r['dvc_repro_full_seconds']:.1f} s", ""),
         ("dvc repro, nothing changed", f"{r['dvc_repro_noop_seconds']:.1f} s", f"goal <= 5: {ok(r['dvc_repro_noop_seconds'] <= 5)}"),

@@ -89,17 +89,19 @@ def _ray_map(fn, items, factory, workers, prep: PrepConfig, desc, gpu, batched) 
     ray_env.connect(prep.ray_address, num_cpus=workers, num_gpus=None if prep.use_gpu else 0,
                     object_store_mb=prep.object_store_mb)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours counts finished items
-    ctx.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ctx.enable_progress_bars = False  # ours counts finished items (and Ray's warning that its own are off: quiet)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # about one batch per block, and at least one block per actor so that every actor gets work
     blocks = min(len(items), MAX_BLOCKS, max(math.ceil(len(items) / (batched or prep.batch_size)), workers))
     size = min(batched or prep.batch_size, math.ceil(len(items) / blocks))
     ds = ray.data.from_items([{"i": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
                              override_num_blocks=blocks)
+    # Ray Data restarts a lost actor (max_restarts -1): its driver logs once per stage that the actor's
+    # constructor arguments live in the object store (ray-project/ray#53727); the stage holds them
+    # until it ends, so a restart finds them.
+    pool = ray.data.ActorPoolStrategy(size=prep.gpu_actors if use_gpu else workers)
     ds = ds.map_batches(ItemMapper, fn_constructor_args=(factory, fn, bool(batched)), batch_size=size,
-                        batch_format="numpy", concurrency=prep.gpu_actors if use_gpu else workers,
-                        num_cpus=1, num_gpus=1 if use_gpu else 0)
+                        batch_format="numpy", compute=pool, num_cpus=1, num_gpus=1 if use_gpu else 0)
     done: dict[int, R] = {}  # finished out of order, waiting for an earlier item
     following = 0
     with _progress(len(items), desc) as bar:
