@@ -1,5 +1,6 @@
 """The register section: MLflow logging, the registered model and its champion gate; the swap's blend
-choices. Kept free of heavy imports: the params tree and the swap CLI's parser import it."""
+choices; the video section (face tracking, smoothing, encoding). Kept free of heavy imports: the params
+tree and the swap CLI's parser import it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,3 +57,30 @@ class RegisterConfig:
                             isinstance(bound, str) and not is_bound_expression(bound)):
                         raise ConfigError(f"register.gates.{metric}: bound {bound!r} is not a number or an expression "
                                           "'path', 'k * path', 'path + c' or 'k * path - c'")
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """video: how `faceswap swap` follows the target face through a clip and encodes the result
+    (faceswap/serving/video_faces.py, video_io.py). Lengths are in inter-ocular distances (iod) of the face."""
+
+    track: bool  # false: run the detector on every frame (the photo path, frame by frame)
+    detect_every: int  # with track: the detector runs every N frames; the 5 points are LK-tracked in between
+    track_window: float  # Lucas-Kanade window side, iod (clamped to 9..61 px)
+    max_track_error: float  # iod; a larger forward-backward error or drift from the detected shape re-detects
+    smooth: bool  # One-Euro filter on the landmarks (5 for the alignment, 68 for the blend mask)
+    min_cutoff: float  # One-Euro cutoff at rest, Hz (lower: steadier, more lag when slow)
+    beta: float  # One-Euro speed coefficient, Hz per iod/s (higher: less lag when moving)
+    d_cutoff: float  # One-Euro cutoff of the speed estimate, Hz
+    crf: int  # libx264 constant rate factor of the output (.mp4 .m4v .mov .mkv); 0 lossless .. 51
+    mpeg4_qscale: int  # MPEG-4 quantiser of the output (.avi); 1 best .. 31
+
+    def validate(self) -> None:
+        if self.detect_every < 1:
+            raise ConfigError("video.detect_every must be >= 1")
+        if not (self.track_window > 0 and self.max_track_error > 0):
+            raise ConfigError("video.track_window and video.max_track_error must be > 0")
+        if not (self.min_cutoff > 0 and self.d_cutoff > 0 and self.beta >= 0):
+            raise ConfigError("video: min_cutoff and d_cutoff must be > 0, beta >= 0")
+        if not 0 <= self.crf <= 51 or not 1 <= self.mpeg4_qscale <= 31:
+            raise ConfigError("video: crf must be in 0..51 and mpeg4_qscale in 1..31")
