@@ -90,6 +90,7 @@ def _ray_map(fn, items, factory, workers, prep: PrepConfig, desc, gpu, batched) 
                     object_store_mb=prep.object_store_mb)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # ours counts finished items (and Ray's warning that its own are off: quiet)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-stage execution-plan lines
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     # about one batch per block, and at least one block per actor so that every actor gets work
     blocks = min(len(items), MAX_BLOCKS, max(math.ceil(len(items) / (batched or prep.batch_size)), workers))
