@@ -20,11 +20,12 @@ Every pixel outside the crop's footprint is returned unchanged.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
@@ -38,12 +39,14 @@ from faceswap.faces.detectors import (  # noqa: F401  (NoFaceError: re-exported,
 )
 from faceswap.faces.parsing import parse_from_landmarks
 from faceswap.serving.config import BLENDS, DEFAULT_BLEND
+from faceswap.serving.video_faces import FaceChooser, FaceTrack, iou, map_box
 
 # The check that the output crop shows a face where the target's was (find_output_face).
 OUTPUT_FACE_BOX_PX = 100  # the expected face box is resampled to this width for dlib's HOG detector
 OUTPUT_FACE_MARGIN = 0.3  # search window: the box grown by this fraction of its width on every side
 OUTPUT_FACE_MIN_SCORE = 0.0  # HOG score (the pipeline's own detection threshold)
 OUTPUT_FACE_MIN_IOU = 0.4  # overlap with the target's box
+NOMINAL_FPS = 25.0  # frame times for `swap_frames` when none are given (the One-Euro filter's clock)
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +127,6 @@ def face_mask(landmarks68: np.ndarray | None, size: int, blend: str,
     return cv2.GaussianBlur(m, (0, 0), sigma)
 
 
-def box_in_crop(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """A face box (4,) in image pixels -> the same-size upright box (4,) in aligned-crop pixels
-    (centre mapped by `matrix`, sides scaled by its similarity scale)."""
-    box = np.asarray(box, np.float64)
-    c = transform_points(((box[:2] + box[2:]) / 2)[None], matrix)[0]
-    half = (box[2:] - box[:2]) * math.sqrt(abs(np.linalg.det(matrix[:, :2]))) / 2
-    return np.concatenate([c - half, c + half])
-
-
 @functools.lru_cache(maxsize=1)
 def _hog_detector():
     import dlib
@@ -161,12 +155,8 @@ def find_output_face(crop: np.ndarray, box: np.ndarray) -> tuple[np.ndarray | No
     best, best_iou = None, 0.0
     for r in rects:
         cand = np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64) / sc + (x0, y0, x0, y0)
-        ix = max(0.0, min(cand[2], box[2]) - max(cand[0], box[0]))
-        iy = max(0.0, min(cand[3], box[3]) - max(cand[1], box[1]))
-        inter = ix * iy
-        iou = inter / ((cand[2] - cand[0]) * (cand[3] - cand[1]) + w * (box[3] - box[1]) - inter)
-        if iou > best_iou:
-            best, best_iou = cand, iou
+        if iou(cand, box) > best_iou:
+            best, best_iou = cand, iou(cand, box)
     if best is None:
         return None, f"no face detected in the output crop (score >= {OUTPUT_FACE_MIN_SCORE})"
     if best_iou < OUTPUT_FACE_MIN_IOU:
@@ -245,18 +235,26 @@ class SwapPipeline:
         return cls(bundle, _shared_detector(detect or bundle.detect, min_score), device=device, blend=blend)
 
     # ------------------------------------------------------------------ faces
-    def align(self, rgb: np.ndarray, which: str, landmarks68: bool = False) -> AlignedFace:
-        """Detect the largest face of `rgb` and align it; raises NoFaceError naming `which`."""
-        rgb = _check_rgb(rgb, which)
+    def find_face(self, rgb: np.ndarray, which: str, choose: FaceChooser | None = None) -> Face:
+        """The face of `rgb` that `choose` picks (default: the largest); raises NoFaceError naming `which`."""
         faces = self.detector.detect(rgb)
         if not faces:
             raise NoFaceError(which, f"the {type(self.detector).__name__} found no face in the "
                                      f"{rgb.shape[1]}x{rgb.shape[0]} image")
-        face = max(faces, key=lambda f: f.area)
+        return (choose or FaceChooser())(rgb, faces)
+
+    def align(self, rgb: np.ndarray, which: str, landmarks68: bool = False, *, face: Face | None = None,
+              choose: FaceChooser | None = None,
+              landmarker: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> AlignedFace:
+        """Align `face` (default: detect, and take the face `choose` picks, the largest by default) of
+        `rgb`; raises NoFaceError naming `which`. `landmarker` (rgb, box) -> (68, 2) replaces the
+        detector's 68-point landmarker (a FaceTrack's smoothed one)."""
+        rgb = _check_rgb(rgb, which)
+        face = face or self.find_face(rgb, which, choose)
         crop, m = align_face(rgb, face.landmarks5, self.align_size, self.template_scale)
         pts = None
         if landmarks68:
-            pts = transform_points(self.detector.landmarker(rgb, face.box), m)  # type: ignore[attr-defined]
+            pts = transform_points((landmarker or self.detector.landmarker)(rgb, face.box), m)  # type: ignore[attr-defined]
         return AlignedFace(crop=crop, matrix=m, face=face, landmarks68=pts)
 
     # ------------------------------------------------------------------ tensors
@@ -319,7 +317,7 @@ class SwapPipeline:
         if self.blend == "parsing" or swapped_crop is None:
             self.last_blend = "parsing"
             return face_mask(target.landmarks68, self.align_size, "parsing")
-        box, why = find_output_face(swapped_crop, box_in_crop(target.face.box, target.matrix))
+        box, why = find_output_face(swapped_crop, map_box(target.face.box, target.matrix))
         if box is None:
             self.blend_fallbacks += 1
             self.last_blend = f"parsing (fallback from shape: no face in the swap output: {why})"
@@ -338,13 +336,15 @@ class SwapPipeline:
             m = cv2.resize(m, (self.align_size,) * 2, interpolation=cv2.INTER_LINEAR)
         return self.to_crops(out)[0], np.clip(m, 0.0, 1.0).astype(np.float32)
 
-    def _swap_onto(self, e_s: EncodedSource, target_rgb: np.ndarray, which: str) -> np.ndarray:
+    def _swap_onto(self, e_s: EncodedSource, target_rgb: np.ndarray, which: str, **face) -> np.ndarray:
+        """`face`: align()'s face / choose / landmarker, passed on only when set."""
+        face = {k: v for k, v in face.items() if v is not None}
         if self.blend == "model":
-            t = self.align(target_rgb, which)
+            t = self.align(target_rgb, which, **face)
             out, mask = self.generate_with_mask(e_s, t.crop)
             self.last_blend = "model"
             return paste_back(target_rgb, out, t.matrix, mask)
-        t = self.align(target_rgb, which, landmarks68=self.blend != "crop")
+        t = self.align(target_rgb, which, landmarks68=self.blend != "crop", **face)
         out = self.generate_crop(e_s, t.crop)  # (S, S, 3)
         return paste_back(target_rgb, out, t.matrix, self.blend_mask(t, out))
 
@@ -352,28 +352,45 @@ class SwapPipeline:
         """Detect, align and encode the source once: tokens (1, N, L) and the face (1, 3, n, n)."""
         return self.encode(self.to_tensor(self.align(source_rgb, "source").crop))
 
-    def swap_image(self, source_rgb: np.ndarray, target_rgb: np.ndarray) -> np.ndarray:
+    def swap_image(self, source_rgb: np.ndarray, target_rgb: np.ndarray, *,
+                   target_face: FaceChooser | None = None) -> np.ndarray:
         """Source identity onto the target photo: (H_t, W_t, 3) uint8, same size as the target.
+        `target_face` picks the swapped face when the target shows several (default: the largest).
 
         Raises NoFaceError ("source" / "target") when a photo has no detectable face; `last_blend`
         says which blend was used (`shape` falls back to `parsing` when the output has no face)."""
         e_s = self.source_tokens(source_rgb)
-        return self._swap_onto(e_s, _check_rgb(target_rgb, "target"), "target")
+        return self._swap_onto(e_s, _check_rgb(target_rgb, "target"), "target", choose=target_face)
 
-    def swap_frames(self, source_rgb: np.ndarray, frames: Iterable[np.ndarray], *,
-                    on_no_face: str = "keep") -> Iterator[np.ndarray]:
+    def swap_frames(self, source_rgb: np.ndarray, frames: Iterable[np.ndarray], *, on_no_face: str = "keep",
+                    target_face: FaceChooser | None = None, track: FaceTrack | None = None,
+                    times: Iterable[float] | None = None) -> Iterator[np.ndarray]:
         """Swap every frame (RGB uint8), encoding the source once. A frame without a face is
         yielded unchanged (`on_no_face="keep"`, counted in `self.frames_without_face`) or raises
         NoFaceError("frame N") with `on_no_face="raise"`. Frames whose output showed no face for
-        the `shape` blend are counted in `self.blend_fallbacks` (reset here)."""
+        the `shape` blend are counted in `self.blend_fallbacks` (reset here).
+
+        Without `track` every frame is detected on its own and `target_face` picks its face (default:
+        the largest). With a FaceTrack the face is followed (detection every N frames, tracking and
+        One-Euro smoothing in between; the track's own chooser picks the face); `times` are the frames'
+        presentation times in seconds (default: frame index / NOMINAL_FPS)."""
         if on_no_face not in ("keep", "raise"):
             raise ValueError(f"on_no_face must be 'keep' or 'raise', got {on_no_face!r}")
         e_s = self.source_tokens(source_rgb)
         self.frames_without_face = 0
         self.blend_fallbacks = 0
+        clock = iter(times) if times is not None else (i / NOMINAL_FPS for i in itertools.count())
         for i, frame in enumerate(frames):
+            which, t = f"frame {i}", next(clock)
             try:
-                yield self._swap_onto(e_s, _check_rgb(frame, f"frame {i}"), f"frame {i}")
+                frame = _check_rgb(frame, which)
+                if track is None:
+                    yield self._swap_onto(e_s, frame, which, choose=target_face)
+                    continue
+                face = track.locate(frame, t)
+                if face is None:
+                    raise NoFaceError(which, "no face found or tracked")
+                yield self._swap_onto(e_s, frame, which, face=face, landmarker=track.landmarks68)
             except NoFaceError:
                 if on_no_face == "raise":
                     raise
