@@ -5,7 +5,13 @@ Figures:
   (detect + align both photos, generator, paste back, watermark, JPEG + metadata encode) for the
   demo-size generator (params.yaml pretrain_mae/train_swap sizes) and the paper-size one;
   plus one cold `faceswap swap` process (imports + model load + one image).
-- video frames/s: `swap_video` on a 256x256 MJPG clip (source encoded once, every frame marked).
+- video frames/s: `swap_video` on a 256x256 clip (PyAV; source encoded once, every frame marked,
+  the face tracked and smoothed as params.yaml `video` says).
+- landmark jitter (px): mean frame-to-frame displacement of the 5 alignment landmarks in the frame on
+  a static-head clip (one still photo, 60 frames, each with its own sensor noise + JPEG q80, so raw
+  detections jitter; the truth is still, so all movement is jitter), per-frame detection without
+  smoothing against tracking + One-Euro (params.yaml `video`), with the per-frame time of each
+  (locating the face alone, and the whole swap with the demo generator).
 - watermark: detection rate on 200 marked swap outputs after JPEG q75, after a 0.5x resize and
   after both; false-positive rate on the 200 unmarked photos (and their JPEG q75 versions); PSNR.
 The 200 photos are augmented variants of the demo corpus (faceswap/data/demo_corpus.py).
@@ -15,6 +21,7 @@ Usage: python -m bench.swap [--json bench-results/swap.json]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -31,12 +38,14 @@ import torch  # noqa: E402
 
 from faceswap import params  # noqa: E402
 from faceswap.serving import watermark as wm  # noqa: E402
-from faceswap.data.demo_corpus import build_demo_corpus  # noqa: E402
+from faceswap.data.demo_corpus import base_astronaut, build_demo_corpus  # noqa: E402
 from faceswap.artifacts import save_bundle  # noqa: E402
 from faceswap_models.config import DecoderConfig, FusionConfig, MAEConfig, SwapConfig  # noqa: E402
 from faceswap.serving.inference import NoFaceError, SwapPipeline  # noqa: E402
 from faceswap_models.swap import SwapGenerator  # noqa: E402
+from faceswap.serving.config import VideoConfig  # noqa: E402
 from faceswap.serving.swap_cli import swap_video  # noqa: E402
+from faceswap.serving.video_faces import FaceTrack  # noqa: E402
 from faceswap.serving.watermark import package_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,17 +119,54 @@ def watermark_figures(pipe: SwapPipeline, photos: list[np.ndarray]) -> dict:
     }
 
 
-def video_fps(pipe: SwapPipeline, photos: list[np.ndarray], work: Path, frames: int = 30) -> dict:
+def video_fps(pipe: SwapPipeline, photos: list[np.ndarray], work: Path, video: VideoConfig,
+              frames: int = 30) -> dict:
     clip = work / "clip.avi"
     w = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (SIZE, SIZE))
     for k in range(frames):
         w.write(cv2.cvtColor(np.roll(photos[k % 10], k, axis=1), cv2.COLOR_RGB2BGR))
     w.release()
     t = time.perf_counter()
-    r = swap_video(pipe, photos[60], clip, work / "out.avi", "bench", wm.DEFAULT_KEY)
+    r = swap_video(pipe, photos[60], clip, work / "out.mp4", "bench", wm.DEFAULT_KEY, video=video)
     dt = time.perf_counter() - t
     return {"frames": r["frames"], "frames_per_s": r["frames"] / dt, "frames_without_face": r["frames_without_face"],
-            "audio_kept": r["audio_kept"]}
+            "detections": r["detections"], "tracked": r["tracked"]}
+
+
+def static_noisy_clip(face: np.ndarray, n: int, noise: float = 3.0, jpeg_quality: int = 80,
+                      seed: int = 0) -> list[np.ndarray]:
+    """One still photo (H, W, 3) uint8 repeated `n` times, each frame with its own Gaussian sensor noise
+    (sigma in grey levels) and JPEG re-encoding: a static head whose detections jitter."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        noisy = np.clip(face + rng.normal(0, noise, face.shape), 0, 255).astype(np.uint8)
+        out.append(jpeg(noisy, jpeg_quality))
+    return out
+
+
+def landmark_jitter(pipe: SwapPipeline, source: np.ndarray, face: np.ndarray, video: VideoConfig,
+                    frames: int = 60, fps: float = 25.0) -> dict:
+    """Jitter of the 5 alignment landmarks (px, mean frame-to-frame displacement in the frame) and the
+    per-frame times, per-frame detection without smoothing ("before") vs tracking + One-Euro ("after")."""
+    clip = static_noisy_clip(face, frames)
+    out = {"frames": frames, "frame_size": list(face.shape[:2])}
+    modes = {"before": dataclasses.replace(video, track=False, smooth=False), "after": video}
+    for name, cfg in modes.items():
+        track = FaceTrack(pipe.detector, cfg)
+        t = time.perf_counter()
+        pts = np.stack([track.locate(f, i / fps).landmarks5 for i, f in enumerate(clip)])  # (T, 5, 2)
+        locate_ms = (time.perf_counter() - t) / frames * 1e3
+        t = time.perf_counter()
+        for _ in pipe.swap_frames(source, clip, track=FaceTrack(pipe.detector, cfg), times=(i / fps for i in range(frames))):
+            pass
+        swap_ms = (time.perf_counter() - t) / frames * 1e3
+        step = np.linalg.norm(np.diff(pts, axis=0), axis=-1)  # (T-1, 5) displacement per landmark
+        out[name] = {"jitter_px": float(step.mean()), "jitter_px_p95": float(np.percentile(step, 95)),
+                     "locate_ms_per_frame": locate_ms, "swap_ms_per_frame": swap_ms,
+                     "detections": track.detections, "tracked": track.tracked}
+    out["jitter_reduction"] = out["before"]["jitter_px"] / max(out["after"]["jitter_px"], 1e-9)
+    return out
 
 
 def cold_cli_s(bundle: Path, photos_dir: Path, work: Path) -> float:
@@ -151,7 +197,8 @@ def main() -> int:
         files = sorted(f for f in raw.rglob("*.*") if f.parent != raw and not f.name.startswith("x_"))
         photos = [cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files]
         r["corpus"] = {"photos": len(photos), "build_s": time.perf_counter() - t}
-        detect = params.load(REPO / "params.yaml").detect
+        tree = params.load(REPO / "params.yaml")
+        detect = tree.detect
         bundles = {name: save_bundle(work / name, SwapGenerator(cfg), align_size=256, template_scale=1.4, detect=detect)
                    for name, cfg in (("demo", demo_config()), ("paper", SwapConfig.paper()))}
         demo = SwapPipeline.from_bundle(bundles["demo"])
@@ -166,7 +213,8 @@ def main() -> int:
             gpu = SwapPipeline.from_bundle(bundles["paper"], device="cuda")
             r["images_per_s_cuda"] = {"paper": images_per_s(gpu, swappable, 30), "device": torch.cuda.get_device_name()}
         r["cold_cli_one_image_s"] = cold_cli_s(bundles["demo"], raw, work)
-        r["video_demo"] = video_fps(demo, swappable, work)
+        r["video_demo"] = video_fps(demo, swappable, work, tree.video)
+        r["landmark_jitter"] = landmark_jitter(demo, swappable[60], base_astronaut(SIZE), tree.video)
         r["watermark"] = watermark_figures(demo, photos)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
     Path(a.json).write_text(json.dumps(r, indent=2) + "\n")
@@ -176,6 +224,13 @@ def main() -> int:
     if "images_per_s_cuda" in r:
         print(f"swap images/s CUDA paper: {r['images_per_s_cuda']['paper']:.2f}")
     print(f"video frames/s (demo): {r['video_demo']['frames_per_s']:.2f}")
+    j = r["landmark_jitter"]
+    for name, what in (("before", "per-frame detection, no smoothing"), ("after", "tracking + One-Euro")):
+        m = j[name]
+        print(f"landmark jitter {name} ({what}): {m['jitter_px']:.3f} px/frame (p95 {m['jitter_px_p95']:.3f}); "
+              f"locate {m['locate_ms_per_frame']:.1f} ms/frame, swap {m['swap_ms_per_frame']:.1f} ms/frame "
+              f"({m['detections']} detections, {m['tracked']} tracked)")
+    print(f"landmark jitter reduction: {j['jitter_reduction']:.1f}x on a static {SIZE}^2 head, {j['frames']} frames")
     print(f"watermark detection: jpeg75 {w['detection_rate']['jpeg75']:.1%}, 0.5x {w['detection_rate']['half']:.1%}, "
           f"both {w['detection_rate']['half_jpeg75']:.1%} (goal >= 99%); false positives {w['false_positive_rate_unmarked']:.1%}"
           f" / jpeg {w['false_positive_rate_unmarked_jpeg75']:.1%} (goal <= 1%); PSNR min {w['psnr_db']['min']:.1f} dB")
