@@ -8,8 +8,11 @@ that phase's parameters only (DDP `no_sync` except on the last micro-batch), an 
 finiteness check, optimizer step (GradScaler for fp16); EMA update; JSONL metrics; checkpoint every
 `checkpoint_every` steps (rank 0 writes, all ranks wait); sample grid every `sample_every` steps.
 
-Exactness: the torch RNG is re-seeded from (seed, rank, step) at every step and the data stream is a
-pure function of (seed, epoch, index), so K steps + resume + K steps == 2K straight steps.
+Exactness: the torch, numpy and Python RNGs are re-seeded from (seed, rank, step) at every step and the
+data stream is a pure function of (seed, epoch, index), so K steps + resume + K steps == 2K straight
+steps, on every rank, also when Ray restarts the worker group after a worker died (the checkpoint holds
+rank 0's RNG states only; per-step seeding makes every rank's independent of what came before).
+The loader's worker processes are shut down before `train` returns or raises (`_close_loader`).
 Distributed: when torch.distributed is initialised (Ray's TorchTrainer does it) modules are wrapped
 in DDP; otherwise it is a plain single-process loop. Only rank 0 logs, samples and checkpoints.
 """
@@ -21,11 +24,13 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -82,6 +87,15 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 def step_seed(seed: int, rank: int, step: int) -> int:
     """The torch seed of one step on one rank (a pure function, so resume is exact)."""
     return (int(seed) * 1_000_003 + int(rank) * 7_919 + int(step) * 104_729) % (2**63 - 1)
+
+
+def seed_rngs(seed: int, rank: int, step: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's and Python's global RNGs for one step on one rank, so whatever a
+    step draws depends on (seed, rank, step) only, not on what ran before in the process."""
+    s = step_seed(seed, rank, step)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
 
 
 def _distributed() -> tuple[int, int]:
@@ -150,7 +164,7 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
     try:
         while step < end:
             micro = [_to(next(batches), device) for _ in range(cfg.grad_accum)]
-            torch.manual_seed(step_seed(cfg.seed, rank, step))
+            seed_rngs(cfg.seed, rank, step)
             logs, skipped = run_step(task, micro, step, cfg, scaler, device, world)
             if skipped:
                 nonfinite += 1
@@ -179,7 +193,7 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
     finally:
         if report is not None:
             report.bar.close()
-        del batches
+        _close_loader(batches)
     for name, m in list(task.modules.items()):
         task.modules[name] = unwrap(m)
     seconds = time.perf_counter() - t_start
@@ -187,6 +201,15 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
                       samples_per_s=(step - start) * samples_per_step / max(seconds, 1e-9),
                       last=report.last if report is not None else {}, ema=emas,
                       best=report.best if report is not None else None)
+
+
+def _close_loader(batches: Any) -> None:
+    """Stop and join the loader's worker processes now. Dropping the iterator is not enough: an exception
+    raised inside `next(batches)` keeps it alive in its traceback (Ray keeps a failed worker's), and an
+    iterator collected at interpreter exit skips the shutdown, leaving the workers to die with their parent."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator; none with 0 workers
+    if shutdown is not None:
+        shutdown()
 
 
 def _resume(task: TrainTask, cfg: LoopConfig, ckpt_dir: Path, scaler: torch.amp.GradScaler,
