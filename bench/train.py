@@ -84,8 +84,10 @@ def ray_vs_plain(data: DataPaths, params: dict, steps: int, warmup: int, root: P
     return out
 
 
-def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae: Any = None, paper: bool = False) -> Any:
-    """A train_swap task with random weights everywhere (same compute as the real one)."""
+def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, threedmm_model: str | Path, mae: Any = None,
+                     paper: bool = False) -> Any:
+    """A train_swap task with random weights everywhere (same compute as the real one); the contour
+    projector reads `threedmm_model` (the data folder's 3DMM)."""
     from faceswap_models.auxiliary import build_identity_encoder
     from faceswap_models.auxiliary.regressor import FaceAttributeRegressor, RegressorConfig
     from faceswap_models.config import MAEConfig, ShapeConfig
@@ -104,7 +106,7 @@ def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, mae:
                   dshape=ShapeDiscriminator(ShapeConfig.paper() if paper else ShapeConfig.from_dict(
                       {"img_size": size, "num_landmarks": k, "base_channels": 16, "max_channels": 64, "num_down": 3}))
                   .eval().requires_grad_(False),
-                  contour=ContourProjector.load(DataLayout(REPO / "data").threedmm_model), crop_size=256)
+                  contour=ContourProjector.load(threedmm_model), crop_size=256)
     gen = SwapGenerator(swap_config(cfg, mae))
     return SwapTask(gen, PatchDiscriminator(cfg.disc_config(mae.img_size)), aux, cfg.weights, lr=cfg.lr, betas=cfg.betas,
                     flow_start_step=0)
@@ -121,7 +123,7 @@ def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root
     records = data.records("train")
     k = ContourProjector.load(data.threedmm_model).num_points
     size = params["pretrain_mae"].image_size  # the swap model's size
-    task = swap_task_random(size, k, records.shape.shape[1], records.expression.shape[1], cfg,
+    task = swap_task_random(size, k, records.shape.shape[1], records.expression.shape[1], cfg, data.threedmm_model,
                             mae=params["pretrain_mae"].mae_config())
     ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment)
     loop = dataclasses.replace(params["train"].loop(steps=steps, batch_size=cfg.batch_size), checkpoint_every=warmup,
@@ -133,7 +135,7 @@ def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root
     return loader_figures(tables, size, cfg.batch_size, train_samples_per_s=r.samples_per_s)
 
 
-def gpu_figures(params: dict) -> dict[str, Any]:
+def gpu_figures(params: dict, threedmm_model: str | Path) -> dict[str, Any]:
     """Fswa and Dshape at paper size (256², batch 8, bf16) on the first GPU; empty without CUDA."""
     if not torch.cuda.is_available():
         return {}
@@ -148,7 +150,7 @@ def gpu_figures(params: dict) -> dict[str, Any]:
     dev = torch.device("cuda")
     paper = training_params({**load_params(REPO / "params.yaml"), **load_params(REPO / "params-paper.yaml")})
     cfg = paper["train_swap"]
-    contour = ContourProjector.load(DataLayout(REPO / "data").threedmm_model)
+    contour = ContourProjector.load(threedmm_model)
     k, b, s = contour.num_points, 8, 256
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(0)}
 
@@ -163,7 +165,7 @@ def gpu_figures(params: dict) -> dict[str, Any]:
         return {"source": face(), "target": face(), "same_identity": torch.rand(b, device=dev) < 0.25,
                 "p12": torch.rand(b, k, 2, device=dev) * s}
 
-    swap = swap_task_random(s, k, 20, 10, cfg, paper=True).to(dev)
+    swap = swap_task_random(s, k, 20, 10, cfg, threedmm_model, paper=True).to(dev)
     rcfg = RegressorConfig.paper()
     shape = ShapeTask(ShapeDiscriminator(ShapeConfig.from_dict({"num_landmarks": k})), Dres(DiscriminatorConfig()),
                       ShapeAux(FaceAttributeRegressor(rcfg).eval().requires_grad_(False), contour, 256),
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         res["ray"] = ray_vs_plain(data, params, a.steps, a.warmup, Path(tmp) / "ray")
         res["loader"] = loader_headroom(data, params, max(a.warmup + 5, a.steps // 2), a.warmup, Path(tmp))
-    res["gpu"] = gpu_figures(params)
+    res["gpu"] = gpu_figures(params, data.threedmm_model)
     res["val_curve"] = val_curve(a.steps_csv)
     res["sensitivity"] = bundle_sensitivity(REPO / "models" / "swap", data)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
