@@ -648,6 +648,15 @@ def decode_only_rate(records: FaceRecords, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def close_loader_iterator(batches: Iterator) -> None:
+    """Stop and join the loader's worker processes now. Dropping the iterator is not enough: an exception
+    raised inside `next(batches)` keeps it alive in its traceback (Ray keeps a failed worker's), and an
+    iterator collected at interpreter exit skips the shutdown, leaving the workers to die with their parent."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator; none with 0 workers
+    if shutdown is not None:
+        shutdown()
+
+
 def loader_rate(dataset: Dataset, batch_size: int, num_workers: int, n_batches: int, **loader_kw: Any) -> float:
     """Items/s delivered by `make_loader` in steady state (the first batch, which pays for worker
     start-up, is not timed)."""
@@ -658,7 +667,7 @@ def loader_rate(dataset: Dataset, batch_size: int, num_workers: int, n_batches: 
     for _ in range(n_batches):
         next(it)
     dt = time.perf_counter() - t
-    del it
+    close_loader_iterator(it)
     return n_batches * batch_size / dt
 
 

@@ -12,7 +12,7 @@ Exactness: the torch, numpy and Python RNGs are re-seeded from (seed, rank, step
 data stream is a pure function of (seed, epoch, index), so K steps + resume + K steps == 2K straight
 steps, on every rank, also when Ray restarts the worker group after a worker died (the checkpoint holds
 rank 0's RNG states only; per-step seeding makes every rank's independent of what came before).
-The loader's worker processes are shut down before `train` returns or raises (`_close_loader`).
+The loader's worker processes are shut down before `train` returns or raises (`close_loader_iterator`).
 Distributed: when torch.distributed is initialised (Ray's TorchTrainer does it) modules are wrapped
 in DDP; otherwise it is a plain single-process loop. Only rank 0 logs, samples and checkpoints.
 """
@@ -38,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from faceswap.core.io import atomic_path
-from faceswap.data.records import make_loader
+from faceswap.data.records import close_loader_iterator, make_loader
 from faceswap.training.checkpoint import (
     EMA, latest_checkpoint, load_checkpoint, restore_checkpoint, save_checkpoint, unwrap,
 )
@@ -193,7 +193,7 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
     finally:
         if report is not None:
             report.bar.close()
-        _close_loader(batches)
+        close_loader_iterator(batches)
     for name, m in list(task.modules.items()):
         task.modules[name] = unwrap(m)
     seconds = time.perf_counter() - t_start
@@ -201,15 +201,6 @@ def train(task: TrainTask, dataset: torch.utils.data.Dataset, cfg: LoopConfig, *
                       samples_per_s=(step - start) * samples_per_step / max(seconds, 1e-9),
                       last=report.last if report is not None else {}, ema=emas,
                       best=report.best if report is not None else None)
-
-
-def _close_loader(batches: Any) -> None:
-    """Stop and join the loader's worker processes now. Dropping the iterator is not enough: an exception
-    raised inside `next(batches)` keeps it alive in its traceback (Ray keeps a failed worker's), and an
-    iterator collected at interpreter exit skips the shutdown, leaving the workers to die with their parent."""
-    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator; none with 0 workers
-    if shutdown is not None:
-        shutdown()
 
 
 def _resume(task: TrainTask, cfg: LoopConfig, ckpt_dir: Path, scaler: torch.amp.GradScaler,
