@@ -230,7 +230,7 @@ def bundle_sensitivity(bundle_dir: str | Path, data: DataPaths, n: int = 32) -> 
 
 
 def val_curve(steps_csv: str | Path) -> list[dict[str, float]]:
-    """The in-training validation rows (val/*) of a train_swap run's steps CSV (metrics/train_swap_steps.csv)."""
+    """The in-training validation rows (val/*) of a train_swap run's steps CSV (metrics/train/flowfacepp/train_swap_steps.csv)."""
     import csv
 
     path = Path(steps_csv)
@@ -268,7 +268,7 @@ def print_val_curve(rows: list[dict[str, float]], source: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps-csv", default=str(REPO / "metrics" / "train_swap_steps.csv"),
+    p.add_argument("--steps-csv", default=str(REPO / "metrics" / "train" / "flowfacepp" / "train_swap_steps.csv"),
                    help="the demo run's train_swap steps CSV: its validation curve is printed")
     p.add_argument("--data", default="data")
     p.add_argument("--params", default=str(REPO / "params.yaml"))
