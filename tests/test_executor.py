@@ -91,3 +91,11 @@ def test_local_executor_keeps_order_for_batched_functions():
     assert list(map_items(_batch_square, items, _none, 2, None, batched=3)) == [x * x for x in items]
     assert list(map_items(_square, items, _none, 1, section("prep", executor="local"))) == [x * x for x in items]
     assert list(map_items(_square, [], _none, 2, None)) == []
+
+
+def test_use_gpu_puts_retinaface_on_cuda_and_leaves_fingerprinted_settings_alone():
+    detect = section("detect", backend="retinaface", device="cpu")
+    gpu_prep = section("prep", executor="ray", use_gpu=True)
+    assert filter_stage.gpu_detector(detect, gpu_prep) == (section("detect", backend="retinaface", device="cuda"), True)
+    assert filter_stage.gpu_detector(detect, section("prep", executor="ray")) == (detect, False)
+    assert filter_stage.gpu_detector(section("detect"), gpu_prep) == (section("detect"), False)  # dlib: CPU only
