@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import pickle
+import warnings
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from tqdm import tqdm
@@ -28,6 +29,7 @@ from faceswap.core.parallel import pmap, worker_setup
 T = TypeVar("T")
 R = TypeVar("R")
 
+ACTOR_RETRIES = 3  # restarts of a lost actor (and retries of its batch) before the stage fails
 MAX_BLOCKS = 4096  # Ray Data blocks per stage: about one batch each, bounded for millions of images
 
 
@@ -97,12 +99,17 @@ def _ray_map(fn, items, factory, workers, prep: PrepConfig, desc, gpu, batched) 
     size = min(batched or prep.batch_size, math.ceil(len(items) / blocks))
     ds = ray.data.from_items([{"i": i, "item": pickle.dumps(it)} for i, it in enumerate(items)],
                              override_num_blocks=blocks)
-    # Ray Data restarts a lost actor (max_restarts -1): its driver logs once per stage that the actor's
-    # constructor arguments live in the object store (ray-project/ray#53727); the stage holds them
-    # until it ends, so a restart finds them.
+    # A lost actor (a node gone) is restarted and its batch retried, ACTOR_RETRIES times, not Ray Data's
+    # default of forever: an image that crashes its actor every time then fails the stage, whose saved
+    # progress the re-run keeps. The driver logs once per stage that the actor's constructor arguments
+    # live in the object store (ray-project/ray#53727); the stage holds them until it ends.
+    # (Ray 2.60 warns that such remote args are deprecated, to go in 2.64; requirements.txt pins 2.60.)
     pool = ray.data.ActorPoolStrategy(size=prep.gpu_actors if use_gpu else workers)
-    ds = ds.map_batches(ItemMapper, fn_constructor_args=(factory, fn, bool(batched)), batch_size=size,
-                        batch_format="numpy", compute=pool, num_cpus=1, num_gpus=1 if use_gpu else 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        ds = ds.map_batches(ItemMapper, fn_constructor_args=(factory, fn, bool(batched)), batch_size=size,
+                            batch_format="numpy", compute=pool, num_cpus=1, num_gpus=1 if use_gpu else 0,
+                            max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES)
     done: dict[int, R] = {}  # finished out of order, waiting for an earlier item
     following = 0
     with _progress(len(items), desc) as bar:
