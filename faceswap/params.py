@@ -15,8 +15,7 @@ from typing import Any, Mapping
 
 from faceswap.core.config import (
     AlignConfig, ConfigError, DetectConfig, FilterConfig, IngestConfig, PrepConfig, SegmentConfig, SplitConfig,
-    ThreeDMMConfig,
-    from_dict, load_params, parse_params,
+    ThreeDMMConfig, from_dict, load_params, parse_params,
 )
 from faceswap.evaluation.config import EvaluateConfig
 from faceswap.serving.config import RegisterConfig, VideoConfig

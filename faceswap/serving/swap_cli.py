@@ -14,8 +14,8 @@ User errors (no face, unreadable file, bad model URI or alias) print one line an
 from __future__ import annotations
 
 import argparse
-import json
 import itertools
+import json
 import os
 import sys
 import tempfile
