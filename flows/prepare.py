@@ -35,7 +35,7 @@ io_task = task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 @io_task
 def ingest_task(params: str, data: Path, cache: Path) -> dict:
     from stages import ingest
-    return ingest.run(P.load(params).ingest, DataLayout(data).manifest, cache)
+    return ingest.run(P.load(params).ingest, DataLayout(data).manifest, cache, P.load(params).prep)
 
 
 @io_task

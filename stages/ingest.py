@@ -14,7 +14,7 @@ from typing import Iterator
 from faceswap import params
 from faceswap.core.cache import RowCache
 from faceswap.core.cli import parser, write_metrics
-from faceswap.core.config import IngestConfig
+from faceswap.core.config import IngestConfig, PrepConfig
 from faceswap.core.images import BadImage, probe
 from faceswap.core.io import fingerprint, sha256_file
 from faceswap.core.layout import DATA
@@ -65,8 +65,9 @@ def describe(path: Path, root_real: Path) -> dict:
     return row
 
 
-def run(cfg: IngestConfig, out: str | Path, cache_dir: str | Path | None = None) -> dict:
-    """Write manifest.parquet for the configured source; returns counts."""
+def run(cfg: IngestConfig, out: str | Path, cache_dir: str | Path | None = None, prep: PrepConfig | None = None) -> dict:
+    """Write manifest.parquet for the configured source; returns counts. Files read are saved to the row
+    cache as they come (`prep.checkpoint_*`), so a killed run re-reads only what came after its last save."""
     root = Path(cfg.root)
     if cfg.source == "demo":
         from faceswap.data.demo_corpus import build_demo_corpus
@@ -76,7 +77,7 @@ def run(cfg: IngestConfig, out: str | Path, cache_dir: str | Path | None = None)
         raise FileNotFoundError(f"ingest.root {root} is not a directory")
     files = list(iter_files(root, cfg.extensions))
     layout = detect_layout(root, files) if cfg.layout == "auto" else cfg.layout
-    cache = RowCache.for_stage(cache_dir, "ingest", fingerprint(CODE_VERSION))
+    cache = RowCache.for_stage(cache_dir, "ingest", fingerprint(CODE_VERSION), prep)
     root_real = Path(os.path.realpath(root))
     rows, keys, read = [], set(), 0
     for f in files:
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DATA.manifest))
     a = p.parse_args(argv)
-    m = run(params.load(a.params).ingest, a.out, a.cache_dir)
+    p = params.load(a.params)
+    m = run(p.ingest, a.out, a.cache_dir, p.prep)
     write_metrics(a.metrics, m)
     print(f"ingest: {m['files']} files ({m['read']} read, {m['reused']} unchanged), "
           f"{m['identities']} identities, layout={m['layout']}, errors={m['ingest_errors']}")

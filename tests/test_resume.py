@@ -119,3 +119,26 @@ def test_row_cache_saves_progress_in_journal_parts_and_folds_them(tmp_path):
     assert not c.journal.exists()
     final = RowCache(path, "fp1")
     assert [final.get(k) for k in ("k0", "k1", "k4")] == [None, {"v": 1}, {"v": 4}]
+
+
+def test_ingest_that_fails_part_way_rereads_only_what_it_had_not_saved(tmp_path, monkeypatch):
+    from faceswap.data.demo_corpus import build_demo_corpus
+
+    src = build_demo_corpus(tmp_path / "raw", identities=3, per_identity=4)
+    cfg, prep = section("ingest", source="folder", root=str(src)), section("prep", checkpoint_items=4)
+    ref = ingest.run(cfg, tmp_path / "ref.parquet", None)
+    describe, calls = ingest.describe, []
+
+    def dies_at_the_tenth_file(path, root):
+        calls.append(path)
+        if len(calls) == 10:
+            raise OSError("the storage went away")
+        return describe(path, root)
+
+    monkeypatch.setattr(ingest, "describe", dies_at_the_tenth_file)
+    with pytest.raises(OSError):
+        ingest.run(cfg, tmp_path / "manifest.parquet", tmp_path / "cache", prep)
+    monkeypatch.setattr(ingest, "describe", describe)
+    again = ingest.run(cfg, tmp_path / "manifest.parquet", tmp_path / "cache", prep)
+    assert (again["read"], again["reused"]) == (ref["files"] - 8, 8)  # 9 read, 8 of them saved (every 4)
+    assert pq.read_table(tmp_path / "manifest.parquet").to_pylist() == pq.read_table(tmp_path / "ref.parquet").to_pylist()
