@@ -42,6 +42,7 @@ def both_executors(tiny_corpus, tmp_path_factory):
     ingest.run(section("ingest", source="folder", root=str(src)), root / "manifest.parquet", root / "cache")
     try:
         runs = {ex: (root / ex, _prepare(root / "manifest.parquet", root / ex, ex)) for ex in ("local", "ray")}
+        runs["ray again"] = (root / "ray", _prepare(root / "manifest.parquet", root / "ray", "ray"))
     finally:
         ray_env.shutdown()
     return runs
@@ -99,3 +100,12 @@ def test_use_gpu_puts_retinaface_on_cuda_and_leaves_fingerprinted_settings_alone
     assert filter_stage.gpu_detector(detect, gpu_prep) == (section("detect", backend="retinaface", device="cuda"), True)
     assert filter_stage.gpu_detector(detect, section("prep", executor="ray")) == (detect, False)
     assert filter_stage.gpu_detector(section("detect"), gpu_prep) == (section("detect"), False)  # dlib: CPU only
+
+
+def test_ray_reruns_are_incremental_like_local(both_executors):
+    """Nothing new: the second ray run inspects, warps, parses and meshes nothing, and its tables are the same."""
+    again = both_executors["ray again"][1]
+    assert again["filter"]["inspected"] == 0 and again["align"]["warped"] == 0
+    assert again["segment"]["parsed_this_run"] == 0 and again["threedmm"]["meshed_this_run"] == 0
+    assert again["filter"]["reasons"] == both_executors["local"][1]["filter"]["reasons"]
+
