@@ -12,7 +12,7 @@ eq. 6 swaps the two signs by a typo; with eq. 5 only this reading is consistent)
 """
 from __future__ import annotations
 
-from typing import Literal, Mapping, Optional, Sequence
+from typing import Callable, Literal, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -170,9 +170,11 @@ def shape_generator_loss(terms: Mapping[str, Tensor],
 
 
 def discriminator_loss(real_logits: Tensor, fake_logits: Tensor, r1: Optional[Tensor] = None,
-                       r1_weight: float = 1.0) -> dict[str, Tensor]:
-    """Dswa / Dres objective: hinge (+ r1_weight * R1). Returns {'adv', 'r1'?, 'total'}."""
-    adv = d_hinge_loss(real_logits, fake_logits)
+                       r1_weight: float = 1.0, adversarial: Callable[[Tensor, Tensor], Tensor] | None = None
+                       ) -> dict[str, Tensor]:
+    """A discriminator's objective: `adversarial(real_logits, fake_logits)` (default hinge: Dswa, Dres, AEI-Net's;
+    FaceDancer and HifiFace pass the non-saturating logistic loss) + r1_weight * R1. Returns {'adv', 'r1'?, 'total'}."""
+    adv = (adversarial or d_hinge_loss)(real_logits, fake_logits)
     out = {"adv": adv, "total": adv}
     if r1 is not None:
         out["r1"] = r1

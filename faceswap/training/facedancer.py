@@ -27,11 +27,11 @@ from torch import Tensor, nn
 
 from faceswap.training.checkpoint import unwrap
 from faceswap.training.config import FaceDancerStageConfig
-from faceswap.training.steps import Batch, GeneratorFirstTask, Terms, adam
+from faceswap.training.steps import Batch, GeneratorFirstTask, Terms, adam, discriminator_terms
 from faceswap_models.facedancer.config import FaceDancerLossWeights
 from faceswap_models.facedancer.losses import block_cosines, cycle_loss, d_logistic, g_logistic, ifsr_loss, masked_l1
 from faceswap_models.facedancer.networks import FaceDancerNet
-from faceswap_models.losses import identity_loss, perceptual_loss, r1_penalty, structural_loss, weighted_total
+from faceswap_models.losses import identity_loss, perceptual_loss, structural_loss, weighted_total
 from faceswap_models.swap import face_ellipse_mask
 
 #: The margins document stage ifsr_margins writes (and train_facedancer copies into its bundle).
@@ -96,21 +96,6 @@ def facedancer_generator_terms(net: nn.Module, disc: nn.Module, identity: nn.Mod
     return weighted_total(terms, weights, G_TERMS)
 
 
-def discriminator_logistic_terms(disc: nn.Module, real: Tensor, fake: Tensor, gp: float) -> Terms:
-    """Non-saturating logistic loss on real vs (detached) fake, + gp * R1 on the reals when gp > 0."""
-    real = real.detach().requires_grad_(gp > 0)
-    real_logits = disc(real)
-    adv = d_logistic(real_logits, disc(fake.detach()))
-    terms: Terms = {"adv": adv.detach()}
-    total = adv
-    if gp > 0:
-        r1 = r1_penalty(real_logits, real)
-        terms["gp"] = r1.detach()
-        total = total + gp * r1
-    terms["total"] = total
-    return terms
-
-
 class FaceDancerTask(GeneratorFirstTask):
     """FaceDancer's generator against the StarGAN-v2-style discriminator (stage train_facedancer)."""
 
@@ -141,7 +126,7 @@ class FaceDancerTask(GeneratorFirstTask):
         return unwrap(self.modules["net"])(self.identity(b["source"]["image"]), b["target"]["image"])
 
     def discriminator_terms(self, b: Batch, fake: Tensor) -> Terms:
-        return discriminator_logistic_terms(self.modules["disc"], b["target"]["image"], fake, self.weights.gp)
+        return discriminator_terms(self.modules["disc"], b["target"]["image"], fake, self.weights.gp, d_logistic)
 
     @torch.no_grad()
     def samples(self, batch: Batch) -> list[Tensor]:

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from faceswap.training.checkpoint import unwrap
 from faceswap.training.contour import ContourProjector, projected_points
-from faceswap.training.facedancer import discriminator_logistic_terms, perceptual_same
-from faceswap.training.steps import Batch, GeneratorFirstTask, Terms, adam
-from faceswap_models.facedancer.losses import cycle_loss, g_logistic, masked_l1
+from faceswap.training.facedancer import perceptual_same
+from faceswap.training.steps import Batch, GeneratorFirstTask, Terms, adam, discriminator_terms
+from faceswap_models.facedancer.losses import cycle_loss, d_logistic, g_logistic, masked_l1
 from faceswap_models.hififace.config import HifiFaceLossWeights
 from faceswap_models.hififace.generator import HifiFace, shape_aware_identity
 from faceswap_models.hififace.losses import dilated_face_mask, segmentation_loss, shape_loss
@@ -118,7 +118,7 @@ class HifiFaceTask(GeneratorFirstTask):
         return self._outputs(b).image
 
     def discriminator_terms(self, b: Batch, fake: Tensor) -> Terms:
-        return discriminator_logistic_terms(self.modules["disc"], b["target"]["image"], fake, self.weights.gp)
+        return discriminator_terms(self.modules["disc"], b["target"]["image"], fake, self.weights.gp, d_logistic)
 
     @torch.no_grad()
     def samples(self, batch: Batch) -> list[Tensor]:

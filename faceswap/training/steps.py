@@ -117,13 +117,15 @@ def adam(params: Any, lr: float, betas: tuple[float, float], weight_decay: float
 
 
 # --------------------------------------------------------------------------- discriminator (shared)
-def discriminator_terms(disc: nn.Module, real: Tensor, fake: Tensor, r1_weight: float) -> Terms:
-    """Hinge loss of `disc` on real vs (detached) fake images, plus R1 on the reals when r1_weight > 0."""
+def discriminator_terms(disc: nn.Module, real: Tensor, fake: Tensor, r1_weight: float,
+                        adversarial: Callable[[Tensor, Tensor], Tensor] | None = None) -> Terms:
+    """`adversarial` loss (default hinge) of `disc` on real vs (detached) fake images, plus r1_weight * R1 on the
+    reals when r1_weight > 0: {'adv', 'r1'?, 'total'}."""
     real = real.detach().requires_grad_(r1_weight > 0)
     real_logits = disc(real)
     fake_logits = disc(fake.detach())
     r1 = r1_penalty(real_logits, real) if r1_weight > 0 else None
-    return discriminator_loss(real_logits, fake_logits, r1, r1_weight)
+    return discriminator_loss(real_logits, fake_logits, r1, r1_weight, adversarial)
 
 
 # --------------------------------------------------------------------------- MAE

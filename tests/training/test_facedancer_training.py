@@ -4,6 +4,7 @@ end to end on the tiny tables."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,12 +12,14 @@ from torch import nn
 
 from faceswap.artifacts import load_bundle, save_bundle
 from faceswap.training.facedancer import (
-    MARGINS_FILE, FaceDancerTask, blended_swap, discriminator_logistic_terms,
+    MARGINS_FILE, FaceDancerTask, blended_swap,
     facedancer_generator_terms, ifsr_margin_stats, load_margins,
 )
+from faceswap.training.steps import discriminator_terms
 from faceswap_models.config import DiscriminatorConfig
 from faceswap_models.discriminator import PatchDiscriminator
 from faceswap_models.facedancer.config import FaceDancerLossWeights, FaceDancerNetConfig
+from faceswap_models.facedancer.losses import d_logistic
 from faceswap_models.facedancer.networks import FaceDancerNet
 from faceswap_models.swap import face_ellipse_mask
 from paramsutil import section  # noqa: E402
@@ -83,23 +86,25 @@ def test_task_trains_generator_and_disc_never_the_identity_network(nets):
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing  # encoder, mapping, AdaIN decoder, every AFFA
     d_terms = d_phase.loss(b)
-    assert set(d_terms) == {"adv", "gp", "total"}
-    torch.testing.assert_close(d_terms["total"].detach(), d_terms["adv"] + 10 * d_terms["gp"])
+    assert set(d_terms) == {"adv", "r1", "total"}
+    torch.testing.assert_close(d_terms["total"].detach(), (d_terms["adv"] + 10 * d_terms["r1"]).detach())
     d_terms["total"].backward(inputs=list(disc.parameters()))
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in disc.parameters())
     assert all(torch.equal(v, ident.state_dict()[k]) for k, v in frozen.items())
     assert all(p.grad is None for p in ident.parameters())
 
 
-def test_gradient_penalty_is_r1_on_the_reals():
-    """A discriminator linear in its input has R1 = 0.5 ||w||^2 per image; gp = 0 leaves it out."""
+def test_discriminator_is_logistic_with_r1_on_the_reals():
+    """A discriminator linear in its input has R1 = 0.5 ||w||^2 per image; gp = 0 leaves it out. Zero logits
+    cost 2 log 2 under the logistic loss (2 under hinge)."""
     lin = nn.Conv2d(3, 1, 1, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([1.0, 2.0, 2.0]).view(1, 3, 1, 1))
     real, fake = torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 2, 2)
-    t = discriminator_logistic_terms(lin, real, fake, gp=10.0)
-    torch.testing.assert_close(t["gp"], torch.tensor(0.5 * 9 * 4))  # |w|^2 = 9 per pixel, 4 pixels
-    assert "gp" not in discriminator_logistic_terms(lin, real, fake, gp=0.0)
+    t = discriminator_terms(lin, real, fake, 10.0, d_logistic)
+    torch.testing.assert_close(t["r1"], torch.tensor(0.5 * 9 * 4))  # |w|^2 = 9 per pixel, 4 pixels
+    torch.testing.assert_close(t["adv"], torch.tensor(2 * math.log(2)))
+    assert "r1" not in discriminator_terms(lin, real, fake, 0.0, d_logistic)
 
 
 def test_face_mask_and_stand_in_swap_known_values():
@@ -166,7 +171,7 @@ def test_faceswap_train_facedancer_measures_margins_then_trains(train_tables, tm
     assert metrics["ifsr_margins"]["pairs"] == 6 and set(metrics["ifsr_margins"]) == {"pairs", "seconds", "margin_block0",
                                                                                       "margin_block1"}
     assert metrics["train_facedancer"]["steps"] == 2
-    assert {"g_id", "g_ifsr", "g_cycle", "g_adv", "d_adv", "d_gp"} <= set(metrics["train_facedancer"])
+    assert {"g_id", "g_ifsr", "g_cycle", "g_adv", "d_adv", "d_r1"} <= set(metrics["train_facedancer"])
     margins = json.loads((out / "ifsr_margins" / MARGINS_FILE).read_text())
     assert json.loads((out / MARGINS_FILE).read_text())["margins"] == margins["margins"]
     assert all(-1 < m < 1 for m in margins["margins"]) and margins["layers"] == [0, 1]
