@@ -35,41 +35,38 @@ io_task = task(retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io)
 @io_task
 def ingest_task(params: str, data: Path, cache: Path) -> dict:
     from stages import ingest
-    return ingest.run(P.load(params).ingest, DataLayout(data).manifest, cache, P.load(params).prep)
+    p = P.load(params)
+    return ingest.run(p.ingest, DataLayout(data).manifest, cache, p.prep)
 
 
 @io_task
 def filter_task(params: str, data: Path, cache: Path) -> dict:
     from stages import filter as filter_stage
-    return filter_stage.run(P.load(params).filter, P.load(params).detect,
-                            DataLayout(data).manifest, DataLayout(data).filtered, DataLayout(data).rejects, cache,
-                            P.load(params).prep)
+    p, d = P.load(params), DataLayout(data)
+    return filter_stage.run(p.filter, p.detect, d.manifest, d.filtered, d.rejects, cache, p.prep)
 
 
 @io_task
 def align_task(params: str, data: Path, cache: Path) -> dict:
     from stages import align
-    return align.run(P.load(params).align, P.load(params).detect,
-                     P.load(params).filter.max_pixels, DataLayout(data).filtered,
-                     DataLayout(data).aligned_dir, DataLayout(data).aligned, DataLayout(data).align_rejects, cache,
-                     P.load(params).prep)
+    p, d = P.load(params), DataLayout(data)
+    return align.run(p.align, p.detect, p.filter.max_pixels, d.filtered, d.aligned_dir, d.aligned, d.align_rejects,
+                     cache, p.prep)
 
 
 @io_task
 def segment_task(params: str, data: Path) -> dict:
     from stages import segment
-    return segment.run(P.load(params).segment, DataLayout(data).aligned,
-                       DataLayout(data).aligned_dir, DataLayout(data).parsing_dir, DataLayout(data).segments,
-                       prep=P.load(params).prep)
+    p, d = P.load(params), DataLayout(data)
+    return segment.run(p.segment, d.aligned, d.aligned_dir, d.parsing_dir, d.segments, prep=p.prep)
 
 
 @io_task
 def threedmm_task(params: str, data: Path, cache: Path) -> dict:
     from stages import threedmm
-    return threedmm.run(P.load(params).threedmm, DataLayout(data).aligned,
-                        DataLayout(data).aligned_dir, DataLayout(data).mesh_dir, DataLayout(data).threedmm,
-                        DataLayout(data).threedmm_model, DataLayout(data).threedmm_rejects, cache,
-                        P.load(params).prep)
+    p, d = P.load(params), DataLayout(data)
+    return threedmm.run(p.threedmm, d.aligned, d.aligned_dir, d.mesh_dir, d.threedmm, d.threedmm_model,
+                        d.threedmm_rejects, cache, p.prep)
 
 
 @io_task

@@ -5,8 +5,8 @@ with `state = factory()` built once per worker. The stages call it the same way 
 so outputs, reject reasons and incremental behaviour do not depend on the executor
 (tests/test_executor.py compares them row for row):
   * `local`: faceswap.core.parallel.pmap, `workers` spawned processes.
-  * `ray`: `ray.data.from_items(...).map_batches(ItemMapper, concurrency=workers)`, an actor pool
-    whose actors each build the state (the detector, landmarker or parser) once; `use_gpu` gives
+  * `ray`: `ray.data.from_items(...).map_batches(ItemMapper, compute=ActorPoolStrategy(size=workers))`,
+    an actor pool whose actors each build the state (the detector, landmarker or parser) once; `use_gpu` gives
     GPU-model stages `gpu_actors` actors with one GPU each. Results stream back to the driver as
     they finish, so the stage saves its progress during the run with either executor.
 Items and results cross the boundary pickled (plain dicts, tuples and strings: paths, not pixels;
@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 import warnings
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from tqdm import tqdm
-
 from faceswap.core.config import PrepConfig
-from faceswap.core.parallel import pmap, worker_setup
+from faceswap.core.parallel import pmap, progress_bar, worker_setup
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,16 +48,11 @@ def map_items(fn: Callable, items: Sequence[T], factory: Callable[[], object], w
     yield from pmap(fn, items, factory, workers, total=len(items), desc=desc)
 
 
-def _progress(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5,
-                disable=os.environ.get("FACESWAP_NO_PROGRESS") == "1")
-
-
 def _batched_in_process(fn, items, factory, size, desc) -> Iterator:
     if not items:
         return
     state = factory()
-    with _progress(len(items), desc) as bar:
+    with progress_bar(len(items), desc) as bar:
         for i in range(0, len(items), size):
             for r in fn(state, list(items[i:i + size])):
                 yield r
@@ -112,7 +104,7 @@ def _ray_map(fn, items, factory, workers, prep: PrepConfig, desc, gpu, batched) 
                             max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES)
     done: dict[int, R] = {}  # finished out of order, waiting for an earlier item
     following = 0
-    with _progress(len(items), desc) as bar:
+    with progress_bar(len(items), desc) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, r in zip(batch["i"], batch["result"]):
                 done[int(i)] = pickle.loads(r)

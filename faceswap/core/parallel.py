@@ -95,6 +95,12 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
+def progress_bar(total: int | None, desc: str) -> tqdm:
+    """The data stages' progress bar (images); off when FACESWAP_NO_PROGRESS=1."""
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5,
+                disable=os.environ.get("FACESWAP_NO_PROGRESS") == "1")
+
+
 def pmap(fn: Callable[[object, T], R], items: Iterable[T], factory: Callable[[], object], workers: int,
          total: int | None = None, desc: str = "", chunksize: int = 4) -> Iterator[R]:
     """Yield fn(state, item) in order; `state = factory()` is built once per worker process.
@@ -104,8 +110,7 @@ def pmap(fn: Callable[[object, T], R], items: Iterable[T], factory: Callable[[],
     Workers are spawned, not forked: a parent that already runs torch/mediapipe threads can
     deadlock a forked child.
     """
-    bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5,
-               disable=os.environ.get("FACESWAP_NO_PROGRESS") == "1")
+    bar = progress_bar(total, desc)
     try:
         if workers <= 1 or (total is not None and total < MIN_ITEMS_FOR_POOL):
             state: list[object] = []  # built on the first item only: nothing to do, no start-up

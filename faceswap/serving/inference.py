@@ -155,8 +155,9 @@ def find_output_face(crop: np.ndarray, box: np.ndarray) -> tuple[np.ndarray | No
     best, best_iou = None, 0.0
     for r in rects:
         cand = np.array([r.left(), r.top(), r.right(), r.bottom()], np.float64) / sc + (x0, y0, x0, y0)
-        if iou(cand, box) > best_iou:
-            best, best_iou = cand, iou(cand, box)
+        overlap = iou(cand, box)
+        if overlap > best_iou:
+            best, best_iou = cand, overlap
     if best is None:
         return None, f"no face detected in the output crop (score >= {OUTPUT_FACE_MIN_SCORE})"
     if best_iou < OUTPUT_FACE_MIN_IOU:

@@ -23,7 +23,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from faceswap.faces.detectors import Face, FaceDetector, NoFaceError, umeyama_similarity
+from faceswap.faces.detectors import Face, FaceDetector, NoFaceError, transform_points, umeyama_similarity
 from faceswap.faces.tracking import OneEuroFilter, track_points
 from faceswap.serving.config import VideoConfig
 
@@ -51,7 +51,7 @@ def map_box(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """A face box (4,) -> the upright box (4,) whose centre is mapped by the similarity `matrix` (2, 3)
     and whose sides are scaled by its scale."""
     box = np.asarray(box, np.float64)
-    c = matrix[:, :2] @ ((box[:2] + box[2:]) / 2) + matrix[:, 2]
+    c = transform_points(((box[:2] + box[2:]) / 2)[None], matrix)[0]
     half = (box[2:] - box[:2]) * np.sqrt(abs(np.linalg.det(matrix[:, :2]))) / 2
     return np.concatenate([c - half, c + half])
 
