@@ -97,7 +97,8 @@ def report_markdown(m: dict[str, Any]) -> str:
     if "filter" in m and m["filter"].get("reasons"):
         lines += ["", "Filter reject reasons: " + ", ".join(f"{k} {v}" for k, v in m["filter"]["reasons"].items())]
     if "split" in m:
-        lines += ["", "## Splits", "", *_table_md([{"split": k, **v} for k, v in m["split"].items() if isinstance(v, dict)])]
+        counts = [{"split": k, **v} for k, v in m["split"].items() if isinstance(v, dict) and "identities" in v]
+        lines += ["", "## Splits", "", *_table_md(counts)]
     train = {k: v for k, v in m.items() if k.startswith("train") or k.startswith("pretrain")}
     lines += ["", "## Training", ""]
     if train:

@@ -89,7 +89,7 @@ def report_markdown(metrics: dict[str, dict]) -> str:
         "", "## Reject reasons (filter)", "", "| reason | count |", "|---|---:|",
         *[f"| {k} | {v} |" for k, v in flt["reasons"].items()],
         "", "## Splits (identity-disjoint)", "", "| split | identities | images |", "|---|---:|---:|",
-        *[f"| {k} | {v['identities']} | {v['images']} |" for k, v in spl.items()],
+        *[f"| {k} | {spl[k]['identities']} | {spl[k]['images']} |" for k in ("train", "val", "test") if k in spl],
     ]
     return "\n".join(lines) + "\n"
 

@@ -218,7 +218,7 @@ def report_markdown(r: dict) -> str:
               f"({prep['filter']['inspected']} inspected this run)",
               f"- align: {prep['align']['aligned']} aligned ({prep['align']['warped']} warped this run)",
               *[f"- split {k}: {v['identities']} identities, {v['images']} images" for k, v in prep["split"].items()
-                if isinstance(v, dict)],
+                if isinstance(v, dict) and "identities" in v],
               ("- 3DMM: the current model, kept (new faces fitted with it: the aux regressor and Dshape were "
                "trained in its coefficient space)" if r.get("threedmm_kept") else "- 3DMM: learned from the data"),
               "", "## Training",

@@ -21,14 +21,10 @@ from faceswap.core.images import read_rgb
 from faceswap.core.io import atomic_path, fingerprint, remove_stale
 from faceswap.core.layout import DATA
 from faceswap.core.schemas import ALIGNED, REJECTS, THREEDMM, read_table, write_table
-from faceswap.faces.threedmm import LinearFaceModel, MeshLandmarker, learn_model
+from faceswap.faces.threedmm import LinearFaceModel, MeshLandmarker, learn_model, mesh_name
+from faceswap.faces.threedmm_cv import expression_cv, shape_icc
 
-LEARN_VERSION = 1  # bump when learn_model changes: invalidates cached learned models
-
-
-def mesh_name(row: dict) -> str:
-    """Named after the aligned crop, whose name fingerprints the alignment settings."""
-    return f"{Path(row['crop']).with_suffix('').as_posix()}.npy"
+LEARN_VERSION = 2  # bump when learn_model changes: invalidates cached learned models
 
 
 def _mesh_one(state, item: tuple[str, str]) -> bool:
@@ -111,11 +107,29 @@ def run(cfg: ThreeDMMConfig, aligned: str | Path, aligned_dir: str | Path, mesh_
     remove_stale(mesh_dir, "*.npy", {mesh_name(r) for r in rows})
     rmse = [r["fit_rmse"] for r in out_rows]
     yaw = [abs(r["pose"][0]) for r in out_rows]
+    icc = shape_icc(np.array([r["shape"] for r in out_rows]).reshape(len(out_rows), -1),
+                    [r["identity"] for r in out_rows])
     return {"faces": len(out_rows), "no_mesh": len(rejects), "meshed_this_run": len(todo),
             "model_learned_this_run": learned,
             "n_shape": model.n_shape, "n_exp": model.n_exp,
             "fit_rmse_median_px": float(np.median(rmse)) if rmse else None,
-            "abs_yaw_median_deg": float(np.median(yaw)) if yaw else None}
+            "abs_yaw_median_deg": float(np.median(yaw)) if yaw else None,
+            "shape_icc_pooled": icc["pooled"], "shape_icc_min": icc["min"], "shape_icc_median": icc["median"],
+            "expression_cv": _expression_cv(cfg, ok_rows, mesh_dir, model)}
+
+
+def _expression_cv(cfg: ThreeDMMConfig, ok_rows: list[dict], mesh_dir: Path, model: LinearFaceModel) -> dict:
+    """`threedmm_cv.expression_cv` of the fitted faces against their face-mesh expression measures
+    (`features.mesh_expression`): learned backend, a model learned per fold (same sizes and learning-sample
+    bound as the stage's model); file backend, the user's model in every fold."""
+    from faceswap.evaluation.features import EXPRESSION_MEASURES, mesh_expression  # lazy: imports torch
+
+    rows = sorted(ok_rows, key=lambda r: r["sha256"])  # so the per-fold sample matches learning_sample
+    meshes = np.stack([np.load(mesh_dir / mesh_name(r)) for r in rows]) if rows else np.zeros((0, 468, 3))
+    measures = np.stack([mesh_expression(m) for m in meshes]) if rows else np.zeros((0, len(EXPRESSION_MEASURES)))
+    return expression_cv(meshes, [r["identity"] for r in rows], measures, EXPRESSION_MEASURES, cfg.n_shape,
+                         cfg.n_exp, model=model if cfg.backend == "file" else None,
+                         max_learn_faces=cfg.learn_max_faces)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     write_metrics(a.metrics, m)
     print(f"threedmm: {m['faces']} fitted ({m['meshed_this_run']} meshed this run), {m['no_mesh']} without mesh, "
           f"median rmse {m['fit_rmse_median_px']} px")
+    cv = m["expression_cv"]
+    print("threedmm: expression CV " + (f"skipped ({cv['skipped']})" if cv["skipped"] else
+          f"{cv['folds']} folds, out-of-fold R2 " + ", ".join(f"{k} {v:.2f}" for k, v in cv["r2"].items()
+                                                               if v is not None)))
     return 0
 
 

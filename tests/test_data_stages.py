@@ -104,6 +104,27 @@ def test_threedmm_table_and_split_are_identity_disjoint(prepared):
     assert not (by_split["val"] & by_split["test"])
 
 
+def test_threedmm_metrics_cross_validate_expression_and_report_shape_icc(prepared):
+    """5 identities x 4 images: the identity-grouped expression CV runs (or says why not) and the metrics
+    stay JSON-plain (metrics/threedmm.json)."""
+    import json
+
+    from faceswap.evaluation.features import EXPRESSION_MEASURES
+
+    _, m = prepared
+    t = m["threedmm"]
+    json.dumps(t, allow_nan=False)
+    cv = t["expression_cv"]
+    assert {"folds", "identities", "faces", "target", "predictors", "r2", "skipped"} <= set(cv)
+    if cv["identities"] >= 4:
+        assert cv["skipped"] is None and cv["folds"] == min(5, cv["identities"])
+        assert set(cv["r2"]) == set(EXPRESSION_MEASURES)
+        assert all(v is None or v <= 1 for v in cv["r2"].values())
+    else:
+        assert cv["r2"] is None and "identities" in cv["skipped"]
+    assert 0 <= t["shape_icc_min"] <= t["shape_icc_median"] <= 1 and 0 <= t["shape_icc_pooled"] <= 1
+
+
 def test_threedmm_rerun_reuses_the_learned_model(prepared, tmp_path):
     work, m = prepared
     assert m["threedmm"]["model_learned_this_run"] is True

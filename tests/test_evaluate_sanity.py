@@ -102,8 +102,11 @@ def test_baselines_on_real_faces_behave_as_defined(evaluated):
     assert copy["pose_error_deg"] < paste["pose_error_deg"] and copy["expression_error"] < paste["expression_error"]
     assert copy["expression_geometry_error"] < 0.6 * paste["expression_geometry_error"]
     # measured from each person's own mean, both known-bad outputs are off: copy by the identity gap
-    # (the target's geometry read as the source's person), paste by the expression gap
-    assert copy["expression_deviation_error"] > 1.0 and paste["expression_deviation_error"] > 0.5
+    # (the target's geometry read as the source's person), paste by the expression gap. Since the demo
+    # corpus carries expression offsets (version 6) the identity gap is smaller than the expression gap
+    # (ICC < 0.5), so copy may score below paste here: copy_target fails the identity gate, not this one
+    # (tests/test_expression_gate_sanity.py checks the ranking on all 64 identities' crops)
+    assert copy["expression_deviation_error"] > 0.5 and paste["expression_deviation_error"] > 0.5
     # the shape story: on pairs with a wider source, copying keeps the target's jaw, pasting has the source's
     for side in ("wider", "narrower"):
         assert copy[f"jaw_pairs_{side}"] >= 5 and paste[f"jaw_pairs_{side}"] == copy[f"jaw_pairs_{side}"]
@@ -204,7 +207,8 @@ def test_in_training_validator_tells_noise_copy_and_paste_apart(prepared):
     assert copy["val/pose_error_deg"] < paste["val/pose_error_deg"]
     assert copy["val/expression_error"] < paste["val/expression_error"]
     assert copy["val/expression_geometry_error"] < 0.6 * paste["val/expression_geometry_error"]
-    assert copy["val/expression_deviation_error"] > 1.0 and paste["val/expression_deviation_error"] > 0.5
+    # both off; copy by the identity gap, which on the expression corpus may be below paste's (see above)
+    assert copy["val/expression_deviation_error"] > 0.5 and paste["val/expression_deviation_error"] > 0.5
     # G(s, s) = s: the source through 64 px compared with itself, far closer than to the target
     assert paste["val/expression_deviation_error_self"] < 0.7 * paste["val/expression_deviation_error"]
     # G(s, s) = s for both: their expression floor is the real crop's own reading through 64 px

@@ -34,3 +34,5 @@ def test_prepare_flow_runs_all_stages_and_reports(prefect_harness, tiny_corpus, 
 
     arts = asyncio.run(read())
     assert arts and "Reject reasons" in arts[0].data and "no_face" in arts[0].data
+    # the split table holds the splits, not the expression figures split.json carries beside them
+    assert "| test |" in arts[0].data and "| expression" not in arts[0].data

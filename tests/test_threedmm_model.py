@@ -168,7 +168,10 @@ def test_refit_recovers_known_coefficients(model):
         nb = np.sqrt((np.concatenate([model.id_basis, model.exp_basis]) ** 2).sum((1, 2)))
         z.append((np.r_[f.shape - c.shape, f.expression - c.expression]) * c.camera[0] * nb / sigma)
     assert np.max(pose_err) < 0.5, np.max(pose_err, 0)  # degrees
-    assert np.mean(id0_err) < 0.03
+    # beta_0 in its own units: since the expression basis is learned first (issue 32) the identity basis has the
+    # expression span (the chin moves with the mouth) projected out, so beta_0 is smaller in pixels and the same
+    # landmark noise a larger share of it (0.033 measured, 0.02 before); the z check below is the noise bound
+    assert np.mean(id0_err) < 0.045
     assert np.mean(geo_err) < 0.3  # crop pixels
     assert np.sqrt(np.mean(np.square(z))) < 1.5  # ~1 = noise-limited
 
@@ -234,7 +237,9 @@ def test_build_p12(model):
     assert np.allclose(T.build_p12(model, c2, c2), T.contour2d(model, c2))
     p12 = T.build_p12(model, c1, c2)
     assert p12.shape == (len(model.contour_idx), 2)
-    assert np.abs(p12 - T.contour2d(model, c2)).max() > 0.5  # identity of face 1 reshapes it
+    # identity of face 1 reshapes it: 0.18 px measured for a N(0, 1) identity draw (over 0.5 before issue 32,
+    # when the identity basis still held the jaw's share of the mouth's motion, now in the expression basis)
+    assert np.abs(p12 - T.contour2d(model, c2)).max() > 0.1
     # only c1's identity matters: its expression, pose and camera do not
     c1b = c1.replace(expression=-c1.expression, pose=c1.pose + 17, camera=c1.camera * 2)
     assert np.allclose(T.build_p12(model, c1b, c2), p12)
@@ -297,3 +302,87 @@ def test_landmarker_contract(landmarker):
     clone = pickle.loads(pickle.dumps(landmarker))  # graph is not pickled; rebuilt lazily
     assert clone._mesh is None
     clone.close()
+
+
+# ----------------------------------------------------------------------------- identity-grouped CV (threedmm_cv)
+
+
+def _synthetic_meshes(m0: np.ndarray, rng: np.random.Generator, n_id: int = 8, n_img: int = 6,
+                      id_scale: float = 1.0) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Meshes = the astronaut's mesh + identity offsets (x/y stretch, jaw widening, random smooth field)
+    + known expressions (inner lips 13/14 apart = mouth opening, brows 105/334 up) + a random 3D similarity.
+    -> (N, 468, 3), identities, true mouth opening (N,) in px."""
+    c = m0.mean(0)
+    x = m0 - c
+    mouth_y = m0[[13, 14], 1].mean() - c[1]
+    lower = np.clip((x[:, 1] - mouth_y) / 60.0, 0, None)
+    open_dir = np.zeros_like(m0)
+    open_dir[13, 1], open_dir[14, 1] = -0.5, 0.5  # per px of opening
+    brow_dir = np.zeros_like(m0)
+    brow_dir[[105, 334], 1] = -1.0
+    meshes, ids, opening = [], [], []
+    for i in range(n_id):
+        sx, sy = 1 + id_scale * rng.uniform(-0.15, 0.15, 2)
+        jaw = id_scale * rng.uniform(-0.25, 0.25)
+        field = id_scale * 2.0 * np.sin(x @ rng.normal(scale=0.03, size=(3, 3)) + rng.uniform(0, 6, 3))
+        shape = np.column_stack([x[:, 0] * sx * (1 + jaw * lower), x[:, 1] * sy, x[:, 2]]) + field
+        for _ in range(n_img):
+            a, b = rng.uniform(0, 10), rng.uniform(0, 4)
+            m = shape + a * open_dir + b * brow_dir + rng.normal(scale=0.05, size=m0.shape)
+            r = T.rotation_from_pose((rng.uniform(-10, 10), rng.uniform(-8, 8), rng.uniform(-8, 8)))
+            meshes.append(rng.uniform(0.9, 1.1) * m @ r.T + c + rng.normal(scale=3, size=3))
+            ids.append(f"id{i}")
+            opening.append(a)
+    return np.stack(meshes), ids, np.array(opening)
+
+
+@pytest.fixture(scope="module")
+def synthetic(landmarker, crop):
+    from faceswap.evaluation.features import EXPRESSION_MEASURES, mesh_expression
+
+    meshes, ids, opening = _synthetic_meshes(landmarker(crop).astype(np.float64), np.random.default_rng(6))
+    return meshes, ids, opening, np.stack([mesh_expression(m) for m in meshes]), EXPRESSION_MEASURES
+
+
+def test_expression_cv_predicts_a_known_within_person_expression(synthetic):
+    from faceswap.faces.threedmm_cv import expression_cv
+
+    meshes, ids, _, measures, names = synthetic
+    cv = expression_cv(meshes, ids, measures, names, n_shape=4, n_exp=3, folds=4)
+    assert cv["skipped"] is None and cv["folds"] == 4 and cv["identities"] == 8 and cv["faces"] == len(ids)
+    assert cv["r2"]["mouth_open"] > 0.9, cv["r2"]
+    assert cv["r2"]["brow_left"] > 0.6 and cv["r2"]["brow_right"] > 0.6, cv["r2"]  # pitch blurs brow height
+    again = expression_cv(meshes[::-1], ids[::-1], measures[::-1], names, n_shape=4, n_exp=3, folds=4)
+    assert again["r2"] == pytest.approx(cv["r2"])  # deterministic, order-independent folds
+
+
+def test_expression_cv_of_unrelated_measures_is_not_better_than_chance(synthetic):
+    from faceswap.faces.threedmm_cv import expression_cv
+
+    meshes, ids, _, measures, names = synthetic
+    noise = np.random.default_rng(7).normal(size=measures.shape)  # within-person deviation unrelated to the mesh
+    cv = expression_cv(meshes, ids, noise, names, n_shape=4, n_exp=3, folds=4)
+    r2 = list(cv["r2"].values())
+    assert cv["skipped"] is None and max(r2) < 0.15 and np.mean(r2) < 0.03, cv["r2"]  # ~ -P/N by chance
+
+
+def test_expression_cv_skips_with_a_reason_when_identities_are_few(synthetic):
+    from faceswap.faces.threedmm_cv import expression_cv
+
+    meshes, ids, _, measures, names = synthetic
+    few = np.isin(ids, ["id0", "id1", "id2"])
+    cv = expression_cv(meshes[few], np.array(ids)[few], measures[few], names, n_shape=4, n_exp=3)
+    assert cv["r2"] is None and "3 identities" in cv["skipped"] and cv["identities"] == 3
+
+
+def test_shape_icc_is_high_when_identities_differ(landmarker, crop):
+    from faceswap.faces.threedmm_cv import shape_icc
+
+    meshes, ids, _ = _synthetic_meshes(landmarker(crop).astype(np.float64), np.random.default_rng(8), n_id=10,
+                                       n_img=4, id_scale=2.0)
+    model = T.learn_model(meshes, ids, n_shape=4, n_exp=3)
+    beta = np.stack([model.fit(m).shape for m in meshes])
+    icc = shape_icc(beta, ids)
+    assert icc["pooled"] > 0.95 and icc["min"] > 0.8, icc
+    shuffled = shape_icc(beta, np.random.default_rng(9).permutation(ids))
+    assert shuffled["pooled"] < 0.3, shuffled

@@ -247,7 +247,11 @@ class SplitConfig:
     val_frac: float
     test_frac: float
     seed: int
+    expression_px_size: int  # the expression report's px figures are at this image side (the training size)
+    expression_before: str  # a crop-measure dump (bench.expression_ceiling --dump-measures) reported beside; "": none
 
     def validate(self) -> None:
+        if self.expression_px_size < 1:
+            raise ConfigError("split.expression_px_size must be >= 1")
         if not (0 <= self.val_frac < 1 and 0 <= self.test_frac < 1 and self.val_frac + self.test_frac < 1):
             raise ConfigError("split: fractions must be in [0,1) and sum below 1")

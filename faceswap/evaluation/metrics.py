@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from faceswap.core.stats import variance_components  # noqa: F401  (re-exported)
+
 
 def make_pairs(identities: Sequence[str], n_pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Fixed seeded (source, target) index pairs with source identity != target identity.
@@ -284,3 +286,57 @@ def nan_mean(x: np.ndarray) -> float | None:
     x = np.asarray(x, np.float64)
     x = x[np.isfinite(x)]
     return float(x.mean()) if len(x) else None
+
+
+def cross_identity_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ordered (source, target) row pair whose identities differ: (P,), (P,) row indices."""
+    labels = np.asarray(labels)
+    s, t = np.nonzero(labels[:, None] != labels[None, :])
+    return s, t
+
+
+def blend_optimum(values: np.ndarray, labels: np.ndarray, src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    """Per measure, the blend weight w that minimises the mean squared identity-relative error of
+    w * values[src] + (1 - w) * values[tgt] over the pairs (least squares, known only in hindsight), (K,).
+    The error of one measure is w (s - t) - (mu_s - mu_t), so w = sum(a b) / sum(a^2), a = s - t,
+    b = mu_s - mu_t."""
+    means, _ = identity_deviations(values, labels)
+    a = values[src] - values[tgt]
+    b = means[src] - means[tgt]
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    return (a[ok] * b[ok]).sum(0) / np.maximum((a[ok] ** 2).sum(0), 1e-18)
+
+
+def expression_report(values: np.ndarray, labels: np.ndarray, unit_px: float | None = None,
+                      names: Sequence[str] | None = None) -> dict:
+    """What the expression gate can ask of a set of real faces: per measure the ANOVA ICC and the
+    within-person std (`variance_components`; in px too when `unit_px`, the measures' unit at the
+    training size, is given), and over every ordered cross-identity pair the mean
+    `expression_deviation_error` of blends of the real measures: paste_source (w = 1), copy_target
+    (w = 0), w = each measure's ICC, and the least-squares optimum (`blend_optimum`, hindsight), with
+    their ratios to paste_source. values (N, K) with NaN rows ignored, labels (N,)."""
+    values = np.asarray(values, np.float64)
+    labels = np.asarray(labels)
+    ok = np.isfinite(values).all(1)
+    values, labels = values[ok], labels[ok]
+    names = list(names) if names is not None else [f"m{i}" for i in range(values.shape[1])]
+    vc = variance_components(values, labels)
+    src, tgt = cross_identity_pairs(labels)
+    icc = np.clip(vc["icc"], 0.0, 1.0)
+    w_opt = blend_optimum(values, labels, src, tgt)
+    errors = blend_deviation_errors(values, labels, src, tgt, {
+        "paste_source": 1.0, "copy_target": 0.0, "blend_icc": icc, "blend_optimal": w_opt})
+    paste = errors["paste_source"]
+    within = np.sqrt(vc["within_var"])
+    out = {"faces": int(len(values)), "identities": int(len(np.unique(labels))), "pairs": int(len(src)),
+           "icc_estimator": "one-way ANOVA ICC(1), n0 for unequal group sizes",
+           "icc": dict(zip(names, np.round(vc["icc"], 4).tolist())), "icc_mean": float(np.mean(vc["icc"])),
+           "icc_max": float(np.max(vc["icc"])),
+           "within_std": dict(zip(names, np.round(within, 5).tolist())),
+           "deviation_error": {k: round(float(v), 4) for k, v in errors.items()},
+           "ratio_to_paste": {k: round(float(v / paste), 4) for k, v in errors.items()},
+           "blend_optimal_w": dict(zip(names, np.round(w_opt, 3).tolist()))}
+    if unit_px is not None:
+        out["unit_px"] = round(float(unit_px), 3)
+        out["within_std_px"] = dict(zip(names, np.round(within * unit_px, 3).tolist()))
+    return out

@@ -499,6 +499,12 @@ def _pca(d: np.ndarray, dof: int, n: int, what: str) -> np.ndarray:
     return vt[:k] * std[:, None]
 
 
+def mesh_name(row: dict) -> str:
+    """File name of a crop's stored face mesh (the threedmm stage's meshes/): named after the aligned crop
+    (`row["crop"]`), whose name fingerprints the alignment settings."""
+    return f"{Path(row['crop']).with_suffix('').as_posix()}.npy"
+
+
 def learn_model(
     meshes: np.ndarray,
     identities: Sequence[str],
@@ -509,9 +515,9 @@ def learn_model(
 ) -> LinearFaceModel:
     """Learn a linear 3DMM from dense landmark meshes (N, V, 3) in crop pixels, one label each.
 
-    Rigid pose + scale removed by generalised Procrustes; identity basis = PCA of per-identity
-    mean shapes (minus the mean over identities); expression basis = PCA of within-identity
-    residuals with the identity subspace projected out. Basis vectors carry their std, so
+    Rigid pose + scale removed by generalised Procrustes; expression basis = PCA of within-identity
+    residuals; identity basis = PCA of per-identity mean shapes (minus the mean over identities) with
+    the expression subspace projected out. Basis vectors carry their std, so
     coefficients have unit variance on the training data. Needs mediapipe topology (V=468) for
     the canonical frame and the default contour.
     """
@@ -537,13 +543,15 @@ def learn_model(
     # residual rigid motion/scale is pose, not shape: keep both bases orthogonal to it, which
     # also decouples the pose and coefficient steps of `fit`
     rigid = _similarity_tangent(mean)  # (3V, 7)
-    d_id = _project_out((id_means - mean).reshape(len(labels), -1), rigid)
-    id_b = _pca(d_id, len(labels) - 1, n_shape, "identity")  # (n_shape, 3V)
-
+    # expression first: within-identity residuals are expression (+ landmark noise) only, while a person's
+    # mean over a few faces still carries the mean of their expressions; so the identity basis is learned
+    # with the expression subspace projected out, and a face's beta does not move with its expression
     resid = _project_out((aligned - id_means[inv]).reshape(n, -1), rigid)  # (N, 3V)
-    if len(id_b):
-        resid = _project_out(resid, np.linalg.qr(id_b.T)[0])  # identity subspace out
     exp_b = _pca(resid, n - len(labels), n_exp, "expression")  # (n_exp, 3V)
+    d_id = _project_out((id_means - mean).reshape(len(labels), -1), rigid)
+    if len(exp_b):
+        d_id = _project_out(d_id, np.linalg.qr(exp_b.T)[0])  # expression subspace out
+    id_b = _pca(d_id, len(labels) - 1, n_shape, "identity")  # (n_shape, 3V)
 
     if contour_idx is None:
         contour_idx = lower_contour_idx(mean)

@@ -125,7 +125,7 @@ def model_card(*, name: str, architecture: Any, version: str | None, run_id: str
     gate_rows = [f"| {g['metric']} | {g['op']} {'' if g['bound'] is None else g['bound']} | "
                  f"{'pass' if g['passed'] else 'FAIL'} | {g['detail']} |" for g in gates]
     data_rows = ([f"| {k} | {v.get('identities', '-')} | {v.get('images', '-')} |"
-                  for k, v in data.items() if isinstance(v, dict)] if data else [])
+                  for k, v in data.items() if isinstance(v, dict) and "identities" in v] if data else [])
     stage_rows = [f"| {s} | {p} | `{h}` |" for s, outs in fingerprint.get("stages", {}).items() for p, h in outs.items()]
     lines = [
         f"# Model card: {name}" + (f" v{version}" if version else ""), "",
