@@ -62,7 +62,8 @@ def evaluated(prepared):
     work = prepared
     params = load_params(REPO / "params.yaml")
     bundle = demo_bundle(work / "random_bundle", params, alignment(work / "aligned.parquet"))
-    cfg = section("evaluate", pairs=24, batch_size=8, grid_rows=2, bootstrap=500)
+    # 40 pairs: the jaw story needs >= 5 pairs on each side; 24 gave 3-7 wider ones across machines
+    cfg = section("evaluate", pairs=40, batch_size=8, grid_rows=2, bootstrap=500)
     m = run(cfg, bundle, work / "aligned.parquet", work / "aligned", work / "splits.parquet",
             work / "threedmm.parquet", work / "threedmm_model.npz", work / "out" / "pairs.parquet",
             work / "out" / "grid.png", work / "out" / "eval.md", detect=section("detect"))
