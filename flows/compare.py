@@ -34,7 +34,7 @@ trained by its own stages with the recipe of params.yaml on the same prepared da
 same `evaluate` stage (docs/evaluation.md) and gated by the same `register.gates` (docs/registry.md).
 Each model is registered under its own name (`register.model_names`). s/step is the training loop's wall
 time per step on this machine, in-training validation included (one number per training stage).
-What the committed run shows and how it was measured: docs/STATUS.md "Issue 14".
+What the committed run shows and how it was measured: docs/experiments/2026-12-07-status-history.md "Issue 14".
 """
 
 
