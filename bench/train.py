@@ -6,7 +6,10 @@ All ratios come from this one run, on the demo data (`data/`) and the demo confi
   * scaling = samples/s of 2 Ray workers x 1 thread ÷ 1 Ray worker x 1 thread (DDP, gloo);
   * loader = pairs/s the loader delivers ÷ pairs/s the train_swap step consumes (1 thread, demo
     sizes, random weights: same compute), and its fraction of the decode-only ceiling (bench.train_data);
-  * GPU: Fswa and Dshape at 256², batch 8, bf16: samples/s, peak memory, days for 640K steps.
+  * GPU: Fswa and Dshape at 256², batch 8, bf16: samples/s, peak memory, days for 640K steps;
+  * step profile: where a train_swap step's wall time goes (1 thread, demo sizes, identity term on):
+    forward time of each part (the generator's top-level blocks, the discriminator, the frozen identity
+    encoder, regressor and Dshape) per step, and the rest (backward passes, optimiser, loader, losses).
 Steady state: each run trains `--warmup` steps, then resumes from that checkpoint and times the rest.
 
 Usage: python -m bench.train [--steps 20 --warmup 3] [--json bench-results/train.json]
@@ -111,6 +114,76 @@ def swap_task_random(size: int, k: int, n_shape: int, n_exp: int, cfg: Any, thre
     return SwapTask(gen, PatchDiscriminator(cfg.disc_config(mae.img_size)), aux, cfg.weights, lr=cfg.lr, betas=cfg.betas,
                     flow_start_step=0)
 
+
+
+class ForwardTimer:
+    """Inclusive forward wall time of named modules, from forward pre / post hooks (seconds, calls)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]):
+        self.seconds = dict.fromkeys(modules, 0.0)
+        self.calls = dict.fromkeys(modules, 0)
+        self._start: dict[str, float] = {}
+        self._handles = []
+        for name, m in modules.items():
+            self._handles.append(m.register_forward_pre_hook(lambda mod, args, n=name: self._begin(n)))
+            self._handles.append(m.register_forward_hook(lambda mod, args, out, n=name: self._end(n)))
+
+    def _begin(self, name: str) -> None:
+        self._start[name] = time.perf_counter()
+
+    def _end(self, name: str) -> None:
+        self.seconds[name] += time.perf_counter() - self._start.pop(name)
+        self.calls[name] += 1
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def step_profile(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, Any]:
+    """Seconds per train_swap step (1 thread, demo config, random weights, identity term on) and each part's
+    forward share; "rest" is everything else: backward passes, optimiser steps, the loader, the losses."""
+    from faceswap.training.contour import ContourProjector
+    from faceswap.data.records import PairDataset
+
+    torch.set_num_threads(1)
+    cfg = params["train_swap"]
+    records = data.records("train")
+    k = ContourProjector.load(data.threedmm_model).num_points
+    size = params["pretrain_mae"].image_size
+    task = swap_task_random(size, k, records.shape.shape[1], records.expression.shape[1], cfg, data.threedmm_model,
+                            mae=params["pretrain_mae"].mae_config())
+    ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment)
+    loop = dataclasses.replace(params["train"].loop(steps=steps, batch_size=cfg.batch_size), checkpoint_every=warmup,
+                               sample_every=0, log_every=10**9)
+    ckpt = str(root / "profile")
+    train(task, ds, loop, ckpt_dir=ckpt, device=torch.device("cpu"), progress=False, stop_after=warmup)
+    parts = {f"generator.{n}": m for n, m in task.modules["gen"].named_children()}
+    parts["discriminator"] = task.modules["disc"]
+    parts.update({f"{n} (frozen)": getattr(task.aux, n) for n in ("identity", "regressor", "dshape")
+                  if isinstance(getattr(task.aux, n, None), torch.nn.Module)})
+    timer = ForwardTimer(parts)
+    try:
+        r = train(task, ds, loop, ckpt_dir=ckpt, device=torch.device("cpu"), progress=False)
+    finally:
+        timer.close()
+    n = max(1, r.steps - r.start_step)
+    per_step = r.seconds / n
+    forward = {name: s / n for name, s in timer.seconds.items() if timer.calls[name]}
+    return {"steps": n, "seconds_per_step": per_step, "forward_s_per_step": forward,
+            "rest_s_per_step": per_step - sum(forward.values()),
+            "calls_per_step": {name: c / n for name, c in timer.calls.items() if c}}
+
+
+def print_step_profile(prof: dict[str, Any]) -> None:
+    total = prof["seconds_per_step"]
+    print(f"train_swap step profile (1 thread, {prof['steps']} steps, source-embedding cache cold): {total:.3f} s/step")
+    rows = sorted(prof["forward_s_per_step"].items(), key=lambda kv: -kv[1]) + [
+        ("rest: backward, optimiser, loader, losses", prof["rest_s_per_step"])]
+    width = max(len(k) for k, _ in rows)
+    for name, sec in rows:
+        calls = prof["calls_per_step"].get(name)
+        print(f"  {name:<{width}}  {sec:7.3f} s  {100 * sec / total:5.1f} %" + (f"  ({calls:g} calls)" if calls else ""))
 
 
 def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, Any]:
@@ -284,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         res["ray"] = ray_vs_plain(data, params, a.steps, a.warmup, Path(tmp) / "ray")
         res["loader"] = loader_headroom(data, params, max(a.warmup + 5, a.steps // 2), a.warmup, Path(tmp))
+        res["step_profile"] = step_profile(data, params, max(a.warmup + 5, a.steps // 3), a.warmup, Path(tmp))
     res["gpu"] = gpu_figures(params, data.threedmm_model)
     res["val_curve"] = val_curve(a.steps_csv)
     res["sensitivity"] = bundle_sensitivity(REPO / "models" / "swap", data)
@@ -313,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("GPU section", "skipped (no CUDA device)", ""))
     width = max(len(x[0]) for x in rows)
     print("\n".join(f"{k:<{width}}  {v:>28}  {goal}" for k, v, goal in rows))
+    print_step_profile(res["step_profile"])
     print_val_curve(res["val_curve"], a.steps_csv)
     if res["sensitivity"]:
         print("trained bundle: output change / input change when only the source changes "
