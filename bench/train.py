@@ -7,7 +7,7 @@ All ratios come from this one run, on the demo data (`data/`) and the demo confi
   * loader = pairs/s the loader delivers ÷ pairs/s the train_swap step consumes (1 thread, demo
     sizes, random weights: same compute), and its fraction of the decode-only ceiling (bench.train_data);
   * GPU: Fswa and Dshape at 256², batch 8, bf16: samples/s, peak memory, days for 640K steps;
-  * step profile: where a train_swap step's wall time goes (1 thread, demo sizes, identity term on):
+  * step profile, from the loader figure's train_swap run: where a step's wall time goes:
     forward time of each part (the generator's top-level blocks, the discriminator, the frozen identity
     encoder, regressor and Dshape) per step, and the rest (backward passes, optimiser, loader, losses).
 Steady state: each run trains `--warmup` steps, then resumes from that checkpoint and times the rest.
@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 os.environ.setdefault("FACESWAP_NO_PROGRESS", "1")
 
@@ -40,9 +40,13 @@ from faceswap.training.runs import DataPaths  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def steady_state(task: Any, dataset: Any, cfg: LoopConfig, warmup: int, ckpt_dir: str, device: Any) -> Any:
-    """Train `warmup` steps, then resume from that checkpoint and return the timed LoopResult."""
+def steady_state(task: Any, dataset: Any, cfg: LoopConfig, warmup: int, ckpt_dir: str, device: Any,
+                 after_warmup: Callable[[], Any] | None = None) -> Any:
+    """Train `warmup` steps, then (after calling `after_warmup`) resume from that checkpoint and return the
+    timed LoopResult."""
     train(task, dataset, cfg, ckpt_dir=ckpt_dir, device=device, progress=False, stop_after=warmup)
+    if after_warmup is not None:
+        after_warmup()
     return train(task, dataset, cfg, ckpt_dir=ckpt_dir, device=device, progress=False)
 
 
@@ -128,6 +132,10 @@ class ForwardTimer:
             self._handles.append(m.register_forward_pre_hook(lambda mod, args, n=name: self._begin(n)))
             self._handles.append(m.register_forward_hook(lambda mod, args, out, n=name: self._end(n)))
 
+    def reset(self) -> None:
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        self.calls = dict.fromkeys(self.calls, 0)
+
     def _begin(self, name: str) -> None:
         self._start[name] = time.perf_counter()
 
@@ -140,36 +148,12 @@ class ForwardTimer:
             h.remove()
 
 
-def step_profile(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, Any]:
-    """Seconds per train_swap step (1 thread, demo config, random weights, identity term on) and each part's
-    forward share; "rest" is everything else: backward passes, optimiser steps, the loader, the losses."""
-    from faceswap.training.contour import ContourProjector
-    from faceswap.data.records import PairDataset
-
-    torch.set_num_threads(1)
-    cfg = params["train_swap"]
-    records = data.records("train")
-    k = ContourProjector.load(data.threedmm_model).num_points
-    size = params["pretrain_mae"].image_size
-    task = swap_task_random(size, k, records.shape.shape[1], records.expression.shape[1], cfg, data.threedmm_model,
-                            mae=params["pretrain_mae"].mae_config())
-    ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment)
-    loop = dataclasses.replace(params["train"].loop(steps=steps, batch_size=cfg.batch_size), checkpoint_every=warmup,
-                               sample_every=0, log_every=10**9)
-    ckpt = str(root / "profile")
-    train(task, ds, loop, ckpt_dir=ckpt, device=torch.device("cpu"), progress=False, stop_after=warmup)
-    parts = {f"generator.{n}": m for n, m in task.modules["gen"].named_children()}
-    parts["discriminator"] = task.modules["disc"]
-    parts.update({f"{n} (frozen)": getattr(task.aux, n) for n in ("identity", "regressor", "dshape")
-                  if isinstance(getattr(task.aux, n, None), torch.nn.Module)})
-    timer = ForwardTimer(parts)
-    try:
-        r = train(task, ds, loop, ckpt_dir=ckpt, device=torch.device("cpu"), progress=False)
-    finally:
-        timer.close()
-    n = max(1, r.steps - r.start_step)
-    per_step = r.seconds / n
-    forward = {name: s / n for name, s in timer.seconds.items() if timer.calls[name]}
+def step_profile(result: Any, timer: ForwardTimer) -> dict[str, Any]:
+    """Seconds per step of a timed run and each timed part's forward share; "rest" is everything else:
+    backward passes, optimiser steps, the loader, the losses."""
+    n = max(1, result.steps - result.start_step)
+    per_step = result.seconds / n
+    forward = {name: sec / n for name, sec in timer.seconds.items() if timer.calls[name]}
     return {"steps": n, "seconds_per_step": per_step, "forward_s_per_step": forward,
             "rest_s_per_step": per_step - sum(forward.values()),
             "calls_per_step": {name: c / n for name, c in timer.calls.items() if c}}
@@ -186,7 +170,10 @@ def print_step_profile(prof: dict[str, Any]) -> None:
         print(f"  {name:<{width}}  {sec:7.3f} s  {100 * sec / total:5.1f} %" + (f"  ({calls:g} calls)" if calls else ""))
 
 
-def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, Any]:
+def swap_step_figures(data: DataPaths, params: dict, steps: int, warmup: int, root: Path) -> dict[str, Any]:
+    """One steady-state train_swap run (1 thread, demo sizes, random weights: same compute, identity term on),
+    its parts' forwards timed: the loader's headroom over what the step consumes ("loader") and where the
+    step's time goes ("step_profile")."""
     from bench.train_data import loader_figures
     from faceswap.training.contour import ContourProjector
     from faceswap.data.records import PairDataset
@@ -201,11 +188,20 @@ def loader_headroom(data: DataPaths, params: dict, steps: int, warmup: int, root
     ds = PairDataset(records, size, same_identity_ratio=cfg.same_identity_ratio, augment=cfg.augment)
     loop = dataclasses.replace(params["train"].loop(steps=steps, batch_size=cfg.batch_size), checkpoint_every=warmup,
                                sample_every=0, log_every=10**9)
-    r = steady_state(task, ds, loop, warmup, str(root / "swap"), torch.device("cpu"))
+    parts = {f"generator.{n}": m for n, m in task.modules["gen"].named_children()}
+    parts["discriminator"] = task.modules["disc"]
+    parts.update({f"{n} (frozen)": getattr(task.aux, n) for n in ("identity", "regressor", "dshape")
+                  if isinstance(getattr(task.aux, n, None), torch.nn.Module)})
+    timer = ForwardTimer(parts)
+    try:
+        r = steady_state(task, ds, loop, warmup, str(root / "swap"), torch.device("cpu"), after_warmup=timer.reset)
+    finally:
+        timer.close()
     tables = {"aligned_parquet": data.aligned, "aligned_dir": data.aligned_dir, "segments_parquet": data.segments,
               "parsing_dir": data.parsing_dir, "threedmm_parquet": data.threedmm,
               "threedmm_model": data.threedmm_model, "splits_parquet": data.splits}
-    return loader_figures(tables, size, cfg.batch_size, train_samples_per_s=r.samples_per_s)
+    return {"loader": loader_figures(tables, size, cfg.batch_size, train_samples_per_s=r.samples_per_s),
+            "step_profile": step_profile(r, timer)}
 
 
 def gpu_figures(params: dict, threedmm_model: str | Path) -> dict[str, Any]:
@@ -356,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         res["ray"] = ray_vs_plain(data, params, a.steps, a.warmup, Path(tmp) / "ray")
-        res["loader"] = loader_headroom(data, params, max(a.warmup + 5, a.steps // 2), a.warmup, Path(tmp))
-        res["step_profile"] = step_profile(data, params, max(a.warmup + 5, a.steps // 3), a.warmup, Path(tmp))
+        res.update(swap_step_figures(data, params, max(a.warmup + 5, a.steps // 2), a.warmup, Path(tmp)))
     res["gpu"] = gpu_figures(params, data.threedmm_model)
     res["val_curve"] = val_curve(a.steps_csv)
     res["sensitivity"] = bundle_sensitivity(REPO / "models" / "swap", data)
